@@ -1,0 +1,46 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export SPEC_KITTY_VENVS ?= $(HOME)/.cache/spec-kitty-supervisor/venvs
+
+.PHONY: demo test lint typecheck unit pytest venv spec-kitty-venvs wheel-smoke bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+spec-kitty-venvs:
+	scripts/spec-kitty-venvs.sh
+
+demo: venv spec-kitty-venvs
+	$(BIN)/python scripts/demo.py
+
+lint: venv
+	$(BIN)/ruff check supervisor client tests bench scripts
+	$(BIN)/ruff format --check supervisor client tests bench scripts
+
+# mypy has no package-dir mapping, so it reads the packages through a tree of links that
+# carries their import names.
+typecheck: venv
+	@mkdir -p .typecheck
+	@ln -sfn ../supervisor .typecheck/spec_kitty_supervisor
+	@ln -sfn ../client .typecheck/spec_kitty_supervisor_client
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p spec_kitty_supervisor -p spec_kitty_supervisor_client
+
+pytest: venv spec-kitty-venvs
+	$(BIN)/pytest
+
+wheel-smoke: venv spec-kitty-venvs
+	scripts/wheel-smoke.sh
+
+test: lint typecheck pytest wheel-smoke
+
+bench: venv spec-kitty-venvs
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .typecheck build dist

@@ -1,0 +1,327 @@
+"""The wire protocol: every request and response body of the ``/v1`` control API.
+
+These pydantic models are shared by the supervisor and the client, and their JSON schema is
+checked into ``docs/protocol.schema.json`` (a test fails when the two drift). Within protocol
+version 1 changes are additive only: new optional fields, new endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "FAMILY_PORT_RANGE",
+    "PROTOCOL_VERSION",
+    "CleanupClass",
+    "DaemonOrigin",
+    "DaemonRole",
+    "DaemonState",
+    "DaemonView",
+    "DoctorFinding",
+    "DoctorReport",
+    "EnsureAction",
+    "EnsureRequest",
+    "EnsureResponse",
+    "ErrorBody",
+    "ErrorDetail",
+    "EventRecord",
+    "EventsResponse",
+    "HandoverResponse",
+    "ListenerRecord",
+    "ResetRequest",
+    "ResetResult",
+    "RetireRequest",
+    "RetireResponse",
+    "RootState",
+    "Settings",
+    "ShutdownRequest",
+    "ShutdownResponse",
+    "StatusResponse",
+    "StopPath",
+    "SupervisorHealth",
+    "SupervisorView",
+    "SweptRecord",
+    "SkippedRecord",
+    "FailedRecord",
+    "VersionPolicy",
+]
+
+#: The protocol this package speaks. A supervisor refuses a client of another major version.
+PROTOCOL_VERSION = 1
+
+#: The sync daemon family's ports, half-open: every upstream tool scans exactly these.
+FAMILY_PORT_RANGE = (9400, 9450)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _Lenient(BaseModel):
+    """Responses ignore unknown fields so that an older client reads a newer supervisor."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+VersionPolicy = Literal["keep_newer", "latest_wins"]
+DaemonOrigin = Literal["spawned", "adopted"]
+DaemonState = Literal["starting", "healthy", "unresponsive", "retiring", "exited"]
+DaemonRole = Literal["current", "retiring"]
+RootState = Literal["ok", "quarantined"]
+EnsureAction = Literal["reused", "spawned", "adopted", "upgraded", "kept_newer"]
+StopPath = Literal["http_shutdown", "terminate", "kill", "already_gone"]
+CleanupClass = Literal["supervised", "safe_auto", "operator_required", "never_touch"]
+
+
+class Settings(_Model):
+    """Every tunable of a supervisor, as ``status --json`` shows it.
+
+    Loaded from ``SPEC_KITTY_SUPERVISOR_*`` variables, then ``R/supervisor/config.toml``,
+    then command-line flags (later sources win).
+    """
+
+    port_range: tuple[int, int] = Field(
+        default=FAMILY_PORT_RANGE,
+        description="Half-open [lo, hi) range the supervisor spawns daemons in; inside [9400, 9450).",
+    )
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
+    health_timeout_seconds: float = Field(default=1.0, gt=0)
+    idle_retirement_seconds: float = Field(default=900.0, gt=0)
+    watchdog_seconds: float = Field(default=60.0, gt=0)
+    idle_exit_seconds: float = Field(default=1800.0, gt=0)
+    sweep_seconds: float = Field(default=600.0, gt=0)
+    spawn_timeout_seconds: float = Field(default=15.0, gt=0)
+    stop_grace_seconds: float = Field(default=3.0, gt=0)
+    version_policy: VersionPolicy = "keep_newer"
+    restart_backoff_seconds: float = Field(default=1.0, ge=0)
+    restart_backoff_max_seconds: float = Field(default=30.0, ge=0)
+    quarantine_deaths: int = Field(default=5, ge=1)
+    quarantine_window_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("port_range")
+    @classmethod
+    def _inside_family(cls, value: tuple[int, int]) -> tuple[int, int]:
+        low, high = value
+        family_low, family_high = FAMILY_PORT_RANGE
+        if not (family_low <= low < high <= family_high):
+            raise ValueError(
+                f"port range {low}-{high} must be a non-empty half-open range inside "
+                f"{family_low}-{family_high}"
+            )
+        return value
+
+
+class ErrorDetail(_Lenient):
+    code: str
+    message: str
+    details: dict[str, object] | None = None
+
+
+class ErrorBody(_Lenient):
+    """Every 4xx/5xx answer: ``{"error": {"code": ..., "message": ...}}``."""
+
+    error: ErrorDetail
+
+
+class SupervisorHealth(_Lenient):
+    """``GET /v1/health``: cheap liveness and the protocol handshake."""
+
+    status: Literal["ok"] = "ok"
+    pid: int
+    version: str
+    protocol_version: int
+    root: str
+
+
+class SupervisorView(_Lenient):
+    pid: int
+    version: str
+    protocol_version: int
+    root: str
+    socket: str
+    started_at: str
+    auto_started: bool
+    service_manager: str | None = None
+    settings: Settings
+
+
+class DaemonView(_Lenient):
+    """One sync daemon the supervisor owns. ``token`` is only filled for ``ensure`` callers."""
+
+    pid: int
+    port: int
+    url: str
+    package_version: str
+    python: str
+    origin: DaemonOrigin
+    state: DaemonState
+    role: DaemonRole
+    started_at: str
+    last_healthy_at: str | None = None
+    token: str | None = None
+
+
+class StatusResponse(_Lenient):
+    supervisor: SupervisorView | None
+    root_state: RootState = "ok"
+    root_state_reason: str | None = None
+    daemons: list[DaemonView] = Field(default_factory=list)
+
+
+class EnsureRequest(_Model):
+    """Ask for the root's sync daemon, for a given interpreter and spec-kitty-cli version."""
+
+    python: str = Field(description="Absolute path of the interpreter with spec-kitty-cli installed.")
+    package_version: str = Field(min_length=1, max_length=64)
+    cwd: str | None = Field(default=None, description="The client's working directory.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="The client's environment; only allow-listed variables are passed on.",
+    )
+
+    @field_validator("python")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("python must be an absolute path")
+        return value
+
+
+class EnsureResponse(_Lenient):
+    action: EnsureAction
+    daemon: DaemonView
+    message: str = ""
+
+
+class RetireRequest(_Model):
+    pid: int | None = None
+    port: int | None = None
+    reason: str = Field(default="requested", max_length=200)
+
+    @model_validator(mode="after")
+    def _names_one(self) -> RetireRequest:
+        if self.pid is None and self.port is None:
+            raise ValueError("name the daemon to retire by pid or port")
+        return self
+
+
+class RetireResponse(_Lenient):
+    retired: DaemonView
+    stop_path: StopPath
+
+
+class ShutdownRequest(_Model):
+    stop_children: bool = False
+
+
+class ShutdownResponse(_Lenient):
+    stopping: bool
+    children_stopped: list[int] = Field(default_factory=list)
+
+
+class HandoverResponse(_Lenient):
+    """The outgoing supervisor's answer: it persisted its table and is exiting."""
+
+    handing_over: bool
+    pid: int
+    daemons: list[int] = Field(default_factory=list)
+
+
+class EventRecord(_Lenient):
+    seq: int
+    time: str
+    kind: str
+    pid: int | None = None
+    port: int | None = None
+    package_version: str | None = None
+    reason: str = ""
+
+
+class EventsResponse(_Lenient):
+    events: list[EventRecord]
+
+
+class ListenerRecord(_Lenient):
+    """One listener in the family range, classified.
+
+    The first eighteen fields are upstream's ``auth doctor --json`` (schema 2) orphan keys.
+    """
+
+    daemon_family: str | None = None
+    pid: int | None = None
+    port: int
+    protocol_version: int | None = None
+    package_version: str | None = None
+    singleton_scope_id: str | None = None
+    daemon_root: str | None = None
+    queue_db_path: str | None = None
+    auth_scope: str | None = None
+    server_url: str | None = None
+    owner_present: bool = False
+    identity_source: str | None = None
+    executable_summary: str | None = None
+    spawn_shape_ok: bool = False
+    self_report_matches_listener: bool = False
+    is_recorded_singleton: bool = False
+    cleanup_class: CleanupClass
+    skip_reason: str | None = None
+    # Ours.
+    uid: int | None = None
+    process_start: str | None = None
+    why: str = ""
+
+
+class DoctorFinding(_Lenient):
+    severity: Literal["info", "warning", "error"]
+    code: str
+    message: str
+    remediation: str | None = None
+
+
+class SweptRecord(_Lenient):
+    pid: int
+    port: int
+    package_version: str | None = None
+    protocol_version: int | None = None
+    cleanup_path: StopPath
+    reason: str
+
+
+class SkippedRecord(_Lenient):
+    pid: int | None
+    port: int
+    cleanup_class: CleanupClass
+    skip_reason: str | None
+
+
+class FailedRecord(_Lenient):
+    pid: int | None
+    port: int
+    failure_reason: str
+
+
+class ResetResult(_Lenient):
+    swept: list[SweptRecord] = Field(default_factory=list)
+    skipped: list[SkippedRecord] = Field(default_factory=list)
+    failed: list[FailedRecord] = Field(default_factory=list)
+
+
+class DoctorReport(_Lenient):
+    schema_version: int = 2
+    supervisor: SupervisorView | None = None
+    daemons: list[DaemonView] = Field(default_factory=list)
+    orphans: list[ListenerRecord] = Field(default_factory=list)
+    listeners: list[ListenerRecord] = Field(default_factory=list)
+    findings: list[DoctorFinding] = Field(default_factory=list)
+    reset_result: ResetResult | None = None
+
+
+class ResetRequest(_Model):
+    force: bool = False
+    dry_run: bool = False
+    confirmed_pids: list[int] = Field(
+        default_factory=list,
+        description="operator_required pids the operator confirmed one by one (D-02).",
+    )

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs the real spec-kitty-cli releases from PyPI into cached venvs, one per version.
+# The venvs are shared by `make demo`, the interop tests and the benchmarks; a venv is only
+# rebuilt when its marker file is missing, so a second run costs nothing.
+set -euo pipefail
+
+cache="${SPEC_KITTY_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/spec-kitty-supervisor/venvs}"
+python="${PYTHON:-python3}"
+versions=("$@")
+if [ ${#versions[@]} -eq 0 ]; then
+  versions=(3.2.2 3.2.3 3.2.4 3.2.7)
+fi
+
+mkdir -p "$cache"
+pids=()
+for version in "${versions[@]}"; do
+  venv="$cache/spec-kitty-$version"
+  if [ -f "$venv/.installed" ]; then
+    continue
+  fi
+  (
+    rm -rf "$venv"
+    "$python" -m venv "$venv"
+    # typer 0.25.1: newer typer releases break the 3.2.2/3.2.4 command line (contract document).
+    "$venv/bin/pip" install --quiet --disable-pip-version-check \
+      "spec-kitty-cli==$version" "typer==0.25.1" >"$venv.log" 2>&1 \
+      || { echo "spec-kitty-cli $version: install failed, see $venv.log" >&2; exit 1; }
+    touch "$venv/.installed"
+  ) &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do
+  wait "$pid" || status=1
+done
+[ $status -eq 0 ] && echo "$cache"
+exit $status
