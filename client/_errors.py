@@ -2,14 +2,15 @@
 
 ```
 SupervisorError
-├── SupervisorUnavailable           no supervisor answers on the root's socket
-│   └── SupervisorStartFailed       one was started for you, but it never became ready
-├── ProtocolMismatch                client and supervisor speak incompatible protocol versions
-├── UnsafeDirectoryError            a folder we would trust belongs to someone else or is writable by others
-└── RequestFailed                   the supervisor answered with an error (``code`` and ``message``)
-    ├── SpawnFailed                 a sync daemon could not be started (carries the daemon log's tail)
-    ├── RootQuarantined             the root's daemon kept dying; a restart or another interpreter clears it
-    └── InvalidRequest              the request was malformed or named something that does not exist
+├── SupervisorUnavailable      no supervisor answers on the root's socket
+│   └── SupervisorStartFailed  one was started for you, but it never became ready
+├── ProtocolMismatch           client and supervisor speak incompatible protocol versions
+├── UnsafeDirectoryError       a folder we would trust is another user's or writable by others
+├── SpecKittyNotFound          no spec-kitty interpreter or spec-kitty-cli version could be found
+└── RequestFailed              the supervisor answered with an error (``code``, ``message``)
+    ├── SpawnFailed            a sync daemon could not be started (carries its log's tail)
+    ├── RootQuarantined        the root's daemon kept dying; restart or another interpreter
+    └── InvalidRequest         the request was malformed or named nothing that exists
 ```
 """
 

@@ -70,7 +70,7 @@ DaemonOrigin = Literal["spawned", "adopted"]
 DaemonState = Literal["starting", "healthy", "unresponsive", "retiring", "exited"]
 DaemonRole = Literal["current", "retiring"]
 RootState = Literal["ok", "quarantined"]
-EnsureAction = Literal["reused", "spawned", "adopted", "upgraded", "kept_newer"]
+EnsureAction = Literal["reused", "spawned", "adopted", "upgraded", "kept_newer", "replaced"]
 StopPath = Literal["http_shutdown", "terminate", "kill", "already_gone"]
 CleanupClass = Literal["supervised", "safe_auto", "operator_required", "never_touch"]
 
@@ -84,7 +84,7 @@ class Settings(_Model):
 
     port_range: tuple[int, int] = Field(
         default=FAMILY_PORT_RANGE,
-        description="Half-open [lo, hi) range the supervisor spawns daemons in; inside [9400, 9450).",
+        description="Half-open [lo, hi) range for spawning daemons; inside [9400, 9450).",
     )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=1.0, gt=0)
@@ -173,7 +173,9 @@ class StatusResponse(_Lenient):
 class EnsureRequest(_Model):
     """Ask for the root's sync daemon, for a given interpreter and spec-kitty-cli version."""
 
-    python: str = Field(description="Absolute path of the interpreter with spec-kitty-cli installed.")
+    python: str = Field(
+        description="Absolute path of the interpreter with spec-kitty-cli installed."
+    )
     package_version: str = Field(min_length=1, max_length=64)
     cwd: str | None = Field(default=None, description="The client's working directory.")
     env: dict[str, str] = Field(

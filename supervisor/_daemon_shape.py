@@ -37,7 +37,9 @@ def daemon_script(port: int, token: str) -> str:
     )
 
 
-def build_daemon_argv(python: str, resolved_python: str, daemon_root: str, port: int, token: str) -> list[str]:
+def build_daemon_argv(
+    python: str, resolved_python: str, daemon_root: str, port: int, token: str
+) -> list[str]:
     """``[PYTHON, "-c", SCRIPT, root marker, exec marker]``, byte for byte as upstream."""
     return [
         python,
@@ -61,7 +63,7 @@ class CmdlineFacts:
 
 
 def parse_cmdline(argv: Sequence[str]) -> CmdlineFacts:
-    """Recognise the spawn shape: a ``-c`` element followed by a script calling ``run_sync_daemon``."""
+    """Recognise the spawn shape: ``-c`` followed by a script that calls ``run_sync_daemon``."""
     script: str | None = None
     for index, element in enumerate(argv[:-1]):
         if element == "-c" and "run_sync_daemon" in argv[index + 1]:

@@ -70,7 +70,7 @@ def _psutil_identity(pid: int) -> ProcessIdentity | None:
 
 
 def read_identity(pid: int) -> ProcessIdentity | None:
-    """The identity of the live process ``pid`` now, or None when none lives (zombies count as dead)."""
+    """The identity of the live process ``pid`` now; None when none lives (zombies are dead)."""
     if pid <= 0:
         return None
     if sys.platform.startswith("linux"):

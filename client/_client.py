@@ -1,0 +1,274 @@
+"""``SupervisorClient`` and ``AsyncSupervisorClient``: the same methods, sync and async.
+
+with SupervisorClient() as client:
+    daemon = client.ensure(python="/path/to/venv/bin/python", package_version="3.2.7").daemon
+    print(daemon.url, daemon.token)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+import anyio.to_thread
+from pydantic import BaseModel
+
+from ._autostart import start_supervisor
+from ._errors import SupervisorUnavailable
+from ._models import (
+    DoctorReport,
+    EnsureRequest,
+    EnsureResponse,
+    EventsResponse,
+    HandoverResponse,
+    ResetRequest,
+    RetireRequest,
+    RetireResponse,
+    ShutdownRequest,
+    ShutdownResponse,
+    StatusResponse,
+    SupervisorHealth,
+)
+from ._paths import resolve_daemon_root, socket_path_for_root
+from ._transport import AsyncTransport, SyncTransport, raise_for_reply
+
+__all__ = ["AsyncSupervisorClient", "SupervisorClient", "ensure_sync_daemon"]
+
+_R = TypeVar("_R", bound=BaseModel)
+
+DEFAULT_TIMEOUT = 120.0
+
+
+def _ensure_request(
+    python: str, package_version: str, cwd: str | None, env: Mapping[str, str] | None
+) -> EnsureRequest:
+    return EnsureRequest(
+        python=python,
+        package_version=package_version,
+        cwd=cwd if cwd is not None else os.getcwd(),
+        env=dict(os.environ if env is None else env),
+    )
+
+
+def _body(model: BaseModel | None) -> bytes | None:
+    return None if model is None else model.model_dump_json().encode()
+
+
+class SupervisorClient:
+    """A connection to the supervisor of one daemon root (``$SPEC_KITTY_HOME`` by default)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        autostart: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.daemon_root = resolve_daemon_root(root)
+        self.socket_path = socket_path_for_root(self.daemon_root)
+        self.autostart = autostart
+        self._transport = SyncTransport(self.socket_path, timeout)
+
+    def __enter__(self) -> SupervisorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        response_model: type[_R],
+        body: BaseModel | None = None,
+        *,
+        may_start: bool = False,
+    ) -> _R:
+        try:
+            reply = self._transport.request(method, path, _body(body))
+        except SupervisorUnavailable:
+            if not (may_start and self.autostart):
+                raise
+            start_supervisor(self.daemon_root)
+            reply = self._transport.request(method, path, _body(body))
+        raise_for_reply(reply)
+        return response_model.model_validate_json(reply.body)
+
+    def start(self) -> SupervisorHealth:
+        """Make sure a supervisor runs for this root (starting one if needed)."""
+        return self._call("GET", "/v1/health", SupervisorHealth, may_start=True)
+
+    def health(self) -> SupervisorHealth:
+        return self._call("GET", "/v1/health", SupervisorHealth)
+
+    def status(self) -> StatusResponse:
+        return self._call("GET", "/v1/status", StatusResponse)
+
+    def ensure(
+        self,
+        python: str,
+        package_version: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> EnsureResponse:
+        """The root's sync daemon for this interpreter and version, started if needed."""
+        request = _ensure_request(python, package_version, cwd, env)
+        return self._call("POST", "/v1/sync/ensure", EnsureResponse, request, may_start=True)
+
+    def retire(
+        self, *, pid: int | None = None, port: int | None = None, reason: str = "requested"
+    ) -> RetireResponse:
+        request = RetireRequest(pid=pid, port=port, reason=reason)
+        return self._call("POST", "/v1/sync/retire", RetireResponse, request)
+
+    def events(self, since: int = 0, limit: int = 200) -> EventsResponse:
+        return self._call("GET", f"/v1/events?since={since}&limit={limit}", EventsResponse)
+
+    def shutdown(self, *, stop_children: bool = False) -> ShutdownResponse:
+        request = ShutdownRequest(stop_children=stop_children)
+        return self._call("POST", "/v1/shutdown", ShutdownResponse, request)
+
+    def handover(self) -> HandoverResponse:
+        return self._call("POST", "/v1/handover", HandoverResponse)
+
+    def restart(self) -> StatusResponse:
+        return self._call("POST", "/v1/restart", StatusResponse)
+
+    def doctor(self) -> DoctorReport:
+        return self._call("GET", "/v1/doctor", DoctorReport)
+
+    def reset(
+        self, *, force: bool = False, dry_run: bool = False, confirmed_pids: list[int] | None = None
+    ) -> DoctorReport:
+        request = ResetRequest(force=force, dry_run=dry_run, confirmed_pids=confirmed_pids or [])
+        return self._call("POST", "/v1/reset", DoctorReport, request)
+
+
+class AsyncSupervisorClient:
+    """The async twin of :class:`SupervisorClient` (httpx over the socket)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        autostart: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.daemon_root = resolve_daemon_root(root)
+        self.socket_path = socket_path_for_root(self.daemon_root)
+        self.autostart = autostart
+        self._transport = AsyncTransport(self.socket_path, timeout)
+
+    async def __aenter__(self) -> AsyncSupervisorClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        response_model: type[_R],
+        body: BaseModel | None = None,
+        *,
+        may_start: bool = False,
+    ) -> _R:
+        try:
+            reply = await self._transport.request(method, path, _body(body))
+        except SupervisorUnavailable:
+            if not (may_start and self.autostart):
+                raise
+            await anyio.to_thread.run_sync(start_supervisor, self.daemon_root)
+            reply = await self._transport.request(method, path, _body(body))
+        raise_for_reply(reply)
+        return response_model.model_validate_json(reply.body)
+
+    async def start(self) -> SupervisorHealth:
+        return await self._call("GET", "/v1/health", SupervisorHealth, may_start=True)
+
+    async def health(self) -> SupervisorHealth:
+        return await self._call("GET", "/v1/health", SupervisorHealth)
+
+    async def status(self) -> StatusResponse:
+        return await self._call("GET", "/v1/status", StatusResponse)
+
+    async def ensure(
+        self,
+        python: str,
+        package_version: str,
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> EnsureResponse:
+        request = _ensure_request(python, package_version, cwd, env)
+        return await self._call("POST", "/v1/sync/ensure", EnsureResponse, request, may_start=True)
+
+    async def retire(
+        self, *, pid: int | None = None, port: int | None = None, reason: str = "requested"
+    ) -> RetireResponse:
+        request = RetireRequest(pid=pid, port=port, reason=reason)
+        return await self._call("POST", "/v1/sync/retire", RetireResponse, request)
+
+    async def events(self, since: int = 0, limit: int = 200) -> EventsResponse:
+        return await self._call("GET", f"/v1/events?since={since}&limit={limit}", EventsResponse)
+
+    async def shutdown(self, *, stop_children: bool = False) -> ShutdownResponse:
+        request = ShutdownRequest(stop_children=stop_children)
+        return await self._call("POST", "/v1/shutdown", ShutdownResponse, request)
+
+    async def handover(self) -> HandoverResponse:
+        return await self._call("POST", "/v1/handover", HandoverResponse)
+
+    async def restart(self) -> StatusResponse:
+        return await self._call("POST", "/v1/restart", StatusResponse)
+
+    async def doctor(self) -> DoctorReport:
+        return await self._call("GET", "/v1/doctor", DoctorReport)
+
+    async def reset(
+        self, *, force: bool = False, dry_run: bool = False, confirmed_pids: list[int] | None = None
+    ) -> DoctorReport:
+        request = ResetRequest(force=force, dry_run=dry_run, confirmed_pids=confirmed_pids or [])
+        return await self._call("POST", "/v1/reset", DoctorReport, request)
+
+
+def ensure_sync_daemon(
+    python: str | None = None,
+    version: str | None = None,
+    root: str | os.PathLike[str] | Path | None = None,
+) -> EnsureResponse:
+    """One call: the root's sync daemon, with url, port, token, pid and what the supervisor did.
+
+    ``python=None`` means the interpreter of the ``spec-kitty`` command on PATH;
+    ``version=None`` means the spec-kitty-cli installed for that interpreter::
+
+        answer = ensure_sync_daemon()
+        requests.post(answer.daemon.url + "/api/sync/trigger", json={"token": answer.daemon.token})
+    """
+    from ._discover import installed_spec_kitty_version, spec_kitty_python
+
+    interpreter = python or spec_kitty_python()
+    package_version = version or installed_spec_kitty_version(interpreter)
+    with SupervisorClient(root) as client:
+        return client.ensure(interpreter, package_version)

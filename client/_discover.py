@@ -1,0 +1,60 @@
+"""Which spec-kitty a client means when it does not say: the ``spec-kitty`` command on PATH."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ._errors import SupervisorError
+
+__all__ = ["SpecKittyNotFound", "installed_spec_kitty_version", "spec_kitty_python"]
+
+_VERSION_SCRIPT = "from importlib.metadata import version; print(version('spec-kitty-cli'))"
+
+
+class SpecKittyNotFound(SupervisorError, LookupError):
+    """Raised when no spec-kitty interpreter or installed spec-kitty-cli version can be found."""
+
+
+def spec_kitty_python(path: str | None = None) -> str:
+    """The interpreter of the ``spec-kitty`` console script, read from its shebang line.
+
+    Unresolved on purpose: a venv's ``bin/python`` is the daemon's key even when it is a link
+    to a shared base interpreter.
+    """
+    script = shutil.which("spec-kitty", path=path)
+    if script is None:
+        raise SpecKittyNotFound("no `spec-kitty` command on PATH; pass python= explicitly")
+    try:
+        with open(script, "rb") as handle:
+            first_line = handle.readline(4096)
+    except OSError as exc:
+        raise SpecKittyNotFound(f"cannot read {script}: {exc}") from None
+    if not first_line.startswith(b"#!"):
+        raise SpecKittyNotFound(f"{script} has no shebang line; pass python= explicitly")
+    interpreter = first_line[2:].strip().split()[0].decode()
+    if not os.path.isabs(interpreter):
+        raise SpecKittyNotFound(f"{script} names a relative interpreter {interpreter!r}")
+    return interpreter
+
+
+def installed_spec_kitty_version(python: str) -> str:
+    """The spec-kitty-cli version installed for ``python`` (asks that interpreter)."""
+    if not Path(python).is_file():
+        raise SpecKittyNotFound(f"python {python} does not exist")
+    try:
+        result = subprocess.run(
+            [python, "-c", _VERSION_SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SpecKittyNotFound(f"could not ask {python} for its spec-kitty-cli: {exc}") from None
+    if result.returncode != 0:
+        last_line = (result.stderr.strip().splitlines() or [""])[-1]
+        raise SpecKittyNotFound(f"spec-kitty-cli is not installed for {python}: {last_line}")
+    return result.stdout.strip()

@@ -1,0 +1,296 @@
+"""The ``spec-kitty-supervisor`` command line.
+
+Exit codes: 0 ok; 1 the operation failed; 2 bad usage (or ``doctor`` itself failed); 3 no
+supervisor runs where one is needed. ``--json`` prints exactly one JSON document, the API's own
+model, so scripts read the same shape the socket serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from spec_kitty_supervisor_client import (
+    ProtocolMismatch,
+    RequestFailed,
+    SpawnFailed,
+    StatusResponse,
+    SupervisorClient,
+    SupervisorError,
+    SupervisorUnavailable,
+    resolve_daemon_root,
+)
+from spec_kitty_supervisor_client._autostart import socket_accepts
+from spec_kitty_supervisor_client._discover import (
+    SpecKittyNotFound,
+    installed_spec_kitty_version,
+    spec_kitty_python,
+)
+
+from . import __version__
+from ._layout import RootLayout
+from ._settings import parse_port_range
+
+__all__ = ["EXIT_FAILED", "EXIT_NO_SUPERVISOR", "EXIT_OK", "EXIT_USAGE", "main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NO_SUPERVISOR = 3
+
+
+def _print_json(model: BaseModel) -> None:
+    print(model.model_dump_json(indent=2))
+
+
+def _add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument(
+        "--root", help="daemon root (default: $SPEC_KITTY_HOME, else ~/.spec-kitty)"
+    )
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spec-kitty-supervisor",
+        description="Owns every spec-kitty sync daemon of a daemon root.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the supervisor in the foreground")
+    _add_common(run, json_flag=False)
+    run.add_argument("--auto-started", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--service", action="store_true", help="log to stderr (service managers)")
+    run.add_argument("--port-range", type=parse_port_range, metavar="LO-HI")
+    run.add_argument("--heartbeat-seconds", type=float)
+    run.add_argument("--idle-retirement-seconds", type=float)
+    run.add_argument("--watchdog-seconds", type=float)
+    run.add_argument("--idle-exit-seconds", type=float)
+    run.add_argument("--sweep-seconds", type=float)
+    run.add_argument("--version-policy", choices=["keep_newer", "latest_wins"])
+
+    ensure = commands.add_parser(
+        "ensure", help="get the root's sync daemon (starts what is needed)"
+    )
+    _add_common(ensure)
+    ensure.add_argument("--python", help="interpreter with spec-kitty-cli (default: spec-kitty's)")
+    ensure.add_argument(
+        "--package-version", help="spec-kitty-cli version (default: asked from --python)"
+    )
+    ensure.add_argument("--show-token", action="store_true", help="include the daemon's token")
+
+    status = commands.add_parser("status", help="the supervisor and its daemons")
+    _add_common(status)
+
+    stop = commands.add_parser("stop", help="stop the supervisor (daemons stay for re-adoption)")
+    _add_common(stop)
+    stop.add_argument("--children", action="store_true", help="first stop its daemons gracefully")
+
+    events = commands.add_parser("events", help="the supervisor's event ledger")
+    _add_common(events)
+    events.add_argument("--since", type=int, default=0, help="only events after this sequence")
+    events.add_argument("--limit", type=int, default=200)
+
+    retire = commands.add_parser("retire", help="retire one supervised daemon gracefully")
+    _add_common(retire)
+    retire.add_argument("--pid", type=int)
+    retire.add_argument("--port", type=int)
+
+    restart = commands.add_parser("restart", help="lift a quarantine so the next ensure spawns")
+    _add_common(restart)
+    return parser
+
+
+def _client(args: argparse.Namespace, autostart: bool = False) -> SupervisorClient:
+    return SupervisorClient(args.root, autostart=autostart)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ._runner import RunOptions, run_supervisor
+
+    flags: dict[str, Any] = {
+        "port_range": args.port_range,
+        "heartbeat_seconds": args.heartbeat_seconds,
+        "idle_retirement_seconds": args.idle_retirement_seconds,
+        "watchdog_seconds": args.watchdog_seconds,
+        "idle_exit_seconds": args.idle_exit_seconds,
+        "sweep_seconds": args.sweep_seconds,
+        "version_policy": args.version_policy,
+    }
+    layout = RootLayout(resolve_daemon_root(args.root))
+    options = RunOptions(auto_started=args.auto_started, service=args.service, flags=flags)
+    return run_supervisor(layout, options)
+
+
+def _cmd_ensure(args: argparse.Namespace) -> int:
+    try:
+        python = args.python or spec_kitty_python()
+        version = args.package_version or installed_spec_kitty_version(python)
+    except SpecKittyNotFound as exc:
+        print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    with _client(args, autostart=True) as client:
+        answer = client.ensure(python, version)
+    if not args.show_token:
+        answer = answer.model_copy(
+            update={"daemon": answer.daemon.model_copy(update={"token": None})}
+        )
+    if args.json:
+        print(answer.model_dump_json(indent=2, exclude_none=not args.show_token))
+    else:
+        daemon = answer.daemon
+        print(
+            f"{answer.action}: pid {daemon.pid} at {daemon.url} "
+            f"(spec-kitty-cli {daemon.package_version}, {daemon.origin})"
+        )
+        if args.show_token:
+            print(f"token: {daemon.token}")
+    return EXIT_OK
+
+
+def _no_supervisor(args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json(StatusResponse(supervisor=None))
+    else:
+        root = resolve_daemon_root(args.root)
+        print(f"no supervisor runs for {root}", file=sys.stderr)
+    return EXIT_NO_SUPERVISOR
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            status = client.status()
+        except SupervisorUnavailable:
+            return _no_supervisor(args)
+    if args.json:
+        _print_json(status)
+        return EXIT_OK
+    assert status.supervisor is not None
+    sup = status.supervisor
+    print(f"supervisor pid {sup.pid} (v{sup.version}) for {sup.root}")
+    print(f"  socket      {sup.socket}")
+    print(f"  started     {sup.started_at}{' (auto-started)' if sup.auto_started else ''}")
+    print(
+        f"  root state  {status.root_state}"
+        + (f": {status.root_state_reason}" if status.root_state_reason else "")
+    )
+    if not status.daemons:
+        print("  no sync daemon (the next `ensure` starts one)")
+    for daemon in status.daemons:
+        print(
+            f"  {daemon.role:<8} pid {daemon.pid:<7} port {daemon.port}  "
+            f"{daemon.package_version:<8} {daemon.state:<12} {daemon.origin:<8} {daemon.python}"
+        )
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            pid = client.health().pid
+            answer = client.shutdown(stop_children=args.children)
+        except SupervisorUnavailable:
+            return _no_supervisor(args)
+    socket_path = client.socket_path
+    deadline = time.monotonic() + 15
+    while socket_accepts(socket_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if args.json:
+        _print_json(answer)
+    else:
+        stopped = ", ".join(str(p) for p in answer.children_stopped) or "none"
+        print(f"stopped supervisor pid {pid}; daemons stopped: {stopped}")
+    return EXIT_OK
+
+
+def _cmd_events(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            events = client.events(since=args.since, limit=args.limit)
+        except SupervisorUnavailable:
+            return _no_supervisor(args)
+    if args.json:
+        _print_json(events)
+        return EXIT_OK
+    for event in events.events:
+        where = " ".join(
+            part
+            for part in (
+                f"pid={event.pid}" if event.pid is not None else "",
+                f"port={event.port}" if event.port is not None else "",
+                f"version={event.package_version}" if event.package_version else "",
+            )
+            if part
+        )
+        print(f"{event.seq:>5} {event.time} {event.kind:<16} {where} {event.reason}")
+    return EXIT_OK
+
+
+def _cmd_retire(args: argparse.Namespace) -> int:
+    if args.pid is None and args.port is None:
+        print("spec-kitty-supervisor: retire needs --pid or --port", file=sys.stderr)
+        return EXIT_USAGE
+    with _client(args) as client:
+        try:
+            answer = client.retire(pid=args.pid, port=args.port, reason="retire command")
+        except SupervisorUnavailable:
+            return _no_supervisor(args)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(
+            f"retired pid {answer.retired.pid} (port {answer.retired.port}) by {answer.stop_path}"
+        )
+    return EXIT_OK
+
+
+def _cmd_restart(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        try:
+            status = client.restart()
+        except SupervisorUnavailable:
+            return _no_supervisor(args)
+    if args.json:
+        _print_json(status)
+    else:
+        print(f"root state: {status.root_state}")
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _cmd_run,
+    "ensure": _cmd_ensure,
+    "status": _cmd_status,
+    "stop": _cmd_stop,
+    "events": _cmd_events,
+    "retire": _cmd_retire,
+    "restart": _cmd_restart,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except SpawnFailed as exc:
+        print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+        if exc.log_tail:
+            print("--- daemon log (tail) ---", file=sys.stderr)
+            print(exc.log_tail.rstrip(), file=sys.stderr)
+        return EXIT_FAILED
+    except (RequestFailed, ProtocolMismatch) as exc:
+        print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except SupervisorError as exc:
+        print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,212 @@
+"""Finding what listens in the sync family range, and reading the facts classification needs.
+
+Listeners come from the kernel's socket table, never from whether a connect succeeds: a
+stopped process keeps its listening socket, but once its backlog fills its port looks closed
+while it is alive. Everything decided about a listener is decided by ``_classification``;
+this module only observes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import psutil
+
+from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, ListenerRecord
+
+from ._classification import ListenerFacts, SupervisorFacts, classify, port_boundary_reason
+from ._daemon_shape import CmdlineFacts, parse_cmdline
+from ._identity import ProcessIdentity, read_identity
+from ._probe import HealthAnswer, probe_health
+
+__all__ = ["Listener", "find_family_listeners", "observe_listeners", "read_process_facts"]
+
+_LINUX_TCP_LISTEN = "0A"
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A listening TCP socket on a loopback or wildcard address."""
+
+    port: int
+    pid: int | None  # None when the socket table does not say (another user's, hidepid)
+    uid: int | None
+
+
+def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> list[Listener]:
+    """Every listening port in ``family_range`` reachable on loopback, one entry per port."""
+    low, high = family_range
+    try:
+        candidates = _from_system_table(low, high)
+    except psutil.AccessDenied:
+        # macOS lists system-wide sockets only to root; each of our own processes can
+        # still show its own, and another user's processes are not ours anyway.
+        candidates = _from_each_process(low, high)
+    kernel_uids = _linux_listen_uids(low, high) if sys.platform.startswith("linux") else {}
+    chosen: dict[int, tuple[tuple[bool, bool], Listener]] = {}
+    for port, pid, uid, is_ipv4 in candidates:
+        listener = Listener(
+            port=port, pid=pid, uid=uid if uid is not None else kernel_uids.get(port)
+        )
+        # IPv4 and IPv6 sockets may share a port; prefer an entry that names its pid, then
+        # the IPv4 one, which is what a probe of 127.0.0.1 reaches.
+        preference = (pid is not None, is_ipv4)
+        if port not in chosen or preference > chosen[port][0]:
+            chosen[port] = (preference, listener)
+    return [chosen[port][1] for port in sorted(chosen)]
+
+
+_Candidate = tuple[int, int | None, int | None, bool]  # port, pid, uid, is IPv4
+
+
+def _from_system_table(low: int, high: int) -> list[_Candidate]:
+    return [
+        (conn.laddr.port, conn.pid, None, _is_ipv4(conn.laddr.ip))
+        for conn in psutil.net_connections(kind="tcp")
+        if _is_reachable_listener(conn, low, high)
+    ]
+
+
+def _from_each_process(low: int, high: int) -> list[_Candidate]:
+    candidates: list[_Candidate] = []
+    for process in psutil.process_iter():
+        try:
+            connections = process.net_connections(kind="tcp")
+            uid = process.uids().real
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        candidates.extend(
+            (conn.laddr.port, process.pid, uid, _is_ipv4(conn.laddr.ip))
+            for conn in connections
+            if _is_reachable_listener(conn, low, high)
+        )
+    return candidates
+
+
+def _is_reachable_listener(conn: Any, low: int, high: int) -> bool:
+    if conn.status != psutil.CONN_LISTEN or not conn.laddr:
+        return False
+    if not low <= conn.laddr.port < high:
+        return False
+    return _is_loopback_or_any(conn.laddr.ip)
+
+
+def _is_loopback_or_any(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback or address.is_unspecified
+
+
+def _is_ipv4(ip: str) -> bool:
+    return ":" not in ip
+
+
+def _linux_listen_uids(low: int, high: int) -> dict[int, int]:
+    """Port → uid of its listening socket, from ``/proc/net/tcp{,6}``.
+
+    psutil does not report a socket's owner, and cannot name the pid of another user's
+    socket; the kernel table still says whose it is, which keeps such a listener
+    ``other_user`` instead of a pid-less mystery.
+    """
+    uids: dict[int, set[int]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 8 or fields[3] != _LINUX_TCP_LISTEN:
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if low <= port < high:
+                uids.setdefault(port, set()).add(int(fields[7]))
+    own_uid = os.getuid()
+    # Two owners on one port (IPv4 and IPv6 by different users): name the foreign one, the
+    # cautious answer.
+    return {port: max(owners, key=lambda uid: uid != own_uid) for port, owners in uids.items()}
+
+
+def read_process_facts(pid: int) -> tuple[ProcessIdentity | None, CmdlineFacts | None]:
+    """The identity and argv facts of ``pid`` now; (None, None) when it is gone or unreadable."""
+    identity = read_identity(pid)
+    if identity is None:
+        return None, None
+    try:
+        argv: Sequence[str] = psutil.Process(pid).cmdline()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return identity, None
+    # The pid may have exited and been reused between the two reads; the argv is only
+    # this identity's if the same process is still there afterwards.
+    if not identity.same_process(read_identity(pid)):
+        return None, None
+    return identity, parse_cmdline(argv)
+
+
+@dataclass(frozen=True)
+class _Observed:
+    listener: Listener
+    identity: ProcessIdentity | None
+    cmdline: CmdlineFacts | None
+
+
+def _observe_processes(family_range: tuple[int, int]) -> list[_Observed]:
+    observed: list[_Observed] = []
+    for listener in find_family_listeners(family_range):
+        identity, cmdline = (
+            read_process_facts(listener.pid) if listener.pid is not None else (None, None)
+        )
+        observed.append(_Observed(listener, identity, cmdline))
+    return observed
+
+
+async def observe_listeners(
+    supervisor: SupervisorFacts, health_timeout: float = 0.5
+) -> list[ListenerRecord]:
+    """Find, probe (all at once) and classify every listener in the supervisor's range."""
+    # psutil and /proc reads block; keep them off the event loop.
+    observed = await anyio.to_thread.run_sync(_observe_processes, supervisor.family_range)
+    answers: dict[int, HealthAnswer | None] = {}
+
+    async def probe(port: int) -> None:
+        answers[port] = await probe_health(port, timeout=health_timeout)
+
+    async with anyio.create_task_group() as task_group:
+        for port in _ports_to_probe(observed, supervisor):
+            task_group.start_soon(probe, port)
+    return [
+        classify(
+            ListenerFacts(
+                port=item.listener.port,
+                pid=item.listener.pid,
+                uid=item.identity.uid if item.identity is not None else item.listener.uid,
+                process_start=item.identity.start if item.identity is not None else None,
+                cmdline=item.cmdline,
+                health=answers.get(item.listener.port),
+            ),
+            supervisor,
+        )
+        for item in observed
+    ]
+
+
+def _ports_to_probe(observed: Iterable[_Observed], supervisor: SupervisorFacts) -> list[int]:
+    # Ports outside the family, and the dashboard's above all, are never_touch whatever
+    # they would answer; sync cleanup does not even knock.
+    return [
+        item.listener.port
+        for item in observed
+        if port_boundary_reason(item.listener.port, supervisor) is None
+    ]

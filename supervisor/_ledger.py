@@ -1,0 +1,91 @@
+"""The event ledger: every spawn, adoption, retirement, restart and signal, bounded in size.
+
+Kept in memory for ``/v1/events`` and appended to ``R/supervisor/events.jsonl`` so that it
+survives the supervisor; the file is compacted to the newest entries when it grows past twice
+the bound. Tokens never enter the ledger: records carry pid, port, version and a reason only.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from spec_kitty_supervisor_client._models import EventRecord
+
+from ._files import atomic_write
+
+__all__ = ["Ledger"]
+
+
+class Ledger:
+    def __init__(self, path: Path | None, capacity: int = 1000) -> None:
+        self._path = path
+        self._capacity = capacity
+        self._events: deque[EventRecord] = deque(maxlen=capacity)
+        self._lines_in_file = 0
+        self._seq = 0
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return
+        self._lines_in_file = len(lines)
+        for line in lines[-self._capacity :]:
+            try:
+                self._events.append(EventRecord.model_validate_json(line))
+            except ValidationError:
+                continue  # a torn last line after a crash: skip it, keep the rest
+        if self._events:
+            self._seq = self._events[-1].seq
+
+    def record(
+        self,
+        kind: str,
+        *,
+        pid: int | None = None,
+        port: int | None = None,
+        package_version: str | None = None,
+        reason: str = "",
+    ) -> EventRecord:
+        self._seq += 1
+        event = EventRecord(
+            seq=self._seq,
+            time=datetime.now(UTC).isoformat(timespec="milliseconds"),
+            kind=kind,
+            pid=pid,
+            port=port,
+            package_version=package_version,
+            reason=reason,
+        )
+        self._events.append(event)
+        self._append(event)
+        return event
+
+    def _append(self, event: EventRecord) -> None:
+        if self._path is None:
+            return
+        try:
+            if self._lines_in_file >= 2 * self._capacity:
+                body = "".join(e.model_dump_json() + "\n" for e in self._events)
+                atomic_write(self._path, body.encode())
+                self._lines_in_file = len(self._events)
+                return
+            with self._path.open("a", encoding="utf-8") as handle:
+                handle.write(event.model_dump_json() + "\n")
+            self._lines_in_file += 1
+        except OSError:
+            pass  # the in-memory ledger still serves /v1/events; a full disk must not kill us
+
+    def events(self, since: int = 0, limit: int | None = None) -> list[EventRecord]:
+        selected = [e for e in self._events if e.seq > since]
+        return selected[-limit:] if limit else selected
+
+    def __iter__(self) -> Iterator[EventRecord]:
+        return iter(self._events)

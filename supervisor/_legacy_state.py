@@ -1,0 +1,99 @@
+"""Upstream's state file ``R/sync-daemon`` and its lock ``R/sync-daemon.lock``.
+
+Unmodified spec-kitty CLIs read this file to find the root's daemon and SIGKILL the pid it
+names without checking who that pid is now. So it must only ever name a live, verified daemon
+of the root (DESIGN rule 6), and we change it only while holding the same flock upstream
+spawners take, so that we never interleave with their inspect-kill-spawn sequence.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from ._files import atomic_write
+
+__all__ = [
+    "LegacyLockTimeout",
+    "LegacyRecord",
+    "hold_legacy_lock",
+    "read_legacy_state",
+    "remove_legacy_state",
+    "write_legacy_state",
+]
+
+
+class LegacyLockTimeout(TimeoutError):
+    """Raised when an upstream CLI held ``R/sync-daemon.lock`` longer than we wait."""
+
+
+@dataclass(frozen=True)
+class LegacyRecord:
+    url: str
+    port: int
+    token: str
+    pid: int
+
+
+def read_legacy_state(path: Path) -> LegacyRecord | None:
+    """The recorded singleton, or None when the file is missing or not in upstream's shape."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
+        return None
+    if len(lines) < 4:
+        return None
+    try:
+        return LegacyRecord(
+            url=lines[0].strip(),
+            port=int(lines[1]),
+            token=lines[2].strip(),
+            pid=int(lines[3]),
+        )
+    except ValueError:
+        return None
+
+
+def write_legacy_state(path: Path, port: int, token: str, pid: int) -> None:
+    atomic_write(path, f"http://localhost:{port}\n{port}\n{token}\n{pid}\n".encode(), mode=0o600)
+
+
+def remove_legacy_state(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+@asynccontextmanager
+async def hold_legacy_lock(path: Path, timeout: float) -> AsyncIterator[None]:
+    """Hold upstream's exclusive flock; poll with a short sleep, as upstream spawners do.
+
+    Upstream may hold it for ~21 s while it waits for a daemon's health, so callers pass a
+    bound and treat :class:`LegacyLockTimeout` as "an upstream CLI is busy; try later".
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        with anyio.fail_after(timeout):
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await anyio.sleep(0.02)
+    except TimeoutError:
+        os.close(fd)
+        raise LegacyLockTimeout(f"{path} stayed locked for {timeout:.0f} s") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,145 @@
+"""Talking to sync daemons over loopback HTTP: the health probe and the token shutdown.
+
+Upstream daemons run the stdlib ``HTTPServer``: HTTP/1.0, one request per connection, the body
+delimited by the connection closing. h11 speaks that exactly, so each probe is one connection,
+one request and a bounded read, with a hard timeout around the whole exchange.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import h11
+
+__all__ = ["DaemonReply", "HealthAnswer", "http_request", "post_shutdown", "probe_health"]
+
+_MAX_BODY = 256 * 1024
+
+
+@dataclass(frozen=True)
+class DaemonReply:
+    status: int
+    body: bytes
+
+
+@dataclass(frozen=True)
+class HealthAnswer:
+    """A parsed ``GET /api/health`` answer; None where the daemon's version lacks a field."""
+
+    payload: dict[str, Any]
+    status: str | None
+    token: str | None
+    daemon_family: str | None
+    singleton_scope_id: str | None
+    protocol_version: int | None
+    package_version: str | None
+    owner: dict[str, Any] | None
+    sync_running: bool
+    extra_keys: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> HealthAnswer:
+        owner = payload.get("owner")
+        sync = payload.get("sync")
+        protocol = payload.get("protocol_version")
+        return cls(
+            payload=payload,
+            status=_str_or_none(payload.get("status")),
+            token=_str_or_none(payload.get("token")),
+            daemon_family=_str_or_none(payload.get("daemon_family")),
+            singleton_scope_id=_str_or_none(payload.get("singleton_scope_id")),
+            protocol_version=protocol if isinstance(protocol, int) else None,
+            package_version=_str_or_none(payload.get("package_version")),
+            owner=owner if isinstance(owner, dict) else None,
+            sync_running=bool(isinstance(sync, dict) and sync.get("running")),
+            extra_keys=frozenset(payload),
+        )
+
+    @property
+    def looks_like_spec_kitty(self) -> bool:
+        """Upstream's own test: the answer carries both protocol and package versions."""
+        return self.protocol_version is not None and self.package_version is not None
+
+    @property
+    def looks_like_dashboard(self) -> bool:
+        return "project_path" in self.payload and "status" in self.payload
+
+
+def _str_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+async def http_request(
+    port: int,
+    method: str,
+    target: str,
+    *,
+    body: bytes = b"",
+    timeout: float,
+    host: str = "127.0.0.1",
+) -> DaemonReply | None:
+    """One HTTP exchange with a loopback listener; None when it did not answer in time."""
+    with anyio.move_on_after(timeout):
+        try:
+            return await _exchange(host, port, method, target, body)
+        except (OSError, h11.ProtocolError, anyio.EndOfStream, anyio.BrokenResourceError):
+            return None
+    return None
+
+
+async def _exchange(host: str, port: int, method: str, target: str, body: bytes) -> DaemonReply:
+    connection = h11.Connection(our_role=h11.CLIENT)
+    headers = [("Host", f"{host}:{port}"), ("Connection", "close")]
+    if body:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    async with await anyio.connect_tcp(host, port) as stream:
+        out = connection.send(h11.Request(method=method, target=target, headers=headers))
+        if body:
+            out += connection.send(h11.Data(data=body))
+        out += connection.send(h11.EndOfMessage())
+        await stream.send(out)
+        status = 0
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                try:
+                    data = await stream.receive(65536)
+                except anyio.EndOfStream:
+                    data = b""
+                connection.receive_data(data)
+                continue
+            if isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > _MAX_BODY:
+                    raise h11.RemoteProtocolError("body too large")
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return DaemonReply(status=status, body=b"".join(chunks))
+
+
+async def probe_health(port: int, timeout: float, host: str = "127.0.0.1") -> HealthAnswer | None:
+    """``GET /api/health``; None when nothing answered a JSON object with 200 in ``timeout``."""
+    reply = await http_request(port, "GET", "/api/health", timeout=timeout, host=host)
+    if reply is None or reply.status != 200:
+        return None
+    try:
+        payload = json.loads(reply.body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(payload, dict):
+        return None
+    return HealthAnswer.from_payload(payload)
+
+
+async def post_shutdown(port: int, token: str, timeout: float) -> bool:
+    """``POST /api/shutdown`` with the daemon's token; True when it said it is stopping."""
+    body = json.dumps({"token": token}).encode()
+    reply = await http_request(port, "POST", "/api/shutdown", body=body, timeout=timeout)
+    return reply is not None and reply.status == 200

@@ -1,0 +1,123 @@
+"""The one place that signals a process, and the graceful stop sequence built on it.
+
+Every signal the supervisor sends goes through :func:`send_signal`, which re-checks the target
+right before the syscall (DESIGN rule 1): the same pid with the same process start, our own
+uid, and a port inside the sync family range. A process that fails any check is not
+signalled; the caller is told why. ``grep -n "os.kill\\|pidfd_send_signal"`` finds only this
+module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+import anyio
+
+from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, StopPath
+
+from ._identity import ProcessIdentity, read_identity
+from ._probe import post_shutdown
+
+__all__ = [
+    "ProcessGone",
+    "SignalRefused",
+    "SignalTarget",
+    "is_gone",
+    "send_signal",
+    "stop_gracefully",
+    "wait_gone",
+]
+
+
+class SignalRefused(PermissionError):
+    """Raised when a target fails the identity, uid or family-range check at signal time."""
+
+
+class ProcessGone(ProcessLookupError):
+    """Raised when the target has already exited (or is a zombie awaiting its reaper)."""
+
+
+@dataclass(frozen=True)
+class SignalTarget:
+    """A process we may signal, and the port that ties it to the sync family.
+
+    ``port`` is the recorded port for a daemon we spawned (it may not listen yet, or any
+    more) and the listening port for anything else.
+    """
+
+    identity: ProcessIdentity
+    port: int
+    pidfd: int | None = None
+
+
+def _check_family_port(port: int) -> None:
+    low, high = FAMILY_PORT_RANGE
+    if not low <= port < high:
+        raise SignalRefused(f"port {port} is outside the sync family range [{low}, {high})")
+
+
+def send_signal(target: SignalTarget, signum: int) -> None:
+    """Signal ``target`` after proving, right now, that it is still the process we mean."""
+    _check_family_port(target.port)
+    now = read_identity(target.identity.pid)
+    if now is None:
+        raise ProcessGone(f"pid {target.identity.pid} has exited")
+    if not target.identity.same_process(now):
+        raise SignalRefused(
+            f"pid {target.identity.pid} now belongs to another process "
+            f"(started {now.start}, expected {target.identity.start})"
+        )
+    if now.uid != os.getuid():
+        raise SignalRefused(f"pid {now.pid} belongs to uid {now.uid}, not to us")
+    try:
+        if target.pidfd is not None:
+            # Held since spawn: the kernel guarantees it still names the same process.
+            signal.pidfd_send_signal(target.pidfd, signum)
+        else:
+            os.kill(now.pid, signum)
+    except ProcessLookupError:
+        raise ProcessGone(f"pid {now.pid} has exited") from None
+
+
+def is_gone(identity: ProcessIdentity) -> bool:
+    return not identity.same_process(read_identity(identity.pid))
+
+
+async def wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
+    """Wait until the process has exited, judged by pid and start, never by a closed port."""
+    with anyio.move_on_after(timeout):
+        while not is_gone(identity):
+            await anyio.sleep(0.02)
+        return True
+    return is_gone(identity)
+
+
+async def stop_gracefully(
+    target: SignalTarget, token: str | None, grace: float, http_timeout: float = 1.0
+) -> StopPath:
+    """Token shutdown, then SIGTERM, then SIGKILL, each with a bounded wait.
+
+    Returns the step that ended the process. Raises :class:`SignalRefused` when the target
+    stops being provably ours part-way (it is then left alone).
+    """
+    if is_gone(target.identity):
+        return "already_gone"
+    if (
+        token is not None
+        and await post_shutdown(target.port, token, http_timeout)
+        and await wait_gone(target.identity, grace)
+    ):
+        return "http_shutdown"
+    for signum, path in ((signal.SIGTERM, "terminate"), (signal.SIGKILL, "kill")):
+        try:
+            send_signal(target, signum)
+            if signum == signal.SIGTERM:
+                # A stopped (SIGSTOP) process holds SIGTERM pending until it runs again.
+                send_signal(target, signal.SIGCONT)
+        except ProcessGone:
+            return "already_gone" if path == "terminate" else "terminate"
+        if await wait_gone(target.identity, grace):
+            return "terminate" if path == "terminate" else "kill"
+    raise TimeoutError(f"pid {target.identity.pid} survived SIGKILL for {grace} s")

@@ -1,0 +1,230 @@
+"""Spawning a real sync daemon, in upstream's production shape, for a client.
+
+The interpreter, environment and working directory come from the client's request and are
+validated here; anything that would make us exec something other than the user's own Python,
+or leak the service manager's variables into a daemon, is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._daemon_shape import build_daemon_argv
+from ._identity import ProcessIdentity, read_identity
+from ._layout import RootLayout
+
+__all__ = [
+    "SpawnError",
+    "SpawnedDaemon",
+    "child_environment",
+    "new_token",
+    "resolve_working_directory",
+    "spawn_daemon",
+    "validate_interpreter",
+]
+
+#: Variables copied from the client's environment; everything else is dropped.
+_ALLOWED_EXACT = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_STATE_HOME",
+        "VIRTUAL_ENV",
+    }
+)
+_ALLOWED_PREFIXES = ("LC_", "SPEC_KITTY_")
+#: Never passed on, even when they match the allow-list: a service manager's variables would
+#: make a daemon talk to systemd or claim the supervisor's sockets.
+_DENIED = frozenset(
+    {
+        "NOTIFY_SOCKET",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "SPEC_KITTY_HOME",
+        "SPEC_KITTY_CLI_VERSION",
+    }
+)
+
+
+class SpawnError(RuntimeError):
+    """Raised when a daemon cannot be spawned; ``code`` is the API error code."""
+
+    def __init__(self, code: str, message: str, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.log_tail = log_tail
+
+
+@dataclass
+class SpawnedDaemon:
+    process: subprocess.Popen[bytes]
+    identity: ProcessIdentity
+    port: int
+    token: str
+    python: str
+    resolved_python: str
+
+
+def new_token() -> str:
+    return secrets.token_hex(16)
+
+
+def validate_interpreter(python: str) -> str:
+    """The resolved interpreter; raises unless absolute, existing, executable, ours or root's.
+
+    The unresolved path is the daemon's key (venvs share one resolved base interpreter), the
+    resolved one goes into the exec marker, as upstream spawners do.
+    """
+    if not os.path.isabs(python):
+        raise SpawnError("invalid_python", f"python must be an absolute path, got {python!r}")
+    try:
+        info = os.stat(python)
+    except FileNotFoundError:
+        raise SpawnError("invalid_python", f"python {python} does not exist") from None
+    except OSError as exc:
+        raise SpawnError("invalid_python", f"python {python}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode) or not os.access(python, os.X_OK):
+        raise SpawnError("invalid_python", f"python {python} is not an executable file")
+    resolved = os.path.realpath(python)
+    resolved_info = os.stat(resolved)
+    for path, mode_info in ((python, info), (resolved, resolved_info)):
+        if mode_info.st_mode & 0o002:
+            raise SpawnError(
+                "invalid_python", f"python {path} is writable by others; refusing to run it"
+            )
+        if mode_info.st_uid not in (0, os.getuid()):
+            raise SpawnError(
+                "invalid_python",
+                f"python {path} belongs to uid {mode_info.st_uid}, neither you nor root",
+            )
+    return resolved
+
+
+def resolve_working_directory(cwd: str | None, fallback: Path) -> str:
+    """The client's directory (3.2.7 finds its project from it), when it is a usable directory."""
+    if cwd is None:
+        return str(fallback)
+    if not os.path.isabs(cwd):
+        raise SpawnError("invalid_cwd", f"cwd must be an absolute path, got {cwd!r}")
+    if not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
+        raise SpawnError("invalid_cwd", f"cwd {cwd} is not an accessible directory")
+    return cwd
+
+
+def child_environment(
+    client_env: Mapping[str, str], daemon_root: Path, package_version: str
+) -> dict[str, str]:
+    """An allow-listed copy of the client's environment, plus the root and the version."""
+    env = {
+        key: value
+        for key, value in client_env.items()
+        if key not in _DENIED and (key in _ALLOWED_EXACT or key.startswith(_ALLOWED_PREFIXES))
+    }
+    env.setdefault("PATH", os.defpath)
+    env.setdefault("HOME", os.path.expanduser("~"))
+    env["SPEC_KITTY_HOME"] = str(daemon_root)
+    env["SPEC_KITTY_CLI_VERSION"] = package_version
+    return env
+
+
+def check_root_supported(python_home: str, daemon_root: Path, package_version: str) -> None:
+    """3.2.2 ignores ``SPEC_KITTY_HOME``: it can only serve ``$HOME/.spec-kitty``."""
+    if package_version != "3.2.2":
+        return
+    expected = (Path(python_home) / ".spec-kitty").resolve()
+    if expected != daemon_root:
+        raise SpawnError(
+            "unsupported_root",
+            f"spec-kitty 3.2.2 ignores SPEC_KITTY_HOME and always uses {expected}; it cannot "
+            f"serve the root {daemon_root}. Upgrade spec-kitty-cli or use that root.",
+        )
+
+
+def spawn_daemon(
+    layout: RootLayout,
+    *,
+    python: str,
+    resolved_python: str,
+    port: int,
+    env: Mapping[str, str],
+    cwd: str,
+) -> SpawnedDaemon:
+    """Start one daemon in its own session; the caller waits for its health."""
+    token = new_token()
+    argv = build_daemon_argv(python, resolved_python, str(layout.daemon_root), port, token)
+    with (
+        open(os.devnull, "rb") as stdin,
+        open(layout.daemon_log, "ab") as log,
+    ):
+        try:
+            process = subprocess.Popen(
+                argv,
+                executable=python,
+                stdin=stdin,
+                stdout=log,
+                stderr=log,
+                env=dict(env),
+                cwd=cwd,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise SpawnError("spawn_failed", f"could not start {python}: {exc}") from None
+    identity = read_identity(process.pid)
+    if identity is None:
+        # It died before we could read its start: reap it and report what it logged.
+        process.wait()
+        raise SpawnError(
+            "spawn_failed",
+            f"the daemon exited at once (exit code {process.returncode})",
+            log_tail=log_tail(layout.daemon_log),
+        )
+    return SpawnedDaemon(
+        process=process,
+        identity=identity,
+        port=port,
+        token=token,
+        python=python,
+        resolved_python=resolved_python,
+    )
+
+
+def log_tail(path: Path, max_bytes: int = 4000) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            return handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""

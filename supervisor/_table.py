@@ -1,0 +1,136 @@
+"""The authoritative table: which daemon is current for the root, which are retiring.
+
+It is persisted in ``R/supervisor/state.json`` (atomically, with a schema version) after every
+change and before the change is acted on, so a supervisor that crashes at any point can be
+replaced by one that re-adopts exactly what the table names. A file we cannot read is moved
+aside, never deleted, and the table is rebuilt from what is alive.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from spec_kitty_supervisor_client._models import DaemonOrigin, DaemonRole, DaemonState, DaemonView
+
+from ._files import atomic_write, move_aside
+from ._identity import ProcessIdentity
+
+__all__ = ["SCHEMA_VERSION", "DaemonRecord", "LoadedTable", "Table", "load_table", "save_table"]
+
+SCHEMA_VERSION = 1
+
+
+class DaemonRecord(BaseModel):
+    """One sync daemon the supervisor owns, with everything needed to re-prove it after a crash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int
+    process_start: str
+    uid: int
+    port: int
+    token: str
+    package_version: str
+    python: str
+    resolved_python: str
+    origin: DaemonOrigin
+    state: DaemonState
+    role: DaemonRole
+    started_at: str
+    last_healthy_at: str | None = None
+    unresponsive_since: float | None = None  # monotonic-free: wall seconds, for the watchdog
+    last_ensure_at: float | None = None
+
+    @property
+    def identity(self) -> ProcessIdentity:
+        return ProcessIdentity(pid=self.pid, start=self.process_start, uid=self.uid)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def view(self, *, with_token: bool = False) -> DaemonView:
+        return DaemonView(
+            pid=self.pid,
+            port=self.port,
+            url=self.url,
+            package_version=self.package_version,
+            python=self.python,
+            origin=self.origin,
+            state=self.state,
+            role=self.role,
+            started_at=self.started_at,
+            last_healthy_at=self.last_healthy_at,
+            token=self.token if with_token else None,
+        )
+
+
+class _TableFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: Literal[1]
+    supervisor_pid: int
+    daemons: list[DaemonRecord]
+    quarantine_reason: str | None = None
+
+
+@dataclass
+class Table:
+    daemons: list[DaemonRecord] = field(default_factory=list)
+    quarantine_reason: str | None = None
+
+    @property
+    def current(self) -> DaemonRecord | None:
+        return next((d for d in self.daemons if d.role == "current"), None)
+
+    @property
+    def retiring(self) -> list[DaemonRecord]:
+        return [d for d in self.daemons if d.role == "retiring"]
+
+    def by_pid(self, pid: int) -> DaemonRecord | None:
+        return next((d for d in self.daemons if d.pid == pid), None)
+
+    def by_port(self, port: int) -> DaemonRecord | None:
+        return next((d for d in self.daemons if d.port == port), None)
+
+    def remove(self, record: DaemonRecord) -> None:
+        self.daemons = [d for d in self.daemons if d.pid != record.pid]
+
+
+@dataclass(frozen=True)
+class LoadedTable:
+    table: Table
+    problem: str | None = None
+    moved_to: Path | None = None
+
+
+def save_table(path: Path, table: Table, supervisor_pid: int) -> None:
+    document = _TableFile(
+        schema_version=SCHEMA_VERSION,
+        supervisor_pid=supervisor_pid,
+        daemons=table.daemons,
+        quarantine_reason=table.quarantine_reason,
+    )
+    atomic_write(path, document.model_dump_json(indent=2).encode() + b"\n")
+
+
+def load_table(path: Path) -> LoadedTable:
+    """Read the journal; a missing file is an empty table, a corrupt one is moved aside."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return LoadedTable(Table())
+    try:
+        document = _TableFile.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        problem = f"unreadable state file ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        moved_to = move_aside(path, "corrupt")
+        return LoadedTable(Table(), problem=problem, moved_to=moved_to)
+    return LoadedTable(
+        Table(daemons=list(document.daemons), quarantine_reason=document.quarantine_reason)
+    )

@@ -1,0 +1,353 @@
+"""The test harness itself, on real spec-kitty daemons: if it lies, every other test does.
+
+It must start daemons exactly as upstream does, see them healthy with the shape of their
+version, stop them gracefully and by pid only, never signal a process whose identity changed,
+and leave nothing running, including daemons it never saw start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from spec_kitty_supervisor._daemon_shape import parse_cmdline
+from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
+from spec_kitty_supervisor._probe import probe_health
+from tests.support.ports import ORPHAN_PORTS, free_ports, parse_port_range, port_is_free
+from tests.support.real_daemons import (
+    DaemonFleet,
+    MissingVenvError,
+    RealDaemon,
+    Sandbox,
+    StopOutcome,
+    read_state_file,
+    run_upstream_cli,
+    run_upstream_ensure,
+    spawn_orphan,
+    spec_kitty_python,
+    stop,
+    wait_healthy,
+    write_state_file,
+)
+
+pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
+
+REPO = Path(__file__).resolve().parents[2]
+MAKE_ORPHANS = REPO / "scripts" / "make_orphans.py"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def fleet() -> Iterator[DaemonFleet]:
+    with DaemonFleet() as daemons:
+        yield daemons
+
+
+def _gone(identity: ProcessIdentity) -> bool:
+    return not identity.same_process(read_identity(identity.pid))
+
+
+def _wait_port_free(port: int, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while not port_is_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+def test_free_ports_skips_a_port_that_is_listening() -> None:
+    first, second = free_ports(2, ORPHAN_PORTS.lo, ORPHAN_PORTS.hi)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", first))
+        listener.listen()
+        assert not port_is_free(first)
+        assert first not in free_ports(2, ORPHAN_PORTS.lo, ORPHAN_PORTS.hi)
+    assert second not in free_ports(1, ORPHAN_PORTS.lo, ORPHAN_PORTS.hi, exclude={second})
+
+
+def test_port_sub_ranges_are_overridable_from_the_environment() -> None:
+    env = {**os.environ, "SKS_TEST_ORPHAN_PORTS": "9410-9412", "SKS_TEST_SPAWN_PORTS": ""}
+    shown = subprocess.run(
+        [sys.executable, "-c", "from tests.support.ports import ORPHAN_PORTS as r; print(r)"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=True,
+    )
+    assert shown.stdout.strip() == "9410-9412"
+    assert parse_port_range("9400-9425") == ORPHAN_PORTS or "SKS_TEST_ORPHAN_PORTS" in os.environ
+    with pytest.raises(ValueError, match="LO-HI"):
+        parse_port_range("9400")
+
+
+def test_a_missing_venv_fails_loudly_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPEC_KITTY_VENVS", str(tmp_path))
+    with pytest.raises(MissingVenvError, match=r"scripts/spec-kitty-venvs\.sh 3\.2\.4"):
+        spec_kitty_python("3.2.4")
+
+
+# -- one daemon ------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_real_daemons_answer_health_in_the_shape_of_their_version(
+    fleet: DaemonFleet,
+) -> None:
+    sandbox = fleet.sandbox()
+    old_port, new_port = fleet.free_ports(2)
+    old = fleet.spawn(sandbox, "3.2.2", old_port)
+    new = fleet.spawn(sandbox, "3.2.4", new_port)
+
+    new_health = await wait_healthy(new, timeout=15)
+    old_health = await wait_healthy(old, timeout=15)
+
+    assert new_health.daemon_family == "sync"
+    assert new_health.package_version == "3.2.4"
+    assert new_health.singleton_scope_id == str(sandbox.root)
+    assert new_health.owner is not None
+    assert (new_health.owner["pid"], new_health.owner["port"]) == (new.pid, new.port)
+    assert old_health.daemon_family is None
+    assert old_health.package_version == "3.2.2"
+    assert old_health.protocol_version == 1
+    assert old_health.token == old.token
+
+
+@pytest.mark.anyio
+async def test_daemons_are_spawned_in_the_production_shape(fleet: DaemonFleet) -> None:
+    sandbox = fleet.sandbox(separate_root=True)
+    daemon, _ = await fleet.spawn_healthy(sandbox, "3.2.4")
+    python = spec_kitty_python("3.2.4")
+
+    argv = psutil.Process(daemon.pid).cmdline()
+    facts = parse_cmdline(argv)
+    assert argv[0] == str(python)  # unresolved, as upstream's sys.executable
+    assert facts.spawn_shape
+    assert (facts.argv_port, facts.argv_token) == (daemon.port, daemon.token)
+    assert facts.root_marker == str(sandbox.root)
+    assert facts.exec_marker == os.path.realpath(python)
+    assert os.getsid(daemon.pid) == daemon.pid  # its own session
+    environ = psutil.Process(daemon.pid).environ()
+    assert environ["HOME"] == str(sandbox.home)
+    assert environ["SPEC_KITTY_HOME"] == str(sandbox.root)
+    assert environ["SPEC_KITTY_CLI_VERSION"] == "3.2.4"
+    assert "SPEC_KITTY_ENABLE_SAAS_SYNC" not in environ
+    assert sandbox.log_file.exists()
+
+
+def test_3_2_2_is_refused_a_root_it_cannot_serve(fleet: DaemonFleet) -> None:
+    sandbox = fleet.sandbox(separate_root=True)
+    with pytest.raises(ValueError, match="ignores SPEC_KITTY_HOME"):
+        spawn_orphan(sandbox, "3.2.2", ORPHAN_PORTS.lo)
+
+
+@pytest.mark.anyio
+async def test_token_shutdown_stops_a_daemon_and_reaps_it(fleet: DaemonFleet) -> None:
+    daemon, _ = await fleet.spawn_healthy(fleet.sandbox(), "3.2.4")
+
+    assert await stop(daemon) is StopOutcome.SHUTDOWN
+
+    assert daemon.exited()
+    assert daemon.returncode == 0
+    assert _gone(daemon.identity)
+    assert _wait_port_free(daemon.port)
+    assert await stop(daemon) is StopOutcome.ALREADY_GONE
+
+
+@pytest.mark.anyio
+async def test_a_refused_shutdown_escalates_to_sigterm(fleet: DaemonFleet) -> None:
+    daemon, _ = await fleet.spawn_healthy(fleet.sandbox(), "3.2.3")
+    wrong_token = dataclasses.replace(daemon, token="0" * 32)
+
+    assert await stop(wrong_token, shutdown_wait=0.5) is StopOutcome.SIGTERM
+    assert daemon.exited()
+
+
+@pytest.mark.anyio
+async def test_a_stopped_daemon_is_continued_and_terminated(fleet: DaemonFleet) -> None:
+    daemon, _ = await fleet.spawn_healthy(fleet.sandbox(), "3.2.4")
+    os.kill(daemon.pid, signal.SIGSTOP)  # our unreaped child: the pid cannot be reused
+
+    assert await stop(daemon, shutdown_wait=0.5) is StopOutcome.SIGTERM
+    assert daemon.exited()
+
+
+@pytest.mark.anyio
+async def test_stop_never_signals_a_pid_whose_start_changed() -> None:
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        real = read_identity(bystander.pid)
+        assert real is not None
+        impostor = RealDaemon(
+            pid=bystander.pid,
+            port=ORPHAN_PORTS.lo,
+            token="0" * 32,
+            version=None,
+            root=Path("/nonexistent"),
+            identity=dataclasses.replace(real, start=real.start + "0"),
+        )
+
+        assert await stop(impostor, shutdown_wait=0.2) is StopOutcome.ALREADY_GONE
+        assert bystander.poll() is None
+        assert real.same_process(read_identity(bystander.pid))
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+# -- the fleet -------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_fleet_stops_everything_by_pid_even_daemons_it_never_saw_start() -> None:
+    with DaemonFleet() as fleet:
+        sandbox = fleet.sandbox()
+        tracked, _ = await fleet.spawn_healthy(sandbox, "3.2.4")
+        # Re-parented daemons: started by a process that exited, unknown to the fleet.
+        made = subprocess.run(
+            [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home), "--count", "2"]
+            + ["--ports", str(ORPHAN_PORTS), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        strays = [RealDaemon.from_json(entry) for entry in json.loads(made.stdout)["orphans"]]
+        assert {stray.pid for stray in fleet.strays()} == {stray.pid for stray in strays}
+        # A bystander sync daemon of another sandbox is not the fleet's business.
+        with DaemonFleet() as other_fleet:
+            bystander, _ = await other_fleet.spawn_healthy(other_fleet.sandbox(), "3.2.4")
+            outcomes = await fleet.astop_all()
+            assert not bystander.exited()
+            assert await probe_health(bystander.port, timeout=2) is not None
+
+    assert bystander.exited()
+    assert set(outcomes) == {tracked.pid, *(stray.pid for stray in strays)}
+    assert set(outcomes.values()) == {StopOutcome.SHUTDOWN}
+    assert tracked.returncode == 0
+    for daemon in [tracked, *strays]:
+        assert _gone(daemon.identity)
+        assert _wait_port_free(daemon.port)
+    assert not sandbox.base.exists()
+
+
+# -- the orphan mess -------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_make_orphans_leaves_healthy_orphans_of_mixed_versions(fleet: DaemonFleet) -> None:
+    sandbox = fleet.sandbox()
+    made = subprocess.run(
+        [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home), "--count", "3"]
+        + ["--versions", "3.2.2,3.2.3,3.2.4", "--ports", str(ORPHAN_PORTS), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    report = json.loads(made.stdout)
+    orphans = [
+        fleet.adopt(entry["pid"], start=entry["start"], version=entry["version"])
+        for entry in report["orphans"]
+    ]
+
+    assert [orphan.version for orphan in orphans] == ["3.2.2", "3.2.3", "3.2.4"]
+    assert len({orphan.port for orphan in orphans}) == 3
+    for orphan in orphans:
+        assert orphan.port in ORPHAN_PORTS
+        assert not orphan.is_child  # its spawner exited: re-parented, as in the real world
+        health = await wait_healthy(orphan, timeout=5)
+        assert health.package_version == orphan.version
+        assert health.sync_running  # sync on: they never retire by themselves
+    state = read_state_file(sandbox.root)
+    assert state is not None
+    assert (state.pid, state.port, state.token) == (
+        orphans[-1].pid,
+        orphans[-1].port,
+        orphans[-1].token,
+    )
+    assert report["state_file"] == state.to_json()
+
+    outcomes = await fleet.astop_all()
+    assert set(outcomes.values()) == {StopOutcome.SHUTDOWN}
+    assert all(_gone(orphan.identity) for orphan in orphans)
+
+
+def test_make_orphans_refuses_the_real_home() -> None:
+    refused = subprocess.run(
+        [sys.executable, str(MAKE_ORPHANS), "--home", str(Path.home()), "--count", "1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "real HOME" in refused.stderr
+
+
+# -- upstream's files and commands -----------------------------------------------------------
+
+
+def test_the_state_file_is_written_like_upstream_under_its_lock(tmp_path: Path) -> None:
+    root = tmp_path / ".spec-kitty"
+    path = write_state_file(root, 9401, "a" * 32, 4242)
+
+    assert path.read_text() == f"http://localhost:9401\n9401\n{'a' * 32}\n4242\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert read_state_file(root) == read_state_file(root) is not None
+    with open(root / "sync-daemon.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TimeoutError):
+            write_state_file(root, 9402, "b" * 32, 4243, lock_timeout=0.3)
+    assert read_state_file(root) is not None
+    assert read_state_file(root).port == 9401  # type: ignore[union-attr]
+
+
+def test_the_upstream_cli_runs_inside_the_sandbox(fleet: DaemonFleet) -> None:
+    sandbox = fleet.sandbox()
+    shown = run_upstream_cli(sandbox, "3.2.4", ["--version"], timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert "3.2.4" in shown.stdout
+
+
+@pytest.mark.anyio
+async def test_upstream_ensure_spawns_then_reuses_a_daemon(fleet: DaemonFleet) -> None:
+    sandbox = fleet.sandbox()
+
+    first = run_upstream_ensure(sandbox, "3.2.4")
+    again = run_upstream_ensure(sandbox, "3.2.4", repeat=2)
+
+    assert first.started
+    assert first.skipped_reason is None
+    assert first.state is not None
+    assert first.pid == first.state.pid
+    assert again.pid == first.pid
+    assert len(again.timings_s) == 2
+    [spawned] = fleet.strays()
+    assert (spawned.pid, spawned.port) == (first.pid, first.port)
+    health = await probe_health(spawned.port, timeout=2)
+    assert health is not None
+    assert health.package_version == "3.2.4"

@@ -1,0 +1,1064 @@
+"""Real spec-kitty sync daemons for tests, benchmarks and the demo: start, watch, stop.
+
+Everything here drives the published ``spec-kitty-cli`` releases installed by
+``scripts/spec-kitty-venvs.sh`` into ``$SPEC_KITTY_VENVS/spec-kitty-<version>``. Daemons are
+started exactly the way upstream CLIs start them (the production argv, a new session, stdin
+``/dev/null``, output appended to ``R/sync-daemon.log``), inside a throwaway HOME, so that what
+the supervisor sees in a test is what it sees on a user's machine.
+
+The harness is held to the rules it tests: it signals only processes whose identity (pid and
+process start) it recorded, re-checks that identity right before each signal (through a pidfd
+where the OS has one), stops gracefully first (token shutdown, SIGTERM, SIGKILL), confirms death
+by pid, never by port, and never looks a process up by name. It does not use the supervisor's
+own signalling code: a harness that shared the code under test could not catch its bugs.
+
+Errors::
+
+    HarnessError (RuntimeError)
+    ├── MissingVenvError      a spec-kitty-cli venv is not installed: run the install script
+    └── DaemonStartError      a daemon exited, or did not answer its health check in time
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+import psutil
+
+from spec_kitty_supervisor._daemon_shape import build_daemon_argv, parse_cmdline
+from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
+from spec_kitty_supervisor._probe import HealthAnswer, post_shutdown, probe_health
+
+from .ports import ORPHAN_PORTS, PortRange
+
+__all__ = [
+    "DEFAULT_ORPHAN_VERSIONS",
+    "KNOWN_VERSIONS",
+    "DaemonFleet",
+    "DaemonStartError",
+    "HarnessError",
+    "MissingVenvError",
+    "RealDaemon",
+    "Sandbox",
+    "StateRecord",
+    "StopOutcome",
+    "UpstreamEnsure",
+    "make_orphans",
+    "new_token",
+    "read_state_file",
+    "run_blocking",
+    "run_upstream_cli",
+    "run_upstream_ensure",
+    "spawn_orphan",
+    "spec_kitty_cli",
+    "spec_kitty_python",
+    "spec_kitty_venv",
+    "stop",
+    "venvs_dir",
+    "wait_healthy",
+    "write_state_file",
+]
+
+#: The releases ``scripts/spec-kitty-venvs.sh`` installs by default.
+KNOWN_VERSIONS: tuple[str, ...] = ("3.2.2", "3.2.3", "3.2.4", "3.2.7")
+#: The versions of the real-world "18 orphans" machine.
+DEFAULT_ORPHAN_VERSIONS: tuple[str, ...] = ("3.2.2", "3.2.3", "3.2.4")
+
+SAAS_SYNC_ENV = "SPEC_KITTY_ENABLE_SAAS_SYNC"
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_POLL = 0.02
+_T = TypeVar("_T")
+
+
+class HarnessError(RuntimeError):
+    """The test harness could not do what it was asked; the message says what to fix."""
+
+
+class MissingVenvError(HarnessError):
+    """A real spec-kitty-cli venv is missing. Tests fail on it, never skip: CI installs them."""
+
+
+class DaemonStartError(HarnessError):
+    """A real daemon exited or stayed silent while it should have become healthy."""
+
+
+# --------------------------------------------------------------------------------------------
+# The real spec-kitty-cli venvs
+
+
+def venvs_dir() -> Path:
+    """Where the venvs live: ``$SPEC_KITTY_VENVS``, else the install script's own default."""
+    configured = os.environ.get("SPEC_KITTY_VENVS", "")
+    if configured:
+        base = Path(configured).expanduser()
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME", "") or str(Path.home() / ".cache")
+        base = Path(cache) / "spec-kitty-supervisor" / "venvs"
+    # Absolute but not resolved: upstream puts the venv's own bin/python path in argv[0].
+    return Path(os.path.abspath(base))
+
+
+def spec_kitty_venv(version: str) -> Path:
+    """``$SPEC_KITTY_VENVS/spec-kitty-<version>``, or MissingVenvError naming the fix."""
+    venv = venvs_dir() / f"spec-kitty-{version}"
+    if not (venv / ".installed").is_file() or not (venv / "bin" / "python").exists():
+        raise MissingVenvError(
+            f"spec-kitty-cli {version} is not installed at {venv}. Install the real releases "
+            f"with `SPEC_KITTY_VENVS={venvs_dir()} scripts/spec-kitty-venvs.sh {version}` "
+            "(`make test` and `make spec-kitty-venvs` run it for every known version)."
+        )
+    return venv
+
+
+def spec_kitty_python(version: str) -> Path:
+    """The venv's ``bin/python``, unresolved, as upstream spawners put it in argv[0]."""
+    return spec_kitty_venv(version) / "bin" / "python"
+
+
+def spec_kitty_cli(version: str) -> Path:
+    """The venv's real ``spec-kitty`` command."""
+    cli = spec_kitty_venv(version) / "bin" / "spec-kitty"
+    if not cli.exists():
+        raise MissingVenvError(f"{cli} is missing: reinstall with scripts/spec-kitty-venvs.sh")
+    return cli
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+
+def _honours_spec_kitty_home(version: str) -> bool:
+    """3.2.2 ignores ``SPEC_KITTY_HOME`` and always serves ``$HOME/.spec-kitty``."""
+    return _version_key(version) >= (3, 2, 3)
+
+
+def new_token() -> str:
+    """A daemon token the way upstream makes one: 32 lowercase hex characters."""
+    return secrets.token_hex(16)
+
+
+# --------------------------------------------------------------------------------------------
+# Sandboxes
+
+
+def _sandbox_parent() -> Path:
+    configured = os.environ.get("SKS_TEST_TMPDIR", "")
+    if configured:
+        return Path(configured)
+    parent = Path(tempfile.gettempdir())
+    # The supervisor's socket lives in R/supervisor/; a short base keeps it bindable.
+    if len(str(parent)) > 40 and Path("/tmp").is_dir():
+        return Path("/tmp")
+    return parent
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A throwaway HOME and the daemon root R that spec-kitty derives from it.
+
+    ``base`` holds everything the sandbox owns; ``home`` is ``base/home``; the root is
+    ``home/.spec-kitty`` (which every version, 3.2.2 included, serves), or ``base/root`` when
+    the sandbox was created with ``separate_root`` (passed to 3.2.3+ as ``SPEC_KITTY_HOME``).
+    Paths are resolved, as upstream resolves the root it writes into the argv marker.
+    """
+
+    base: Path
+    home: Path
+    root: Path
+    owned: bool = True
+
+    @classmethod
+    def create(cls, *, separate_root: bool = False, parent: Path | None = None) -> Sandbox:
+        base = Path(tempfile.mkdtemp(prefix="sks-", dir=parent or _sandbox_parent())).resolve()
+        home = base / "home"
+        root = base / "root" if separate_root else home / ".spec-kitty"
+        home.mkdir(mode=0o700)
+        root.mkdir(mode=0o700, parents=True)
+        return cls(base=base, home=home, root=root.resolve(), owned=True)
+
+    @classmethod
+    def at(cls, home: Path, *, root: Path | None = None) -> Sandbox:
+        """A sandbox in a folder the caller owns (created if missing, never removed)."""
+        home = Path(home).expanduser()
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        home = home.resolve()
+        chosen = Path(root).expanduser() if root is not None else home / ".spec-kitty"
+        chosen.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return cls(base=home, home=home, root=chosen.resolve(), owned=False)
+
+    @property
+    def root_is_home_default(self) -> bool:
+        """True when R is ``$HOME/.spec-kitty``: the only root a 3.2.2 daemon can serve."""
+        return self.root == self.home / ".spec-kitty"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "sync-daemon"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "sync-daemon.lock"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "sync-daemon.log"
+
+    @property
+    def owner_file(self) -> Path:
+        return self.root / "sync" / "daemon" / "owner.json"
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """An environment that keeps every spec-kitty write inside the sandbox.
+
+        Built from scratch rather than copied: the outer ``XDG_*``, ``PYTHONPATH``,
+        ``VIRTUAL_ENV`` or ``SPEC_KITTY_*`` of the machine running the tests must not leak in.
+        ``SPEC_KITTY_ENABLE_SAAS_SYNC`` is absent, so upstream CLIs spawn no daemon unless a
+        test asks for one.
+        """
+        env = {
+            "HOME": str(self.home),
+            "SPEC_KITTY_HOME": str(self.root),
+            "PATH": os.environ.get("PATH", os.defpath),
+        }
+        for name in ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SYSTEMROOT"):
+            value = os.environ.get(name)
+            if value:
+                env[name] = value
+        if extra:
+            env.update(extra)
+        return env
+
+    def cleanup(self) -> None:
+        """Remove the sandbox (only one this object created). Stop its daemons first."""
+        if self.owned:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cleanup()
+
+
+# --------------------------------------------------------------------------------------------
+# One real daemon
+
+
+@dataclass
+class RealDaemon:
+    """A real sync daemon and the identity recorded when it was started (or adopted)."""
+
+    pid: int
+    port: int
+    token: str
+    version: str | None
+    root: Path
+    identity: ProcessIdentity
+    argv: tuple[str, ...] = ()
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://localhost:{self.port}"
+
+    @property
+    def is_child(self) -> bool:
+        """True when this process spawned it and must reap it."""
+        return self.popen is not None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+    def exited(self) -> bool:
+        """True once the recorded process is gone, judged by pid alone (reaping our child)."""
+        if self.popen is not None:
+            return self.popen.poll() is not None
+        return not self.identity.same_process(read_identity(self.pid))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "port": self.port,
+            "token": self.token,
+            "version": self.version,
+            "root": str(self.root),
+            "start": self.identity.start,
+            "uid": self.identity.uid,
+            "url": self.url,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RealDaemon:
+        """A daemon another process started and described with :meth:`to_json`."""
+        pid = int(data["pid"])
+        return cls(
+            pid=pid,
+            port=int(data["port"]),
+            token=str(data["token"]),
+            version=str(data["version"]) if data.get("version") is not None else None,
+            root=Path(str(data["root"])),
+            identity=ProcessIdentity(pid=pid, start=str(data["start"]), uid=int(data["uid"])),
+        )
+
+
+def spawn_orphan(
+    sandbox: Sandbox,
+    version: str,
+    port: int,
+    token: str | None = None,
+    *,
+    sync: bool = False,
+    report_version: str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> RealDaemon:
+    """Start one real daemon of ``version`` for the sandbox's root, outside any supervisor.
+
+    Exactly upstream's spawn: the production argv (the venv's ``bin/python`` unresolved in
+    argv[0], resolved in the exec marker), a new session, stdin ``/dev/null``, output appended
+    to ``R/sync-daemon.log``, and the sandbox's environment plus ``SPEC_KITTY_CLI_VERSION``.
+    ``report_version`` overrides the version the daemon reports (default: ``version``).
+
+    ``sync=True`` adds ``SPEC_KITTY_ENABLE_SAAS_SYNC=1``, as every daemon an upstream CLI
+    spawns has it: the daemon's sync service then runs (offline, nobody is logged in), and a
+    daemon whose sync runs never retires by itself. Without it a daemon exits within 30 s
+    once ``R/sync-daemon`` names another live daemon, and 3.2.4+ after 900 s without a
+    token-authenticated request.
+
+    Returns at once; :func:`wait_healthy` waits for the answer. The caller stops it with
+    :func:`stop` (or lets a :class:`DaemonFleet` do it).
+    """
+    if not _honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
+        raise ValueError(
+            f"spec-kitty {version} ignores SPEC_KITTY_HOME and serves only $HOME/.spec-kitty; "
+            f"this sandbox's root is {sandbox.root}: use Sandbox.create(separate_root=False)"
+        )
+    token = token or new_token()
+    if not _TOKEN.fullmatch(token):
+        raise ValueError(f"a daemon token is 32 lowercase hex characters, not {token!r}")
+    python = spec_kitty_python(version)
+    argv = build_daemon_argv(str(python), os.path.realpath(python), str(sandbox.root), port, token)
+    env = sandbox.env({"SPEC_KITTY_CLI_VERSION": report_version or version})
+    if sync:
+        env[SAAS_SYNC_ENV] = "1"
+    if extra_env:
+        env.update(extra_env)
+    sandbox.root.mkdir(parents=True, exist_ok=True)
+    with open(sandbox.log_file, "ab") as log:
+        popen = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            env=env,
+            cwd=cwd or sandbox.home,
+        )
+    # The start time is the fork's, unchanged by exec, and the pid cannot be reused before we
+    # reap it: reading it now records exactly the process we started.
+    identity = read_identity(popen.pid)
+    if identity is None:
+        code = popen.wait()
+        raise DaemonStartError(
+            f"spec-kitty {version} daemon (pid {popen.pid}, port {port}) exited at once "
+            f"with {code}; {_log_tail(sandbox.log_file)}"
+        )
+    return RealDaemon(
+        pid=popen.pid,
+        port=port,
+        token=token,
+        version=report_version or version,
+        root=sandbox.root,
+        identity=identity,
+        argv=tuple(argv),
+        popen=popen,
+    )
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        text = log.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return f"no log at {log}"
+    if not text:
+        return f"{log} is empty"
+    return f"last lines of {log}:\n" + "\n".join(text[-lines:])
+
+
+async def wait_healthy(daemon: RealDaemon, timeout: float = 15.0) -> HealthAnswer:  # noqa: ASYNC109
+    """Wait until ``daemon`` answers ``GET /api/health`` with its own token.
+
+    The token check matters: when another process already held the port, our daemon dies
+    of the bind failure while the port keeps answering for someone else.
+    """
+    deadline = time.monotonic() + timeout
+    last: HealthAnswer | None = None
+    while True:
+        if daemon.exited():
+            code = daemon.returncode
+            raise DaemonStartError(
+                f"daemon pid {daemon.pid} (spec-kitty {daemon.version}, port {daemon.port}) "
+                f"exited{f' with {code}' if code is not None else ''} before it was healthy; "
+                f"{_log_tail(daemon.root / 'sync-daemon.log')}"
+            )
+        answer = await probe_health(daemon.port, timeout=0.5)
+        if answer is not None and answer.token == daemon.token:
+            return answer
+        last = answer if answer is not None else last
+        if time.monotonic() >= deadline:
+            seen = (
+                f"port {daemon.port} answered for token {last.token!r}, "
+                f"version {last.package_version!r}"
+                if last is not None
+                else f"port {daemon.port} never answered"
+            )
+            raise DaemonStartError(
+                f"daemon pid {daemon.pid} (spec-kitty {daemon.version}) not healthy after "
+                f"{timeout:.1f} s: {seen}"
+            )
+        await anyio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping, by pid and by proven identity only
+
+
+class StopOutcome(StrEnum):
+    """How a stop ended: what was needed before the pid was gone."""
+
+    ALREADY_GONE = "already_gone"
+    SHUTDOWN = "shutdown"
+    SIGTERM = "sigterm"
+    SIGKILL = "sigkill"
+
+
+def _signal_if_same(daemon: RealDaemon, signum: int) -> bool:
+    """Send ``signum`` only if the pid still is the recorded process; False when it is gone.
+
+    The pidfd is opened *before* the identity is re-read, so if the identity matches the fd
+    names that very process and the signal cannot reach a successor that reused the pid.
+    """
+    pidfd: int | None = None
+    if hasattr(os, "pidfd_open"):
+        try:
+            pidfd = os.pidfd_open(daemon.pid)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pidfd = None  # kernel without pidfds
+    try:
+        now = read_identity(daemon.pid)
+        if not daemon.identity.same_process(now):
+            return False
+        assert now is not None
+        if now.uid != os.getuid():
+            raise HarnessError(f"pid {now.pid} belongs to uid {now.uid}: not signalling it")
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(daemon.pid, signum)
+        return True
+    except ProcessLookupError:
+        return False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+async def _wait_gone(daemon: RealDaemon, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not daemon.exited():
+        if time.monotonic() >= deadline:
+            return False
+        await anyio.sleep(_POLL)
+    return True
+
+
+async def stop(
+    daemon: RealDaemon,
+    *,
+    shutdown_wait: float = 3.0,
+    term_wait: float = 3.0,
+    kill_wait: float = 5.0,
+) -> StopOutcome:
+    """Stop ``daemon`` gracefully first: token shutdown, then SIGTERM, then SIGKILL.
+
+    Each step waits (bounded) for the pid to be gone; a closed port proves nothing. Signals
+    go only to the recorded process (pid and start re-checked at signal time). Our own child
+    is reaped. Raises HarnessError if the process survives SIGKILL.
+    """
+    if daemon.exited():
+        return StopOutcome.ALREADY_GONE
+    # A 403 (someone else's daemon holds the port now) is harmless; SIGTERM follows.
+    accepted = await post_shutdown(daemon.port, daemon.token, timeout=1.0)
+    if accepted and await _wait_gone(daemon, shutdown_wait):
+        return StopOutcome.SHUTDOWN
+    if not _signal_if_same(daemon, signal.SIGTERM):
+        # Gone (or a zombie) by the time we looked again: reap it if it is our child.
+        await _wait_gone(daemon, kill_wait)
+        return StopOutcome.SHUTDOWN if accepted else StopOutcome.ALREADY_GONE
+    # A stopped (SIGSTOP) daemon handles SIGTERM only once continued.
+    _signal_if_same(daemon, signal.SIGCONT)
+    if await _wait_gone(daemon, term_wait):
+        return StopOutcome.SIGTERM
+    killed = _signal_if_same(daemon, signal.SIGKILL)
+    if not await _wait_gone(daemon, kill_wait):
+        raise HarnessError(f"pid {daemon.pid} is still alive {kill_wait:.0f} s after SIGKILL")
+    return StopOutcome.SIGKILL if killed else StopOutcome.SIGTERM
+
+
+def run_blocking(function: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+    """Run an async harness function from sync code, even from inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return anyio.run(function, *args)
+    results: list[_T] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            results.append(anyio.run(function, *args))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=worker, name="sks-harness-blocking")
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+# --------------------------------------------------------------------------------------------
+# The fleet: everything a test started, stopped by pid on exit
+
+
+class DaemonFleet:
+    """Tracks every daemon a test started or adopted and stops the live ones on exit.
+
+    Use as ``with DaemonFleet() as fleet`` (sync fixtures) or ``async with``. On exit it
+    stops, in parallel and by pid, every tracked daemon still alive, plus every sync daemon
+    found running for a sandbox it watches (spawn-shaped, our uid, a root marker inside the
+    sandbox): daemons started by upstream CLIs, by ``scripts/make_orphans.py`` or by the
+    supervisor under test, which this process never saw spawn. It never looks for processes
+    by name. Sandboxes it created are removed after their daemons are gone.
+    """
+
+    def __init__(self, *, port_range: PortRange = ORPHAN_PORTS) -> None:
+        self.port_range = port_range
+        self._daemons: list[RealDaemon] = []
+        self._watched: list[Sandbox] = []
+        self._owned: list[Sandbox] = []
+        self._lock = threading.Lock()
+
+    # -- sandboxes ---------------------------------------------------------------------------
+    def sandbox(self, *, separate_root: bool = False) -> Sandbox:
+        """A fresh sandbox, watched, and removed when the fleet exits."""
+        created = Sandbox.create(separate_root=separate_root)
+        with self._lock:
+            self._owned.append(created)
+        self.watch(created)
+        return created
+
+    def watch(self, sandbox: Sandbox) -> Sandbox:
+        """Sweep ``sandbox``'s daemons on exit, whoever started them."""
+        with self._lock:
+            if sandbox not in self._watched:
+                self._watched.append(sandbox)
+        return sandbox
+
+    # -- daemons -----------------------------------------------------------------------------
+    @property
+    def daemons(self) -> tuple[RealDaemon, ...]:
+        with self._lock:
+            return tuple(self._daemons)
+
+    def alive(self) -> list[RealDaemon]:
+        return [daemon for daemon in self.daemons if not daemon.exited()]
+
+    def add(self, daemon: RealDaemon) -> RealDaemon:
+        """Track a daemon started elsewhere (the same process is tracked once)."""
+        with self._lock:
+            if not any(d.identity == daemon.identity for d in self._daemons):
+                self._daemons.append(daemon)
+        return daemon
+
+    def free_ports(self, count: int) -> list[int]:
+        """Free ports of the fleet's range, skipping those its daemons were given."""
+        return self.port_range.free(count, exclude={d.port for d in self.alive()})
+
+    def spawn(
+        self,
+        sandbox: Sandbox,
+        version: str,
+        port: int | None = None,
+        token: str | None = None,
+        **options: Any,
+    ) -> RealDaemon:
+        """:func:`spawn_orphan`, tracked; ``port`` defaults to a free one of the fleet's range."""
+        self.watch(sandbox)
+        chosen = port if port is not None else self.free_ports(1)[0]
+        return self.add(spawn_orphan(sandbox, version, chosen, token, **options))
+
+    async def spawn_healthy(
+        self,
+        sandbox: Sandbox,
+        version: str,
+        port: int | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 15.0,  # noqa: ASYNC109
+        **options: Any,
+    ) -> tuple[RealDaemon, HealthAnswer]:
+        daemon = self.spawn(sandbox, version, port, token, **options)
+        return daemon, await wait_healthy(daemon, timeout)
+
+    def adopt(
+        self, pid: int, *, start: str | None = None, version: str | None = None
+    ) -> RealDaemon:
+        """Track a daemon this process did not spawn, after proving what it is.
+
+        Its argv must have the spawn shape (the port and token are read from it); ``start``,
+        when given (as recorded by whoever spawned it), must equal the process start now.
+        """
+        identity = read_identity(pid)
+        if identity is None:
+            raise HarnessError(f"pid {pid} is not alive: nothing to adopt")
+        if start is not None and identity.start != start:
+            raise HarnessError(f"pid {pid} started at {identity.start}, not {start}: reused")
+        try:
+            argv = psutil.Process(pid).cmdline()
+        except psutil.Error as exc:
+            raise HarnessError(f"cannot read pid {pid}'s argv: {exc}") from exc
+        facts = parse_cmdline(argv)
+        if not facts.spawn_shape or facts.argv_port is None or facts.argv_token is None:
+            raise HarnessError(f"pid {pid} is not a spawn-shaped sync daemon: {argv[:2]}")
+        if not identity.same_process(read_identity(pid)):
+            raise HarnessError(f"pid {pid} exited while it was being adopted")
+        return self.add(
+            RealDaemon(
+                pid=pid,
+                port=facts.argv_port,
+                token=facts.argv_token,
+                version=version,
+                root=Path(facts.root_marker or ""),
+                identity=identity,
+                argv=tuple(argv),
+            )
+        )
+
+    def strays(self) -> list[RealDaemon]:
+        """Live sync daemons of watched sandboxes that the fleet does not track yet."""
+        with self._lock:
+            bases = [sandbox.base for sandbox in self._watched]
+            known = {daemon.pid for daemon in self._daemons if not daemon.exited()}
+        if not bases:
+            return []
+        found: list[RealDaemon] = []
+        uid = os.getuid()
+        for process in psutil.process_iter(["pid", "cmdline"]):
+            pid = int(process.info["pid"])
+            argv = process.info["cmdline"]
+            if pid in known or not argv:
+                continue
+            facts = parse_cmdline(argv)
+            if not facts.spawn_shape or facts.root_marker is None:
+                continue
+            if facts.argv_port is None or facts.argv_token is None:
+                continue
+            if not any(_is_within(Path(facts.root_marker), base) for base in bases):
+                continue
+            identity = read_identity(pid)
+            if identity is None or identity.uid != uid:
+                continue
+            found.append(
+                RealDaemon(
+                    pid=pid,
+                    port=facts.argv_port,
+                    token=facts.argv_token,
+                    version=None,
+                    root=Path(facts.root_marker),
+                    identity=identity,
+                    argv=tuple(argv),
+                )
+            )
+        return found
+
+    # -- teardown ----------------------------------------------------------------------------
+    async def astop_all(self) -> dict[int, StopOutcome]:
+        """Stop every live tracked daemon and every stray of a watched sandbox, in parallel."""
+        outcomes: dict[int, StopOutcome] = {}
+        errors: list[str] = []
+        for _round in range(2):  # a stray may have been spawned while the first round ran
+            targets = [d for d in self.daemons if not d.exited()]
+            for stray in self.strays():
+                targets.append(self.add(stray))
+            if not targets:
+                break
+
+            async def stop_one(daemon: RealDaemon) -> None:
+                try:
+                    outcomes[daemon.pid] = await stop(daemon)
+                except Exception as exc:
+                    errors.append(f"pid {daemon.pid}: {exc}")
+
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as group:
+                    for daemon in targets:
+                        group.start_soon(stop_one, daemon)
+        # Reap children that exited by themselves, so that no Popen outlives its process.
+        for daemon in self.daemons:
+            daemon.exited()
+        if errors:
+            raise HarnessError("the fleet could not stop: " + "; ".join(errors))
+        return outcomes
+
+    def stop_all(self) -> dict[int, StopOutcome]:
+        return run_blocking(self.astop_all)
+
+    def _remove_sandboxes(self) -> None:
+        with self._lock:
+            owned, self._owned = self._owned, []
+        for sandbox in owned:
+            sandbox.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.stop_all()
+        finally:
+            self._remove_sandboxes()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self.astop_all()
+        finally:
+            self._remove_sandboxes()
+
+
+def _is_within(path: Path, base: Path) -> bool:
+    try:
+        path.relative_to(base)
+    except ValueError:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Upstream's state file R/sync-daemon
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    """The four lines of ``R/sync-daemon``."""
+
+    url: str
+    port: int
+    token: str
+    pid: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"url": self.url, "port": self.port, "token": self.token, "pid": self.pid}
+
+
+@contextlib.contextmanager
+def _legacy_lock(root: Path, timeout: float) -> Iterator[None]:
+    """Hold ``R/sync-daemon.lock`` as upstream spawners do (non-blocking tries, 0.1 s apart)."""
+    with open(root / "sync-daemon.lock", "w") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{root}/sync-daemon.lock held for {timeout} s") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def write_state_file(
+    root: Path, port: int, token: str, pid: int, *, lock: bool = True, lock_timeout: float = 10.0
+) -> Path:
+    """Write ``R/sync-daemon`` as an upstream spawner does: 4 lines, atomic, mode 0600.
+
+    With ``lock`` (the default) it holds ``R/sync-daemon.lock`` meanwhile, as upstream does,
+    so it waits behind a supervisor that holds that lock.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    text = f"http://localhost:{port}\n{port}\n{token}\n{pid}\n"
+    target = root / "sync-daemon"
+    with _legacy_lock(root, lock_timeout) if lock else contextlib.nullcontext():
+        fd, temp = tempfile.mkstemp(prefix=".sync-daemon.", dir=root)
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, target)
+    return target
+
+
+def read_state_file(root: Path) -> StateRecord | None:
+    """``R/sync-daemon`` parsed, or None when missing or not four valid lines."""
+    try:
+        lines = [line.strip() for line in (Path(root) / "sync-daemon").read_text().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    lines = [line for line in lines if line]
+    if len(lines) < 4:
+        return None
+    try:
+        return StateRecord(url=lines[0], port=int(lines[1]), token=lines[2], pid=int(lines[3]))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# Running the upstream CLI itself
+
+
+def run_upstream_cli(
+    sandbox: Sandbox,
+    version: str,
+    args: Sequence[str],
+    timeout: float = 120.0,
+    *,
+    saas_sync: bool = False,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run that venv's real ``spec-kitty`` with the sandbox's HOME; never raises on exit codes.
+
+    It writes hundreds of agent files into HOME, which is why it gets only a sandbox's.
+    ``saas_sync=True`` lets it spawn daemons (which the fleet watching the sandbox stops).
+    """
+    env = sandbox.env({"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"})
+    if saas_sync:
+        env[SAAS_SYNC_ENV] = "1"
+    if extra_env:
+        env.update(extra_env)
+    return subprocess.run(
+        [str(spec_kitty_cli(version)), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or sandbox.home,
+        check=False,
+    )
+
+
+_ENSURE_MARK = "@@sks-ensure@@"
+# Runs inside the venv's python. ensure_sync_daemon_running has the same keyword-only shape in
+# 3.2.2, 3.2.3, 3.2.4 and 3.2.7 (``intent`` is mandatory; REMOTE_REQUIRED is the path that
+# starts a daemon); it returns DaemonStartOutcome(started, skipped_reason, pid), where
+# ``started`` is True on reuse too.
+_ENSURE_SCRIPT = f"""
+import json, sys, time
+from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running
+timings = []
+outcome = None
+for _ in range(int(sys.argv[1])):
+    began = time.perf_counter()
+    outcome = ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)
+    timings.append(time.perf_counter() - began)
+print({_ENSURE_MARK!r} + json.dumps({{
+    "started": outcome.started,
+    "skipped_reason": outcome.skipped_reason,
+    "pid": outcome.pid,
+    "timings_s": timings,
+}}), flush=True)
+"""
+
+
+@dataclass(frozen=True)
+class UpstreamEnsure:
+    """What upstream's ``ensure_sync_daemon_running()`` reported, and the state file after."""
+
+    version: str
+    started: bool
+    skipped_reason: str | None
+    pid: int | None
+    state: StateRecord | None
+    timings_s: tuple[float, ...]
+    completed: subprocess.CompletedProcess[str] = field(repr=False, compare=False)
+
+    @property
+    def port(self) -> int | None:
+        return self.state.port if self.state is not None else None
+
+    @property
+    def url(self) -> str | None:
+        return self.state.url if self.state is not None else None
+
+
+def run_upstream_ensure(
+    sandbox: Sandbox,
+    version: str,
+    timeout: float = 60.0,
+    *,
+    repeat: int = 1,
+    extra_env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> UpstreamEnsure:
+    """Call upstream's ``specify_cli.sync.daemon.ensure_sync_daemon_running`` in that venv.
+
+    Runs with the sandbox's environment plus ``SPEC_KITTY_ENABLE_SAAS_SYNC=1`` (without it
+    upstream skips with ``rollout_disabled``). ``repeat`` calls it that many times in one
+    process and reports each call's duration (the first is a cold start when no daemon
+    runs). A daemon it spawns outlives the call: watch the sandbox with a fleet.
+    """
+    env = sandbox.env({SAAS_SYNC_ENV: "1"})
+    if extra_env:
+        env.update(extra_env)
+    completed = subprocess.run(
+        [str(spec_kitty_python(version)), "-c", _ENSURE_SCRIPT, str(repeat)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=cwd or sandbox.home,
+        check=False,
+    )
+    report: dict[str, Any] | None = None
+    for line in completed.stdout.splitlines():
+        if line.startswith(_ENSURE_MARK):
+            report = json.loads(line[len(_ENSURE_MARK) :])
+    if completed.returncode != 0 or report is None:
+        raise HarnessError(
+            f"upstream ensure ({version}) failed with {completed.returncode}:\n"
+            f"{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}"
+        )
+    return UpstreamEnsure(
+        version=version,
+        started=bool(report["started"]),
+        skipped_reason=report["skipped_reason"],
+        pid=report["pid"],
+        state=read_state_file(sandbox.root),
+        timings_s=tuple(float(t) for t in report["timings_s"]),
+        completed=completed,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The orphan mess
+
+
+async def make_orphans(
+    sandbox: Sandbox,
+    *,
+    count: int,
+    versions: Sequence[str] = DEFAULT_ORPHAN_VERSIONS,
+    ports: PortRange = ORPHAN_PORTS,
+    sync: bool = True,
+    state_file: bool = True,
+    timeout: float = 30.0,  # noqa: ASYNC109
+    fleet: DaemonFleet | None = None,
+    exclude_ports: Iterable[int] = (),
+) -> list[RealDaemon]:
+    """``count`` healthy real daemons of ``versions`` (round-robin), spawned outside any supervisor.
+
+    The real-world mess: daemons with sync on (so none retires by itself), on free ports of
+    ``ports``, all for the sandbox's root; with ``state_file`` ``R/sync-daemon`` names the last
+    one, as the last upstream spawner would have left it. The health waits run in parallel.
+    With a ``fleet`` every daemon is tracked as soon as it is spawned; without one, a failure
+    stops the daemons already started before raising DaemonStartError.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, not {count}")
+    if not versions:
+        raise ValueError("at least one version is needed")
+    for version in versions:
+        spec_kitty_python(version)  # a missing venv fails before anything starts
+        if not _honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
+            raise ValueError(f"spec-kitty {version} cannot serve root {sandbox.root}")
+    if fleet is not None:
+        fleet.watch(sandbox)
+        exclude_ports = {*exclude_ports, *(d.port for d in fleet.alive())}
+    chosen = ports.free(count, exclude=exclude_ports)
+    daemons: list[RealDaemon] = []
+    try:
+        for index, port in enumerate(chosen):
+            daemon = spawn_orphan(sandbox, versions[index % len(versions)], port, sync=sync)
+            daemons.append(fleet.add(daemon) if fleet is not None else daemon)
+        failures: list[str] = []
+
+        async def healthy(daemon: RealDaemon) -> None:
+            try:
+                await wait_healthy(daemon, timeout)
+            except DaemonStartError as exc:
+                failures.append(str(exc))
+
+        async with anyio.create_task_group() as group:
+            for daemon in daemons:
+                group.start_soon(healthy, daemon)
+        if failures:
+            raise DaemonStartError(
+                f"{len(failures)} of {count} orphans did not become healthy:\n"
+                + "\n".join(failures)
+            )
+        if state_file:
+            last = daemons[-1]
+            write_state_file(sandbox.root, last.port, last.token, last.pid)
+    except BaseException:
+        if fleet is None:
+            with anyio.CancelScope(shield=True):
+                async with anyio.create_task_group() as group:
+                    for daemon in daemons:
+                        group.start_soon(_stop_quietly, daemon)
+        raise
+    return daemons
+
+
+async def _stop_quietly(daemon: RealDaemon) -> None:
+    with contextlib.suppress(HarnessError):
+        await stop(daemon)
