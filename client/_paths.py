@@ -46,11 +46,13 @@ def _root_digest(daemon_root: Path) -> str:
     return hashlib.sha256(os.fsencode(daemon_root)).hexdigest()[:16]
 
 
-def _short_socket_dir() -> Path:
+def _short_socket_dirs() -> list[Path]:
+    candidates = []
     runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
     if runtime_dir and Path(runtime_dir).is_dir():
-        return Path(runtime_dir) / "spec-kitty-supervisor"
-    return Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}"
+        candidates.append(Path(runtime_dir) / "spec-kitty-supervisor")
+    candidates.append(Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}")
+    return candidates
 
 
 def socket_path_for_root(daemon_root: Path) -> Path:
@@ -65,7 +67,11 @@ def socket_path_for_root(daemon_root: Path) -> Path:
     preferred = supervisor_dir(daemon_root) / "supervisor.sock"
     if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT:
         return preferred
-    return _short_socket_dir() / f"{_root_digest(daemon_root)}.sock"
+    name = f"{_root_digest(daemon_root)}.sock"
+    for folder in _short_socket_dirs():
+        if len(os.fsencode(folder / name)) <= SOCKET_PATH_LIMIT:
+            return folder / name
+    return _short_socket_dirs()[-1] / name
 
 
 def ensure_private_dir(path: Path) -> Path:

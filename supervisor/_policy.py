@@ -33,6 +33,8 @@ def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     parts: list[tuple[int, int | str]] = []
     for number, word in _VERSION_PART.findall(version):
         parts.append((1, int(number)) if number else (0, word.lower()))
+    # A final release outranks its own pre-releases: "~" sorts after every tag letter.
+    parts.append((0, "~"))
     return tuple(parts)
 
 

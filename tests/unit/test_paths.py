@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from spec_kitty_supervisor_client import (
+    SOCKET_PATH_LIMIT,
+    UnsafeDirectoryError,
+    ensure_private_dir,
+    resolve_daemon_root,
+    socket_path_for_root,
+)
+
+
+def test_root_is_spec_kitty_home_when_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SPEC_KITTY_HOME", str(tmp_path / "a" / ".." / "root"))
+    assert resolve_daemon_root() == (tmp_path / "root").resolve()
+
+
+def test_root_defaults_to_home_dot_spec_kitty(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SPEC_KITTY_HOME", "")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_daemon_root() == (tmp_path / ".spec-kitty").resolve()
+
+
+def test_explicit_root_wins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SPEC_KITTY_HOME", "/somewhere/else")
+    assert resolve_daemon_root(tmp_path) == tmp_path.resolve()
+
+
+def test_socket_lives_in_the_roots_supervisor_folder(tmp_path: Path) -> None:
+    assert socket_path_for_root(tmp_path) == tmp_path / "supervisor" / "supervisor.sock"
+
+
+def test_deep_root_falls_back_to_a_short_per_root_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    deep_a = tmp_path / ("a" * 60) / ("b" * 60)
+    deep_b = tmp_path / ("a" * 60) / ("c" * 60)
+    path_a, path_b = socket_path_for_root(deep_a), socket_path_for_root(deep_b)
+    assert path_a.parent == runtime / "spec-kitty-supervisor"
+    assert path_a != path_b
+    assert len(os.fsencode(path_a)) <= SOCKET_PATH_LIMIT
+
+
+def test_private_dir_is_created_0700(tmp_path: Path) -> None:
+    folder = ensure_private_dir(tmp_path / "x" / "supervisor")
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_group_writable_dir_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "supervisor"
+    folder.mkdir()
+    folder.chmod(0o770)
+    with pytest.raises(UnsafeDirectoryError, match="chmod 700"):
+        ensure_private_dir(folder)
+
+
+def test_dir_of_another_user_is_refused(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    folder = tmp_path / "supervisor"
+    folder.mkdir(mode=0o700)
+    os.chown(folder, 65534, 65534)
+    with pytest.raises(UnsafeDirectoryError, match="belongs to uid 65534"):
+        ensure_private_dir(folder)
+
+
+def test_fallback_skips_a_runtime_dir_that_is_itself_too_long(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runtime = tmp_path / ("r" * 90)
+    runtime.mkdir(parents=True)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    path = socket_path_for_root(tmp_path / ("a" * 120))
+    assert path.parent == Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}"
