@@ -808,6 +808,9 @@ def _port_is_free(port: int) -> bool:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             return False
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the daemon's HTTPServer does (allow_reuse_address), so a port whose last
+        # connections linger in TIME_WAIT still counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

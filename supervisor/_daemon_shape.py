@@ -33,7 +33,7 @@ def daemon_script(port: int, token: str) -> str:
         "import os\n"
         'os.environ["SPEC_KITTY_SYNC_MINIMAL_IMPORT"] = "1"\n'
         "from specify_cli.sync.daemon import run_sync_daemon\n"
-        f"run_sync_daemon({port}, '{token}')"
+        f"run_sync_daemon({port}, '{token}')\n"
     )
 
 

@@ -16,22 +16,30 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import psutil
 import pytest
 
 from spec_kitty_supervisor._daemon_shape import parse_cmdline
 from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
 from spec_kitty_supervisor._probe import probe_health
-from tests.support.ports import ORPHAN_PORTS, free_ports, parse_port_range, port_is_free
+from tests.support.ports import (
+    ORPHAN_PORTS,
+    PortRange,
+    free_ports,
+    parse_port_range,
+    port_is_free,
+)
 from tests.support.real_daemons import (
     DaemonFleet,
     MissingVenvError,
     RealDaemon,
     Sandbox,
+    StateRecord,
     StopOutcome,
     read_state_file,
     run_upstream_cli,
@@ -64,13 +72,22 @@ def _gone(identity: ProcessIdentity) -> bool:
     return not identity.same_process(read_identity(identity.pid))
 
 
-def _wait_port_free(port: int, within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while not port_is_free(port):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
-    return True
+async def _port_freed(port: int, within: float = 5.0) -> bool:
+    """A stopped daemon's port frees shortly after its pid is gone (never the proof of it)."""
+    with anyio.move_on_after(within):
+        while not port_is_free(port):
+            await anyio.sleep(0.05)
+        return True
+    return False
+
+
+async def _make_orphans_cli(sandbox: Sandbox, *args: str) -> dict[str, Any]:
+    """Runs scripts/make_orphans.py: its daemons outlive it, re-parented as in the real world."""
+    argv = [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home)]
+    with anyio.fail_after(60):
+        made = await anyio.run_process([*argv, *args, "--ports", str(ORPHAN_PORTS), "--json"])
+    report: dict[str, Any] = json.loads(made.stdout)
+    return report
 
 
 # -- ports -----------------------------------------------------------------------------------
@@ -79,6 +96,8 @@ def _wait_port_free(port: int, within: float = 5.0) -> bool:
 def test_free_ports_skips_a_port_that_is_listening() -> None:
     first, second = free_ports(2, ORPHAN_PORTS.lo, ORPHAN_PORTS.hi)
     with socket.socket() as listener:
+        # As the daemons bind: a port's TIME_WAIT leftovers from earlier tests don't count.
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", first))
         listener.listen()
         assert not port_is_free(first)
@@ -97,7 +116,17 @@ def test_port_sub_ranges_are_overridable_from_the_environment() -> None:
         check=True,
     )
     assert shown.stdout.strip() == "9410-9412"
-    assert parse_port_range("9400-9425") == ORPHAN_PORTS or "SKS_TEST_ORPHAN_PORTS" in os.environ
+    outside = subprocess.run(
+        [sys.executable, "-c", "import tests.support.ports"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**env, "SKS_TEST_SPAWN_PORTS": "9300-9310"},
+        check=False,
+    )
+    assert outside.returncode != 0
+    assert "leaves the sync family range" in outside.stderr
+    assert parse_port_range("9400-9425") == PortRange(9400, 9425)
     with pytest.raises(ValueError, match="LO-HI"):
         parse_port_range("9400")
 
@@ -141,6 +170,7 @@ async def test_daemons_are_spawned_in_the_production_shape(fleet: DaemonFleet) -
     sandbox = fleet.sandbox(separate_root=True)
     daemon, _ = await fleet.spawn_healthy(sandbox, "3.2.4")
     python = spec_kitty_python("3.2.4")
+    resolved = str(await anyio.Path(python).resolve())
 
     argv = psutil.Process(daemon.pid).cmdline()
     facts = parse_cmdline(argv)
@@ -148,7 +178,7 @@ async def test_daemons_are_spawned_in_the_production_shape(fleet: DaemonFleet) -
     assert facts.spawn_shape
     assert (facts.argv_port, facts.argv_token) == (daemon.port, daemon.token)
     assert facts.root_marker == str(sandbox.root)
-    assert facts.exec_marker == os.path.realpath(python)
+    assert facts.exec_marker == resolved
     assert os.getsid(daemon.pid) == daemon.pid  # its own session
     environ = psutil.Process(daemon.pid).environ()
     assert environ["HOME"] == str(sandbox.home)
@@ -173,7 +203,7 @@ async def test_token_shutdown_stops_a_daemon_and_reaps_it(fleet: DaemonFleet) ->
     assert daemon.exited()
     assert daemon.returncode == 0
     assert _gone(daemon.identity)
-    assert _wait_port_free(daemon.port)
+    assert await _port_freed(daemon.port)
     assert await stop(daemon) is StopOutcome.ALREADY_GONE
 
 
@@ -197,8 +227,9 @@ async def test_a_stopped_daemon_is_continued_and_terminated(fleet: DaemonFleet) 
 
 @pytest.mark.anyio
 async def test_stop_never_signals_a_pid_whose_start_changed() -> None:
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
+    async with await anyio.open_process(
+        [sys.executable, "-c", "import time; time.sleep(60)"]
+    ) as bystander:
         real = read_identity(bystander.pid)
         assert real is not None
         impostor = RealDaemon(
@@ -211,11 +242,10 @@ async def test_stop_never_signals_a_pid_whose_start_changed() -> None:
         )
 
         assert await stop(impostor, shutdown_wait=0.2) is StopOutcome.ALREADY_GONE
-        assert bystander.poll() is None
+        assert bystander.returncode is None
         assert real.same_process(read_identity(bystander.pid))
-    finally:
-        bystander.kill()
-        bystander.wait()
+        bystander.kill()  # our own child, by its handle
+        await bystander.wait()
 
 
 # -- the fleet -------------------------------------------------------------------------------
@@ -227,15 +257,8 @@ async def test_the_fleet_stops_everything_by_pid_even_daemons_it_never_saw_start
         sandbox = fleet.sandbox()
         tracked, _ = await fleet.spawn_healthy(sandbox, "3.2.4")
         # Re-parented daemons: started by a process that exited, unknown to the fleet.
-        made = subprocess.run(
-            [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home), "--count", "2"]
-            + ["--ports", str(ORPHAN_PORTS), "--json"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        strays = [RealDaemon.from_json(entry) for entry in json.loads(made.stdout)["orphans"]]
+        report = await _make_orphans_cli(sandbox, "--count", "2")
+        strays = [RealDaemon.from_json(entry) for entry in report["orphans"]]
         assert {stray.pid for stray in fleet.strays()} == {stray.pid for stray in strays}
         # A bystander sync daemon of another sandbox is not the fleet's business.
         with DaemonFleet() as other_fleet:
@@ -250,7 +273,7 @@ async def test_the_fleet_stops_everything_by_pid_even_daemons_it_never_saw_start
     assert tracked.returncode == 0
     for daemon in [tracked, *strays]:
         assert _gone(daemon.identity)
-        assert _wait_port_free(daemon.port)
+        assert await _port_freed(daemon.port)
     assert not sandbox.base.exists()
 
 
@@ -260,15 +283,7 @@ async def test_the_fleet_stops_everything_by_pid_even_daemons_it_never_saw_start
 @pytest.mark.anyio
 async def test_make_orphans_leaves_healthy_orphans_of_mixed_versions(fleet: DaemonFleet) -> None:
     sandbox = fleet.sandbox()
-    made = subprocess.run(
-        [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home), "--count", "3"]
-        + ["--versions", "3.2.2,3.2.3,3.2.4", "--ports", str(ORPHAN_PORTS), "--json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    report = json.loads(made.stdout)
+    report = await _make_orphans_cli(sandbox, "--count", "3", "--versions", "3.2.2,3.2.3,3.2.4")
     orphans = [
         fleet.adopt(entry["pid"], start=entry["start"], version=entry["version"])
         for entry in report["orphans"]
@@ -317,13 +332,12 @@ def test_the_state_file_is_written_like_upstream_under_its_lock(tmp_path: Path) 
 
     assert path.read_text() == f"http://localhost:9401\n9401\n{'a' * 32}\n4242\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert read_state_file(root) == read_state_file(root) is not None
+    assert read_state_file(root) == StateRecord("http://localhost:9401", 9401, "a" * 32, 4242)
     with open(root / "sync-daemon.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with pytest.raises(TimeoutError):
             write_state_file(root, 9402, "b" * 32, 4243, lock_timeout=0.3)
-    assert read_state_file(root) is not None
-    assert read_state_file(root).port == 9401  # type: ignore[union-attr]
+    assert read_state_file(root) == StateRecord("http://localhost:9401", 9401, "a" * 32, 4242)
 
 
 def test_the_upstream_cli_runs_inside_the_sandbox(fleet: DaemonFleet) -> None:

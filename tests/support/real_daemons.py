@@ -239,7 +239,7 @@ class Sandbox:
             "SPEC_KITTY_HOME": str(self.root),
             "PATH": os.environ.get("PATH", os.defpath),
         }
-        for name in ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "SYSTEMROOT"):
+        for name in ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR"):
             value = os.environ.get(name)
             if value:
                 env[name] = value
@@ -410,11 +410,18 @@ def _log_tail(log: Path, lines: int = 15) -> str:
     return f"last lines of {log}:\n" + "\n".join(text[-lines:])
 
 
-async def wait_healthy(daemon: RealDaemon, timeout: float = 15.0) -> HealthAnswer:  # noqa: ASYNC109
+async def wait_healthy(
+    daemon: RealDaemon,
+    timeout: float = 15.0,
+    *,
+    sync_running: bool = False,
+) -> HealthAnswer:
     """Wait until ``daemon`` answers ``GET /api/health`` with its own token.
 
     The token check matters: when another process already held the port, our daemon dies
-    of the bind failure while the port keeps answering for someone else.
+    of the bind failure while the port keeps answering for someone else. With
+    ``sync_running`` it also waits for ``sync.running`` (a daemon started with sync on starts
+    its sync service about a second after it answers).
     """
     deadline = time.monotonic() + timeout
     last: HealthAnswer | None = None
@@ -427,13 +434,14 @@ async def wait_healthy(daemon: RealDaemon, timeout: float = 15.0) -> HealthAnswe
                 f"{_log_tail(daemon.root / 'sync-daemon.log')}"
             )
         answer = await probe_health(daemon.port, timeout=0.5)
-        if answer is not None and answer.token == daemon.token:
+        mine = answer is not None and answer.token == daemon.token
+        if mine and answer is not None and (answer.sync_running or not sync_running):
             return answer
         last = answer if answer is not None else last
         if time.monotonic() >= deadline:
             seen = (
                 f"port {daemon.port} answered for token {last.token!r}, "
-                f"version {last.package_version!r}"
+                f"version {last.package_version!r}, sync running {last.sync_running}"
                 if last is not None
                 else f"port {daemon.port} never answered"
             )
@@ -633,7 +641,7 @@ class DaemonFleet:
         port: int | None = None,
         token: str | None = None,
         *,
-        timeout: float = 15.0,  # noqa: ASYNC109
+        timeout: float = 15.0,
         **options: Any,
     ) -> tuple[RealDaemon, HealthAnswer]:
         daemon = self.spawn(sandbox, version, port, token, **options)
@@ -676,7 +684,7 @@ class DaemonFleet:
     def strays(self) -> list[RealDaemon]:
         """Live sync daemons of watched sandboxes that the fleet does not track yet."""
         with self._lock:
-            bases = [sandbox.base for sandbox in self._watched]
+            bases = [path for sandbox in self._watched for path in (sandbox.base, sandbox.root)]
             known = {daemon.pid for daemon in self._daemons if not daemon.exited()}
         if not bases:
             return []
@@ -1001,15 +1009,16 @@ async def make_orphans(
     ports: PortRange = ORPHAN_PORTS,
     sync: bool = True,
     state_file: bool = True,
-    timeout: float = 30.0,  # noqa: ASYNC109
+    timeout: float = 30.0,
     fleet: DaemonFleet | None = None,
     exclude_ports: Iterable[int] = (),
 ) -> list[RealDaemon]:
     """``count`` healthy real daemons of ``versions`` (round-robin), spawned outside any supervisor.
 
-    The real-world mess: daemons with sync on (so none retires by itself), on free ports of
-    ``ports``, all for the sandbox's root; with ``state_file`` ``R/sync-daemon`` names the last
-    one, as the last upstream spawner would have left it. The health waits run in parallel.
+    The real-world mess: daemons with sync on (so none retires by itself; this waits until
+    each one's sync service runs), on free ports of ``ports``, all for the sandbox's root.
+    With ``state_file``, ``R/sync-daemon`` then names the last one, as the last upstream
+    spawner would have left it. The health waits run in parallel.
     With a ``fleet`` every daemon is tracked as soon as it is spawned; without one, a failure
     stops the daemons already started before raising DaemonStartError.
     """
@@ -1034,7 +1043,7 @@ async def make_orphans(
 
         async def healthy(daemon: RealDaemon) -> None:
             try:
-                await wait_healthy(daemon, timeout)
+                await wait_healthy(daemon, timeout, sync_running=sync)
             except DaemonStartError as exc:
                 failures.append(str(exc))
 

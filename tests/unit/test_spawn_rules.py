@@ -84,5 +84,5 @@ def test_spec_kitty_3_2_2_can_only_serve_home_dot_spec_kitty(tmp_path: Path) -> 
     home_root = (tmp_path / ".spec-kitty").resolve()
     check_root_supported(str(tmp_path), home_root, "3.2.2")
     check_root_supported(str(tmp_path), tmp_path / "other-root", "3.2.4")
-    with pytest.raises(SpawnError, match="3.2.2 ignores SPEC_KITTY_HOME"):
+    with pytest.raises(SpawnError, match=r"3\.2\.2 ignores SPEC_KITTY_HOME"):
         check_root_supported(str(tmp_path), tmp_path / "other-root", "3.2.2")

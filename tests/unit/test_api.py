@@ -1,0 +1,260 @@
+"""The control API as a client sees it: answers, errors, and a server that never dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+from pydantic import BaseModel
+
+from spec_kitty_supervisor._api import (
+    MAX_BODY,
+    PROTOCOL_HEADER,
+    ApiError,
+    ApiRequest,
+    Route,
+    Router,
+    serve_connection,
+)
+from spec_kitty_supervisor_client._models import RetireRequest, SupervisorHealth
+
+pytestmark = pytest.mark.anyio
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.open = 0
+        self.in_flight = 0
+
+    def connection_opened(self) -> None:
+        self.open += 1
+
+    def connection_closed(self) -> None:
+        self.open -= 1
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_finished(self) -> None:
+        self.in_flight -= 1
+
+
+async def _health(request: ApiRequest) -> BaseModel:
+    return SupervisorHealth(pid=1, version="t", protocol_version=1, root="/r")
+
+
+async def _retire(request: ApiRequest) -> BaseModel:
+    body = request.parse(RetireRequest)
+    if body.pid == 13:
+        raise ApiError(404, "no_such_daemon", "no daemon 13")
+    return SupervisorHealth(pid=body.pid or 0, version="t", protocol_version=1, root="/r")
+
+
+async def _boom(request: ApiRequest) -> BaseModel:
+    raise RuntimeError("handler bug")
+
+
+async def _slow(request: ApiRequest) -> BaseModel:
+    await anyio.sleep(0.5)
+    return SupervisorHealth(pid=2, version="t", protocol_version=1, root="/r")
+
+
+ROUTER = Router(
+    [
+        Route("GET", "/v1/health", _health),
+        Route("POST", "/v1/retire", _retire),
+        Route("GET", "/v1/boom", _boom),
+        Route("GET", "/v1/slow", _slow),
+    ]
+)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Path]:
+    path = tmp_path / "api.sock"
+    tracker = _Tracker()
+
+    async def handle(stream: SocketStream) -> None:
+        await serve_connection(stream, ROUTER, tracker)
+
+    async with (
+        await anyio.create_unix_listener(path, mode=0o600) as listener,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(listener.serve, handle)
+        yield path
+        group.cancel_scope.cancel()
+
+
+async def _raw(path: Path, data: bytes) -> bytes:
+    async with await anyio.connect_unix(path) as stream:
+        await stream.send(data)
+        chunks = []
+        with anyio.move_on_after(3):
+            while True:
+                try:
+                    chunks.append(await stream.receive())
+                except anyio.EndOfStream:
+                    break
+        return b"".join(chunks)
+
+
+def _request(method: str, target: str, body: bytes = b"", extra: str = "") -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n{extra}"
+    if body:
+        head += f"Content-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+def _split(reply: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    return status, json.loads(body)
+
+
+async def test_a_route_answers_its_model(server: Path) -> None:
+    status, body = _split(await _raw(server, _request("GET", "/v1/health")))
+    assert status == 200
+    assert body["pid"] == 1
+
+
+async def test_every_answer_carries_the_protocol_version(server: Path) -> None:
+    reply = await _raw(server, _request("GET", "/v1/health"))
+    assert f"{PROTOCOL_HEADER}: 1".encode() in reply
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (_request("GET", "/v1/nothing"), 404, "not_found"),
+        (_request("DELETE", "/v1/health"), 405, "method_not_allowed"),
+        (_request("POST", "/v1/retire", b"{not json"), 400, "invalid_json"),
+        (_request("POST", "/v1/retire", b'{"pid": "x"}'), 400, "invalid_request"),
+        (_request("POST", "/v1/retire", b"{}"), 400, "invalid_request"),
+        (_request("POST", "/v1/retire", b'{"pid": 1, "surprise": 2}'), 400, "invalid_request"),
+        (_request("POST", "/v1/retire", b'{"pid": 13}'), 404, "no_such_daemon"),
+        (_request("GET", "/v1/boom"), 500, "internal_error"),
+        (
+            _request("GET", "/v1/health", extra=f"{PROTOCOL_HEADER}: 2\r\n"),
+            400,
+            "protocol_mismatch",
+        ),
+        (b"GARBAGE\r\n\r\n", 400, "bad_http"),
+    ],
+)
+async def test_bad_requests_get_an_error_document(
+    server: Path, request_bytes: bytes, status: int, code: str
+) -> None:
+    got_status, body = _split(await _raw(server, request_bytes))
+    assert got_status == status
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert error["code"] == code
+    assert error["message"]
+    # ...and the server is still there for the next client.
+    assert _split(await _raw(server, _request("GET", "/v1/health")))[0] == 200
+
+
+async def test_protocol_mismatch_names_both_versions(server: Path) -> None:
+    request = _request("GET", "/v1/health", extra=f"{PROTOCOL_HEADER}: 2\r\n")
+    _, body = _split(await _raw(server, request))
+    message = body["error"]["message"]  # type: ignore[index]
+    assert "protocol 1" in message
+    assert "2" in message
+
+
+async def test_oversized_body_is_refused(server: Path) -> None:
+    body = b"x" * (MAX_BODY + 10)
+    reply = await _raw(server, _request("POST", "/v1/retire", body))
+    assert _split(reply)[0] == 413
+
+
+async def test_kept_alive_connection_serves_many_requests(server: Path) -> None:
+    one = b"GET /v1/health HTTP/1.1\r\nHost: s\r\n\r\n"
+    async with await anyio.connect_unix(server) as stream:
+        replies = 0
+        for _ in range(5):
+            await stream.send(one)
+            data = b""
+            while data.count(b"}") < 1:
+                data += await stream.receive()
+            replies += data.count(b"HTTP/1.1 200")
+    assert replies == 5
+
+
+async def test_a_stalled_client_does_not_stall_others(server: Path) -> None:
+    async with await anyio.connect_unix(server) as stalled:
+        await stalled.send(b"POST /v1/retire HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\n\r\n{")
+        with anyio.fail_after(2):
+            status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
+        assert status == 200
+
+
+async def test_a_slow_handler_does_not_stall_others(server: Path) -> None:
+    async with anyio.create_task_group() as group:
+        group.start_soon(_raw, server, _request("GET", "/v1/slow"))
+        await anyio.sleep(0.05)
+        with anyio.fail_after(0.4):
+            status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
+    assert status == 200
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")
+@pytest.mark.skipif(not Path("/usr/bin/python3").exists(), reason="needs a system python")
+async def test_a_client_of_another_uid_is_refused_by_the_peer_check() -> None:
+    # The socket is world-connectable in a 0711 folder, so neither the folder nor the socket
+    # mode refuses the stranger: only the peer-credential check can.
+    folder = Path(tempfile.mkdtemp(prefix="sks-peer-", dir="/tmp"))
+    folder.chmod(0o711)
+    path = folder / "api.sock"
+    tracker = _Tracker()
+
+    async def handle(stream: SocketStream) -> None:
+        await serve_connection(stream, ROUTER, tracker)
+
+    client = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        "try: s.sendall(b'GET /v1/health HTTP/1.1\\r\\nHost: s\\r\\n\\r\\n')\n"
+        "except BrokenPipeError: pass  # a refused peer is answered and hung up on at once\n"
+        "data = b''\n"
+        "while chunk := s.recv(65536): data += chunk\n"
+        "print(data.decode())\n"
+    )
+    # The venv's interpreter lives under root's 0700 home; nobody can run the system one.
+    stranger = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3"]
+    try:
+        async with await anyio.create_unix_listener(path, mode=0o666) as listener:
+            async with anyio.create_task_group() as group:
+                group.start_soon(listener.serve, handle)
+                as_nobody = await anyio.run_process(
+                    [*stranger, "-c", client, str(path)], check=False
+                )
+                as_us = await anyio.run_process([sys.executable, "-c", client, str(path)])
+                group.cancel_scope.cancel()
+    finally:
+        shutil.rmtree(folder)
+    assert as_nobody.returncode == 0, as_nobody.stderr
+    assert b"HTTP/1.1 403" in as_nobody.stdout
+    assert b"peer_refused" in as_nobody.stdout
+    assert b"HTTP/1.1 200" in as_us.stdout
+
+
+def test_nothing_listens_on_a_unix_socket_path_by_accident(tmp_path: Path) -> None:
+    # Guard for the fixture above: a closed listener leaves a path that refuses connections.
+    path = tmp_path / "x.sock"
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(path))
+    with socket.socket(socket.AF_UNIX) as probe, pytest.raises(ConnectionRefusedError):
+        probe.connect(str(path))
+    assert subprocess.run(["true"], check=False).returncode == 0
