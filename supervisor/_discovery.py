@@ -56,9 +56,10 @@ def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> 
         listener = Listener(
             port=port, pid=pid, uid=uid if uid is not None else kernel_uids.get(port)
         )
-        # IPv4 and IPv6 sockets may share a port; prefer an entry that names its pid, then
-        # the IPv4 one, which is what a probe of 127.0.0.1 reaches.
-        preference = (pid is not None, is_ipv4)
+        # IPv4 and IPv6 sockets may share a port, even in different processes. The health
+        # probe goes to 127.0.0.1, so keep the IPv4 socket's process: pairing one process's
+        # argv with another's answer would prove nothing. Then prefer an entry naming its pid.
+        preference = (is_ipv4, pid is not None)
         if port not in chosen or preference > chosen[port][0]:
             chosen[port] = (preference, listener)
     return [chosen[port][1] for port in sorted(chosen)]
@@ -79,7 +80,9 @@ def _from_each_process(low: int, high: int) -> list[_Candidate]:
     candidates: list[_Candidate] = []
     for process in psutil.process_iter():
         try:
-            connections = process.net_connections(kind="tcp")
+            # psutil 6 renamed ``connections`` to ``net_connections``; accept both.
+            connections_of = getattr(process, "net_connections", None) or process.connections
+            connections = connections_of(kind="tcp")
             uid = process.uids().real
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue

@@ -1,10 +1,13 @@
 """The supervisor's service units, rendered as text: systemd user units and a launchd agent.
 
-Pure functions: nothing here reads or writes a file. One daemon root gets one service; the
-default root (``~/.spec-kitty``) gets the plain names ``spec-kitty-supervisor.service`` /
-``.socket`` and the label ``dev.spec-kitty.supervisor``; any other root gets the same names with
-a suffix of 12 hex digits of the SHA-256 of the root's path (``spec-kitty-supervisor-<digest>``),
-so two roots never share a unit and a root always maps to the same one.
+Rendering is pure: no unit file is read or written here (except by :func:`write_examples`, which
+refreshes the committed examples).
+
+One daemon root gets one service. The default root (``~/.spec-kitty``) gets the plain names
+``spec-kitty-supervisor.service`` / ``.socket`` and the label ``dev.spec-kitty.supervisor``; any
+other root gets the same names with a suffix of 12 hex digits of the SHA-256 of the root's
+resolved path (``spec-kitty-supervisor-<digest>``), so two roots never share a unit and a root
+maps to the same one however it is spelled. Pass roots as ``resolve_daemon_root`` returns them.
 
 Every rendered file carries :data:`UNIT_MARKER` near its top (line 1 of a unit, line 2 of the
 plist: XML allows nothing before its declaration); install and removal touch only files with it.
@@ -67,6 +70,7 @@ _THROTTLE_INTERVAL: Final = 10
 # backslash, whitespace or command separator (;).
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_UNRUNNABLE_PROGRAM = re.compile(r"[\"'\\]")
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ def service_names(root: Path, home: Path) -> ServiceNames:
     if is_default_root(root, home):
         return ServiceNames(_UNIT_STEM, _LAUNCHD_LABEL)
     # Stable forever: an installed unit is found again by this name.
-    digest = hashlib.sha256(os.fsencode(root)).hexdigest()[:12]
+    digest = hashlib.sha256(os.fsencode(root.resolve())).hexdigest()[:12]
     return ServiceNames(f"{_UNIT_STEM}-{digest}", f"{_LAUNCHD_LABEL}.{digest}")
 
 
@@ -120,6 +124,12 @@ def render_systemd_service(exec_path: str, root: Path, *, home: Path | None = No
     _reject_control_characters(str(root))
     names = service_names(root, home)
     program, *arguments = service_command(exec_path, root)
+    if _UNRUNNABLE_PROGRAM.search(program):
+        # systemd refuses such an ExecStart ("Executable name contains special characters").
+        raise ValueError(
+            f"systemd cannot run an executable whose path contains quotes or backslashes: "
+            f"{program!r}; install spec-kitty-supervisor at another path"
+        )
     command = " ".join(
         [_systemd_exec_word(program, program=True)]
         + [_systemd_exec_word(argument) for argument in arguments]

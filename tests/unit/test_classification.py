@@ -338,6 +338,24 @@ def test_daemon_whose_pid_is_unknown_is_operator_required() -> None:
     assert not record.self_report_matches_listener
 
 
+def test_daemon_whose_process_could_not_be_read_is_operator_required() -> None:
+    # Signalling re-checks pid, start and uid; with none read there is nothing to re-check.
+    listener = daemon()
+    unread = ListenerFacts(
+        port=listener.port,
+        pid=listener.pid,
+        uid=None,
+        process_start=None,
+        cmdline=listener.cmdline,
+        health=listener.health,
+    )
+
+    record = classify(unread, supervisor())
+
+    assert verdict(record) == ("operator_required", "missing_pid")
+    assert "could not be read" in record.why
+
+
 def test_pre_marker_daemon_is_operator_required() -> None:
     record = classify(daemon(root=None), supervisor())
 

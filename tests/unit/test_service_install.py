@@ -242,7 +242,7 @@ def test_check_of_a_fresh_install_with_lingering_finds_nothing(home: Path, exec_
 
 
 @pytest.mark.parametrize(
-    "odd_dir", ["with space", "100%", "dollar$HOME", 'quote"d', "back\\slash", "semi;colon"]
+    "odd_dir", ["with space", "100%", "dollar$HOME", "semi;colon", "comma,star*"]
 )
 def test_check_reads_back_the_executable_of_an_install_with_an_odd_path(
     tmp_path: Path, home: Path, odd_dir: str

@@ -168,6 +168,12 @@ def test_exec_start_quotes_spaces_and_escapes_specifiers_and_variables() -> None
     ]
 
 
+@pytest.mark.parametrize("program", ['/opt/"q"/sks', "/opt/it's/sks", "/opt/back\\slash/sks"])
+def test_an_executable_path_systemd_refuses_to_run_is_refused_up_front(program: str) -> None:
+    with pytest.raises(ValueError, match="quotes or backslashes"):
+        render_systemd_service(program, ROOT, home=HOME)
+
+
 @pytest.mark.parametrize("bad", ["/root\nExecStartPre=/bin/evil", "/root\x00x", "/root\rx"])
 def test_control_characters_in_a_root_are_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="control character"):
@@ -245,6 +251,11 @@ def test_plist_of_a_non_default_root_names_it_in_spec_kitty_home() -> None:
 
     assert job["EnvironmentVariables"] == {"SPEC_KITTY_HOME": str(OTHER_ROOT)}
     assert job["Label"] == service_names(OTHER_ROOT, HOME).launchd_label
+
+
+def test_plist_refuses_control_characters_xml_cannot_carry() -> None:
+    with pytest.raises(ValueError, match="control character"):
+        plist_for(Path("/srv/root\x01"))
 
 
 def test_validate_plist_rejects_what_launchd_could_not_load() -> None:
