@@ -14,10 +14,10 @@ from types import TracebackType
 from typing import TypeVar
 
 import anyio.to_thread
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ._autostart import start_supervisor
-from ._errors import SupervisorUnavailable
+from ._errors import InvalidRequest, SupervisorUnavailable
 from ._models import (
     DoctorReport,
     EnsureRequest,
@@ -45,12 +45,17 @@ DEFAULT_TIMEOUT = 120.0
 def _ensure_request(
     python: str, package_version: str, cwd: str | None, env: Mapping[str, str] | None
 ) -> EnsureRequest:
-    return EnsureRequest(
-        python=python,
-        package_version=package_version,
-        cwd=cwd if cwd is not None else os.getcwd(),
-        env=dict(os.environ if env is None else env),
-    )
+    try:
+        return EnsureRequest(
+            python=python,
+            package_version=package_version,
+            cwd=cwd if cwd is not None else os.getcwd(),
+            env=dict(os.environ if env is None else env),
+        )
+    except ValidationError as exc:
+        # The same code the supervisor would answer: the request never leaves the client.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest("invalid_request", problems, 400) from None
 
 
 def _body(model: BaseModel | None) -> bytes | None:

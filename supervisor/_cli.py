@@ -25,7 +25,6 @@ from spec_kitty_supervisor_client import (
     SupervisorUnavailable,
     resolve_daemon_root,
 )
-from spec_kitty_supervisor_client._autostart import socket_accepts
 from spec_kitty_supervisor_client._discover import (
     SpecKittyNotFound,
     installed_spec_kitty_version,
@@ -33,6 +32,7 @@ from spec_kitty_supervisor_client._discover import (
 )
 
 from . import __version__
+from ._identity import read_identity
 from ._layout import RootLayout
 from ._settings import parse_port_range
 
@@ -196,13 +196,17 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             pid = client.health().pid
+            identity = read_identity(pid)
             answer = client.shutdown(stop_children=args.children)
         except SupervisorUnavailable:
             return _no_supervisor(args)
-    socket_path = client.socket_path
+    # Done means the process is gone, not merely its socket closed.
     deadline = time.monotonic() + 15
-    while socket_accepts(socket_path) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    while identity is not None and identity.same_process(read_identity(pid)):
+        if time.monotonic() > deadline:
+            print(f"spec-kitty-supervisor: pid {pid} is still exiting", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.02)
     if args.json:
         _print_json(answer)
     else:

@@ -1,0 +1,157 @@
+"""Running real supervisors in tests: as the CLI runs them, in a sandbox, cleaned up by pid.
+
+A :class:`SupervisorUnderTest` starts ``spec-kitty-supervisor`` subprocesses with the sandbox's
+environment and a spawn sub-range, and on exit stops every supervisor it saw by pid (SIGTERM,
+then SIGKILL) after checking the pid still is that supervisor. The daemons they spawned are
+left to the :class:`DaemonFleet` watching the same sandbox.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import psutil
+
+from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
+
+from .ports import SPAWN_PORTS
+from .real_daemons import Sandbox
+
+SUPERVISOR = [sys.executable, "-m", "spec_kitty_supervisor"]
+
+
+def supervisor_pids(root: Path) -> list[int]:
+    """Every live supervisor process serving ``root`` (by its argv)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if "spec_kitty_supervisor" in " ".join(cmdline[:3]) and "run" in cmdline:
+            if str(root) in cmdline:
+                found.append(process.info["pid"])
+    return found
+
+
+def daemon_pids(root: Path) -> list[int]:
+    """Every live sync daemon whose root marker names ``root``."""
+    marker = f"--spec-kitty-daemon-root={root}"
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline", "status"]):
+        if process.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if marker in (process.info["cmdline"] or []):
+            found.append(process.info["pid"])
+    return found
+
+
+@dataclass
+class SupervisorUnderTest:
+    sandbox: Sandbox
+    settings: Mapping[str, str] = field(default_factory=dict)
+    seen: dict[int, ProcessIdentity] = field(default_factory=dict)
+    _popens: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def root(self) -> Path:
+        return self.sandbox.root
+
+    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        base = {
+            "SPEC_KITTY_SUPERVISOR_PORT_RANGE": str(SPAWN_PORTS),
+            "SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "1",
+            **self.settings,
+        }
+        return self.sandbox.env({**base, **(extra or {})})
+
+    def cli(
+        self, *args: str, extra_env: Mapping[str, str] | None = None, timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*SUPERVISOR, *args, "--root", str(self.root)],
+            env=self.env(extra_env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.sandbox.home,
+        )
+        self.remember()
+        return result
+
+    def cli_json(self, *args: str, extra_env: Mapping[str, str] | None = None) -> Any:
+        result = self.cli(*args, "--json", extra_env=extra_env)
+        assert result.returncode == 0, f"{args}: {result.returncode}\n{result.stderr}"
+        return json.loads(result.stdout)
+
+    def start(self, *flags: str, extra_env: Mapping[str, str] | None = None) -> int:
+        """Start ``run`` in the background and wait until its socket answers; return its pid."""
+        popen = subprocess.Popen(
+            [*SUPERVISOR, "run", "--root", str(self.root), *flags],
+            env=self.env(extra_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self._popens.append(popen)
+        self.wait_ready()
+        identity = read_identity(popen.pid)
+        if identity is not None:
+            self.seen[popen.pid] = identity
+        return popen.pid
+
+    def wait_ready(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.cli("status").returncode == 0:
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"no supervisor answered for {self.root}")
+
+    def remember(self) -> None:
+        for pid in supervisor_pids(self.root):
+            identity = read_identity(pid)
+            if identity is not None:
+                self.seen.setdefault(pid, identity)
+
+    def pids(self) -> list[int]:
+        return supervisor_pids(self.root)
+
+    def kill_all(self) -> None:
+        """Stop every supervisor this harness saw, by pid and only if it is still that process."""
+        self.remember()
+        for identity in self.seen.values():
+            for signum in (signal.SIGTERM, signal.SIGKILL):
+                now = read_identity(identity.pid)
+                if not identity.same_process(now):
+                    break
+                os.kill(identity.pid, signum)
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline and identity.same_process(
+                    read_identity(identity.pid)
+                ):
+                    time.sleep(0.02)
+        for popen in self._popens:
+            popen.poll()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill_all()
