@@ -240,9 +240,8 @@ def test_an_interpreter_without_spec_kitty_fails_with_the_daemon_log_tail(
     sup: SupervisorUnderTest,
 ) -> None:
     sup.start()
-    with SupervisorClient(sup.root) as client:
-        with pytest.raises(SpawnFailed) as failure:
-            client.ensure(sys.executable, "3.2.4", env=sup.env())
+    with SupervisorClient(sup.root) as client, pytest.raises(SpawnFailed) as failure:
+        client.ensure(sys.executable, "3.2.4", env=sup.env())
     assert "ModuleNotFoundError" in failure.value.log_tail
     assert sup.cli_json("status")["daemons"] == []
 

@@ -37,9 +37,9 @@ def supervisor_pids(root: Path) -> list[int]:
         cmdline = process.info["cmdline"] or []
         if process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        if "spec_kitty_supervisor" in " ".join(cmdline[:3]) and "run" in cmdline:
-            if str(root) in cmdline:
-                found.append(process.info["pid"])
+        is_supervisor = "spec_kitty_supervisor" in " ".join(cmdline[:3]) and "run" in cmdline
+        if is_supervisor and str(root) in cmdline:
+            found.append(process.info["pid"])
     return found
 
 
