@@ -67,7 +67,16 @@ def _build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the supervisor in the foreground")
     _add_common(run, json_flag=False)
     run.add_argument("--auto-started", action="store_true", help=argparse.SUPPRESS)
-    run.add_argument("--service", action="store_true", help="log to stderr (service managers)")
+    run.add_argument(
+        "--service",
+        action="store_true",
+        help="run under a service manager: log to stderr, take over from a running supervisor",
+    )
+    run.add_argument(
+        "--takeover",
+        action="store_true",
+        help="ask a running supervisor of this root to hand over (its daemons are kept)",
+    )
     run.add_argument("--port-range", type=parse_port_range, metavar="LO-HI")
     run.add_argument("--heartbeat-seconds", type=float)
     run.add_argument("--idle-retirement-seconds", type=float)
@@ -125,7 +134,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         "version_policy": args.version_policy,
     }
     layout = RootLayout(resolve_daemon_root(args.root))
-    options = RunOptions(auto_started=args.auto_started, service=args.service, flags=flags)
+    options = RunOptions(
+        auto_started=args.auto_started, service=args.service, takeover=args.takeover, flags=flags
+    )
     return run_supervisor(layout, options)
 
 

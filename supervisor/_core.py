@@ -45,9 +45,11 @@ from ._legacy_state import (
 from ._policy import (
     deaths_within,
     decide_ensure,
+    idle_retirement_due,
     restart_delay,
     should_quarantine,
     supervisor_idle_exit_due,
+    watchdog_expired,
 )
 from ._probe import HealthAnswer, probe_health
 from ._signals import SignalRefused, SignalTarget, stop_gracefully
@@ -138,6 +140,7 @@ class Supervisor:
         self._contexts: dict[int, SpawnContext] = {}
         self._deaths: list[float] = []
         self._quarantined_python: str | None = None
+        self._retiring_now: set[int] = set()
         self._task_group: TaskGroup | None = None
         self._stop_event = anyio.Event()
         self._last_tick = time.monotonic()
@@ -185,6 +188,10 @@ class Supervisor:
     def _persist(self) -> None:
         save_table(self.layout.state, self.table, self.pid)
 
+    def persist(self) -> None:
+        """Write the table once more on the way out (idle times live only in memory)."""
+        self._persist()
+
     # ------------------------------------------------------------------ start-up
 
     async def recover(self) -> None:
@@ -214,6 +221,11 @@ class Supervisor:
                 )
                 continue
             record.origin = "adopted"
+            # The journal's last ensure may be stale by the time we crashed; a re-adopted
+            # daemon gets a whole idle window rather than an early retirement.
+            record.last_ensure_at = self.clock()
+            if record.role == "retiring":
+                self._background(self._retire, record, "was retiring when the supervisor stopped")
             record.state = "healthy" if verdict.health is not None else "unresponsive"
             if verdict.health is None:
                 record.unresponsive_since = self.clock()
@@ -231,8 +243,20 @@ class Supervisor:
             await self._adopt_recorded_singleton()
         self._persist()
         await self._sync_legacy_state()
+        # --- orphan sweeps (helper-owned; the sweep itself lives in _doctor/_sweep) ---
+        await self.sweep_orphans()
+        if self._task_group is not None:
+            self._task_group.start_soon(self.sweep_orphans_forever)
+        # --- end orphan sweeps ---
 
-    async def _adopt_recorded_singleton(self) -> DaemonRecord | None:
+    async def _adopt_recorded_singleton(
+        self, replacing: DaemonRecord | None = None
+    ) -> DaemonRecord | None:
+        """Adopt the daemon ``R/sync-daemon`` names when it proves to be this root's.
+
+        ``replacing`` is the current daemon that the recorded one supersedes; it becomes
+        retiring (the caller retires it).
+        """
         recorded = read_legacy_state(self.layout.legacy_state)
         if recorded is None or self.table.by_pid(recorded.pid) is not None:
             return None
@@ -272,7 +296,11 @@ class Supervisor:
             last_healthy_at=_utc_now(),
             last_ensure_at=self.clock(),
         )
+        if replacing is not None:
+            replacing.role = "retiring"
+            replacing.state = "retiring"
         self.table.daemons.append(record)
+        self._persist()
         self._remember_context(record.pid)
         self._watch(record.pid)
         self.ledger.record(
@@ -541,6 +569,15 @@ class Supervisor:
 
     async def _retire(self, record: DaemonRecord, reason: str) -> StopPath:
         """Rewrite the state file first (rule 6), then stop gracefully, then forget."""
+        if record.pid in self._retiring_now:
+            raise LifecycleError("already_retiring", f"pid {record.pid} is being retired")
+        self._retiring_now.add(record.pid)
+        try:
+            return await self._retire_once(record, reason)
+        finally:
+            self._retiring_now.discard(record.pid)
+
+    async def _retire_once(self, record: DaemonRecord, reason: str) -> StopPath:
         async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
             self._write_legacy_state_locked()
         target = SignalTarget(record.identity, record.port, self._pidfds.get(record.pid))
@@ -548,7 +585,19 @@ class Supervisor:
             stop_path = await stop_gracefully(
                 target, record.token, self.settings.stop_grace_seconds
             )
-        except (SignalRefused, TimeoutError) as exc:
+        except SignalRefused as exc:
+            # Its pid now names another process (or another user's): it is no longer ours to
+            # stop, and no longer ours to track.
+            self._forget(record)
+            self.ledger.record(
+                "retire_abandoned",
+                pid=record.pid,
+                port=record.port,
+                package_version=record.package_version,
+                reason=str(exc),
+            )
+            raise
+        except TimeoutError as exc:
             self.ledger.record(
                 "retire_failed",
                 pid=record.pid,
@@ -584,6 +633,14 @@ class Supervisor:
             stopped: list[int] = []
 
             async def stop_one(record: DaemonRecord) -> None:
+                if record.pid in self._retiring_now:
+                    # A retirement already under way: wait for it rather than race it.
+                    with anyio.move_on_after(4 * self.settings.stop_grace_seconds + 5):
+                        while self.table.by_pid(record.pid) is not None:
+                            await anyio.sleep(0.05)
+                    if self.table.by_pid(record.pid) is None:
+                        stopped.append(record.pid)
+                    return
                 try:
                     await self._retire(record, reason)
                     stopped.append(record.pid)
@@ -649,6 +706,21 @@ class Supervisor:
             self._forget(record)
             async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
                 self._write_legacy_state_locked()
+            # An unmodified CLI of another version kills our daemon and records its own; that
+            # is a hand-over to adopt, not a crash to restart (no spawn/kill thrash).
+            replacement = await self._adopt_recorded_singleton()
+            if replacement is not None:
+                self.ledger.record(
+                    "replaced_upstream",
+                    pid=pid,
+                    port=record.port,
+                    package_version=record.package_version,
+                    reason=(
+                        f"{_describe_exit(returncode)}; an upstream CLI recorded pid "
+                        f"{replacement.pid} ({replacement.package_version}), adopted"
+                    ),
+                )
+                return
             clean = returncode == 0 or (
                 returncode is None and not _owner_json_names(self.layout.owner_json, record)
             )
@@ -688,12 +760,7 @@ class Supervisor:
                 settings.restart_backoff_seconds,
                 settings.restart_backoff_max_seconds,
             )
-            context = self._contexts.get(pid) or SpawnContext(
-                env=child_environment(
-                    dict(os.environ), self.layout.daemon_root, record.package_version
-                ),
-                cwd=str(self.layout.daemon_root),
-            )
+            context = self._contexts.get(pid) or self._default_context(record)
         self._background(self._restart_after, record, context, delay)
 
     async def _restart_after(
@@ -703,6 +770,8 @@ class Supervisor:
         async with self._lifecycle:
             if self.table.current is not None or self.table.quarantine_reason is not None:
                 return  # an ensure (or an upstream CLI we adopted) already replaced it
+            if await self._adopt_recorded_singleton() is not None:
+                return
             try:
                 new = await self._start_current(
                     record.python,
@@ -774,6 +843,7 @@ class Supervisor:
                 record.state = "unresponsive"
                 if record.unresponsive_since is None:
                     record.unresponsive_since = now
+        await self._apply_lifecycle_rules(now)
         if self._on_tick is not None:
             self._on_tick()
         if supervisor_idle_exit_due(
@@ -786,6 +856,126 @@ class Supervisor:
         ):
             self.ledger.record("idle_exit", reason="no daemon and no client")
             self.request_exit("idle")
+
+    async def _apply_lifecycle_rules(self, now: float) -> None:
+        """Decide from this tick's observations; every act here runs in the background."""
+        async with self._lifecycle:
+            await self._follow_recorded_singleton()
+            for record in self.table.retiring:
+                if record.pid not in self._retiring_now:
+                    self._background(self._retire, record, "retirement resumed")
+            current = self.table.current
+            if current is None:
+                return
+            settings = self.settings
+            if watchdog_expired(current.unresponsive_since, now, settings.watchdog_seconds):
+                current.state = "unresponsive"
+                self._deaths.append(now)
+                self.ledger.record(
+                    "watchdog",
+                    pid=current.pid,
+                    port=current.port,
+                    package_version=current.package_version,
+                    reason=f"no health answer for {settings.watchdog_seconds:.0f} s; restarting",
+                )
+                self._background(self._restart_wedged, current)
+            elif idle_retirement_due(current.last_ensure_at, now, settings.idle_retirement_seconds):
+                current.role = "retiring"
+                current.state = "retiring"
+                self._persist()
+                reason = f"idle: no ensure for {settings.idle_retirement_seconds:.0f} s"
+                self._background(self._retire, current, reason)
+
+    async def _follow_recorded_singleton(self) -> None:
+        """Keep ``R/sync-daemon`` and the table in agreement with what upstream CLIs did.
+
+        When a CLI of another version replaced our daemon and recorded its own, we verify and
+        adopt that one instead of fighting it; when the file vanished while our daemon is
+        healthy, we write it again.
+        """
+        recorded = read_legacy_state(self.layout.legacy_state)
+        current = self.table.current
+        if recorded is None:
+            if current is not None and current.state == "healthy":
+                async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
+                    self._write_legacy_state_locked()
+            return
+        if self.table.by_pid(recorded.pid) is not None:
+            return
+        if current is not None:
+            superseded = current
+            adopted = await self._adopt_recorded_singleton(replacing=superseded)
+            if adopted is None:
+                # It names something we cannot verify: never leave that for upstream to kill.
+                async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
+                    self._write_legacy_state_locked()
+                return
+            self.ledger.record(
+                "version_skew"
+                if adopted.package_version != superseded.package_version
+                else "adopted",
+                pid=adopted.pid,
+                port=adopted.port,
+                package_version=adopted.package_version,
+                reason=(
+                    f"an upstream CLI replaced pid {superseded.pid} "
+                    f"({superseded.package_version}) with this daemon"
+                ),
+            )
+            self._background(self._retire, superseded, f"superseded by upstream pid {adopted.pid}")
+            return
+        await self._adopt_recorded_singleton()
+
+    async def _restart_wedged(self, record: DaemonRecord) -> None:
+        """Make-before-break: a fresh daemon first, then the wedged one is stopped (it is ours)."""
+        async with self._lifecycle:
+            if self.table.current is not record:
+                return
+            context = self._contexts.get(record.pid) or self._default_context(record)
+            try:
+                await self._start_current(
+                    record.python,
+                    record.resolved_python,
+                    record.package_version,
+                    context,
+                    reason=f"pid {record.pid} stopped answering health (watchdog)",
+                )
+            except LifecycleError as exc:
+                self.ledger.record("restart_failed", pid=record.pid, reason=str(exc))
+
+    def _default_context(self, record: DaemonRecord) -> SpawnContext:
+        return SpawnContext(
+            env=child_environment(
+                dict(os.environ), self.layout.daemon_root, record.package_version
+            ),
+            cwd=str(self.layout.daemon_root),
+        )
+
+    # ------------------------------------------------------------------ orphan sweeps
+    # (helper-owned block: _doctor.sweep_root observes, classifies and stops; this only
+    # schedules it under the lifecycle lock, so that it never races a spawn or a retirement)
+
+    @property
+    def lifecycle_lock(self) -> anyio.Lock:
+        """Held by every step that changes which daemons run; doctor's reset takes it too."""
+        return self._lifecycle
+
+    async def sweep_orphans(self) -> None:
+        """Stop this root's ``safe_auto`` orphans; the supervisor's own daemons are never touched."""
+        from ._doctor import sweep_root
+
+        try:
+            async with self._lifecycle:
+                await sweep_root(self)
+        except Exception as exc:  # a sweep must never take the supervisor down
+            log.error("orphan_sweep_failed", error=repr(exc))
+
+    async def sweep_orphans_forever(self) -> None:
+        while True:
+            await anyio.sleep(self.settings.sweep_seconds)
+            await self.sweep_orphans()
+
+    # --- end orphan sweeps ---
 
     # ------------------------------------------------------------------ views
 

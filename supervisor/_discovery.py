@@ -27,7 +27,14 @@ from ._daemon_shape import CmdlineFacts, parse_cmdline
 from ._identity import ProcessIdentity, read_identity
 from ._probe import HealthAnswer, probe_health
 
-__all__ = ["Listener", "find_family_listeners", "observe_listeners", "read_process_facts"]
+__all__ = [
+    "Listener",
+    "Observation",
+    "find_family_listeners",
+    "observe",
+    "observe_listeners",
+    "read_process_facts",
+]
 
 _LINUX_TCP_LISTEN = "0A"
 
@@ -175,9 +182,25 @@ def _observe_processes(family_range: tuple[int, int]) -> list[_Observed]:
     return observed
 
 
-async def observe_listeners(
-    supervisor: SupervisorFacts, health_timeout: float = 0.5
-) -> list[ListenerRecord]:
+@dataclass(frozen=True)
+class Observation:
+    """One classified listener, with what acting on it needs beyond its record.
+
+    ``identity`` is the process seen listening (pid, start, uid), which every signal
+    re-checks; ``health_token`` is the raw token its health answer gave, for the token
+    shutdown. Neither goes over the wire: the record is what reports show.
+    """
+
+    record: ListenerRecord
+    identity: ProcessIdentity | None
+    health_token: str | None
+
+    @property
+    def port(self) -> int:
+        return self.record.port
+
+
+async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> list[Observation]:
     """Find, probe (all at once) and classify every listener in the supervisor's range."""
     # psutil and /proc reads block; keep them off the event loop.
     observed = await anyio.to_thread.run_sync(_observe_processes, supervisor.family_range)
@@ -189,20 +212,35 @@ async def observe_listeners(
     async with anyio.create_task_group() as task_group:
         for port in _ports_to_probe(observed, supervisor):
             task_group.start_soon(probe, port)
-    return [
-        classify(
+    observations: list[Observation] = []
+    for item in observed:
+        health = answers.get(item.listener.port)
+        record = classify(
             ListenerFacts(
                 port=item.listener.port,
                 pid=item.listener.pid,
                 uid=item.identity.uid if item.identity is not None else item.listener.uid,
                 process_start=item.identity.start if item.identity is not None else None,
                 cmdline=item.cmdline,
-                health=answers.get(item.listener.port),
+                health=health,
             ),
             supervisor,
         )
-        for item in observed
-    ]
+        observations.append(
+            Observation(
+                record=record,
+                identity=item.identity,
+                health_token=health.token if health is not None else None,
+            )
+        )
+    return observations
+
+
+async def observe_listeners(
+    supervisor: SupervisorFacts, health_timeout: float = 0.5
+) -> list[ListenerRecord]:
+    """The records of :func:`observe`: what a report shows, without what acting needs."""
+    return [item.record for item in await observe(supervisor, health_timeout)]
 
 
 def _ports_to_probe(observed: Iterable[_Observed], supervisor: SupervisorFacts) -> list[int]:

@@ -7,26 +7,33 @@ starting a second supervisor), then recovery, then serving, then ``READY=1``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream
+from anyio.abc import SocketListener, SocketStream, TaskGroup
 
+from spec_kitty_supervisor_client import SupervisorClient, SupervisorError
+from spec_kitty_supervisor_client._autostart import socket_accepts
 from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
 
+from . import __version__
 from ._api import serve_connection
 from ._app import build_router
 from ._core import Supervisor
+from ._doctor import doctor_routes
 from ._layout import RootLayout
 from ._lock import SupervisorLock
 from ._logging import configure_logging
+from ._policy import compare_versions
 from ._sd_notify import CONTROL_FD_NAME, Notifier, listen_fds_from_env
 from ._settings import SettingsError, load_settings
 
@@ -39,7 +46,12 @@ log = structlog.get_logger("spec_kitty_supervisor")
 class RunOptions:
     auto_started: bool = False
     service: bool = False
+    takeover: bool = False
     flags: Mapping[str, Any] | None = None
+
+
+#: How long a newcomer waits for the previous supervisor to release the root.
+HANDOVER_WAIT = 60.0
 
 
 def _under_service_manager() -> str | None:
@@ -58,24 +70,20 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         return 1
-    lock = SupervisorLock(layout.lock)
-    if not lock.try_acquire():
-        holder = lock.holder_pid()
-        print(
-            f"spec-kitty-supervisor: a supervisor (pid {holder}) already owns "
-            f"{layout.daemon_root}; nothing to do",
-            file=sys.stderr,
-        )
-        return 0
     service_manager = _under_service_manager()
-    configure_logging(None if (options.service or service_manager) else layout.log)
-    notifier = Notifier.from_environment()
     try:
         activated = listen_fds_from_env()
     except Exception as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         return 1
     control = next((a.sock for a in activated if a.name in (CONTROL_FD_NAME, "unknown")), None)
+    lock = SupervisorLock(layout.lock)
+    if not lock.try_acquire():
+        outcome = _take_over_or_yield(layout, lock, options, activated=control is not None)
+        if outcome is not None:
+            return outcome
+    configure_logging(None if (options.service or service_manager) else layout.log)
+    notifier = Notifier.from_environment()
     supervisor = Supervisor(
         layout,
         settings,
@@ -83,7 +91,7 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         service_manager=service_manager,
     )
     try:
-        anyio.run(_serve, supervisor, notifier, control)
+        anyio.run(_serve, supervisor, notifier, lock, control)
     finally:
         notifier.close()
         lock.release()
@@ -91,16 +99,66 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     return 0
 
 
+def _take_over_or_yield(
+    layout: RootLayout, lock: SupervisorLock, options: RunOptions, *, activated: bool
+) -> int | None:
+    """Another supervisor holds the root: ask it to hand over, or leave it be.
+
+    Returns None once we hold the lock, else the exit code. A service-started supervisor
+    must not exit early (under ``Type=notify`` that fails the unit), so it takes over: by
+    hand-over when the holder answers, or by waiting while a holder whose socket path the
+    service manager replaced fences itself out.
+    """
+    holder = lock.holder_pid()
+    holder_version: str | None = None
+    if not activated:
+        try:
+            with SupervisorClient(layout.daemon_root, autostart=False, timeout=10) as client:
+                holder_version = client.health().version
+                wants_takeover = (
+                    options.takeover
+                    or options.service
+                    or compare_versions(__version__, holder_version) > 0
+                )
+                if not wants_takeover:
+                    print(
+                        f"spec-kitty-supervisor: a supervisor (pid {holder}, v{holder_version}) "
+                        f"already owns {layout.daemon_root}; nothing to do",
+                        file=sys.stderr,
+                    )
+                    return 0
+                client.handover()
+        except SupervisorError as exc:
+            if not (options.service or options.takeover):
+                print(
+                    f"spec-kitty-supervisor: a supervisor (pid {holder}) already owns "
+                    f"{layout.daemon_root}; nothing to do ({exc})",
+                    file=sys.stderr,
+                )
+                return 0
+    elif not (options.service or options.takeover):
+        return 0
+    deadline = time.monotonic() + HANDOVER_WAIT
+    while not lock.try_acquire():
+        if time.monotonic() > deadline:
+            print(
+                f"spec-kitty-supervisor: pid {holder} did not release {layout.daemon_root} "
+                f"within {HANDOVER_WAIT:.0f} s",
+                file=sys.stderr,
+            )
+            return 1
+        time.sleep(0.05)
+    return None
+
+
 def _bind_control_socket(layout: RootLayout) -> socket.socket:
     path = layout.socket
     if path.exists() or path.is_symlink():
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.5)
-            if probe.connect_ex(os.fsencode(path)) == 0:
-                raise RuntimeError(
-                    f"{path} accepts connections although we hold the root's lock; refusing "
-                    "to take it over"
-                )
+        if socket_accepts(path):
+            raise RuntimeError(
+                f"{path} accepts connections although we hold the root's lock; refusing "
+                "to take it over"
+            )
         path.unlink()  # nothing accepts on it: a leftover of a supervisor that died
     old_umask = os.umask(0o177)
     try:
@@ -113,27 +171,79 @@ def _bind_control_socket(layout: RootLayout) -> socket.socket:
     return sock
 
 
+class _ControlSocket:
+    """The listening socket, which self-fencing may replace while we run."""
+
+    def __init__(self, layout: RootLayout, activated: socket.socket | None) -> None:
+        self.layout = layout
+        self.activated = activated
+        self.listener: SocketListener | None = None
+        self.inode: int | None = None
+
+    async def open(self) -> SocketListener:
+        sock = self.activated if self.activated is not None else _bind_control_socket(self.layout)
+        self.listener = await SocketListener.from_socket(sock)
+        self.inode = None if self.activated is not None else os.stat(self.layout.socket).st_ino
+        return self.listener
+
+    def check(self) -> str | None:
+        """ "ok", "restore" or "lost" for our socket path; None when the manager owns it."""
+        if self.inode is None:
+            return None
+        try:
+            on_disk = os.stat(self.layout.socket).st_ino
+        except FileNotFoundError:
+            return "restore"
+        if on_disk == self.inode:
+            return "ok"
+        return "lost" if socket_accepts(self.layout.socket) else "restore"
+
+    async def close(self) -> None:
+        if self.listener is not None:
+            await self.listener.aclose()
+        if self.inode is not None:
+            _unlink_own_socket(self.layout, self.inode)
+
+
+async def _accept_loop(
+    listener: SocketListener,
+    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
+    group: TaskGroup,
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        except OSError as exc:  # EMFILE and friends: back off instead of spinning
+            log.error("accept_failed", error=repr(exc))
+            await anyio.sleep(0.1)
+            continue
+        group.start_soon(handle, stream)
+
+
 async def _serve(
-    supervisor: Supervisor, notifier: Notifier, activated: socket.socket | None
+    supervisor: Supervisor,
+    notifier: Notifier,
+    lock: SupervisorLock,
+    activated: socket.socket | None,
 ) -> None:
     layout = supervisor.layout
-    listener = await SocketListener.from_socket(
-        activated if activated is not None else _bind_control_socket(layout)
-    )
-    bound_inode = None if activated is not None else os.stat(layout.socket).st_ino
-
+    control = _ControlSocket(layout, activated)
+    listener = await control.open()
     try:
         async with anyio.create_task_group() as group:
             supervisor.attach(group)
             await supervisor.recover()
-            router = build_router(supervisor)
+            router = build_router(supervisor, doctor_routes)
 
             async def handle(stream: SocketStream) -> None:
                 await serve_connection(stream, router, supervisor)
 
-            group.start_soon(listener.serve, handle, group)
+            group.start_soon(_accept_loop, listener, handle, group)
             group.start_soon(_signals, supervisor)
             group.start_soon(supervisor.heartbeat_forever)
+            group.start_soon(_fence, supervisor, lock, control, handle, group)
             notifier.ready()
             notifier.status(_status_line(supervisor))
             group.start_soon(_watchdog, supervisor, notifier)
@@ -146,16 +256,53 @@ async def _serve(
             )
             await supervisor.wait_exit()
             notifier.stopping()
-            await listener.aclose()
+            if control.listener is not None:
+                await control.listener.aclose()
             # Let a request in flight (the shutdown request itself) finish its answer.
             with anyio.move_on_after(5):
                 while supervisor.requests_in_flight:
                     await anyio.sleep(0.01)
+            supervisor.persist()
             group.cancel_scope.cancel()
     finally:
-        await listener.aclose()
-        if bound_inode is not None:
-            _unlink_own_socket(layout, bound_inode)
+        await control.close()
+
+
+async def _fence(
+    supervisor: Supervisor,
+    lock: SupervisorLock,
+    control: _ControlSocket,
+    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
+    group: TaskGroup,
+) -> None:
+    """Self-fencing: never keep running as a second owner of the root.
+
+    A removed or replaced lock file means another supervisor could lock the root: we exit.
+    A socket path taken by something that accepts means another owner serves it: we exit.
+    A socket file that vanished (a tmp cleaner, a user) is restored.
+    """
+    while not supervisor.exiting:
+        await anyio.sleep(supervisor.settings.heartbeat_seconds)
+        if not lock.still_ours():
+            supervisor.ledger.record("fenced", reason="the lock file was removed or replaced")
+            supervisor.request_exit("lock lost")
+            return
+        verdict = control.check()
+        if verdict == "lost":
+            supervisor.ledger.record("fenced", reason="another process serves our socket path")
+            supervisor.request_exit("socket lost")
+            return
+        if verdict == "restore":
+            old = control.listener
+            with contextlib.suppress(FileNotFoundError):
+                layout_socket = control.layout.socket
+                if layout_socket.exists() and not socket_accepts(layout_socket):
+                    layout_socket.unlink()
+            listener = await control.open()
+            group.start_soon(_accept_loop, listener, handle, group)
+            if old is not None:
+                await old.aclose()
+            supervisor.ledger.record("socket_restored", reason=str(control.layout.socket))
 
 
 def _unlink_own_socket(layout: RootLayout, inode: int) -> None:

@@ -1,0 +1,520 @@
+"""``doctor`` and its sweeps: what listens in the family range, what needs doing, doing it.
+
+One story, told in three places:
+
+* the running supervisor's start-up and periodic sweeps (:func:`sweep_root`, ``safe_auto``
+  only) and its ``GET /v1/doctor`` / ``POST /v1/reset`` (:func:`doctor_routes`);
+* the CLI when no supervisor runs (:func:`standalone_doctor`), which holds the supervisor's
+  own lock meanwhile, so that two sweeps of one root never run at once.
+
+Each observes under ``R/sync-daemon.lock`` (so no upstream CLI spawns or records a daemon
+between what we saw and what we stop), sweeps (:mod:`._sweep`), and re-observes so that the
+report shows the state after the sweep. Findings name the command that fixes them.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+from pydantic import BaseModel
+
+from spec_kitty_supervisor_client._models import (
+    FAMILY_PORT_RANGE,
+    DaemonView,
+    DoctorFinding,
+    DoctorReport,
+    ListenerRecord,
+    ResetRequest,
+    ResetResult,
+    Settings,
+    SupervisorView,
+)
+
+from ._api import ApiError, ApiRequest, Route
+from ._classification import RecordedSingleton, SupervisedDaemon, SupervisorFacts
+from ._discovery import Observation, observe
+from ._identity import read_identity
+from ._layout import RootLayout
+from ._legacy_state import LegacyLockTimeout, LegacyRecord, hold_legacy_lock, read_legacy_state
+from ._lock import SupervisorLock
+from ._settings import parse_port_range
+from ._sweep import plan_sweep, sweep
+from ._units import is_default_root
+
+if TYPE_CHECKING:
+    from ._core import Supervisor
+
+__all__ = [
+    "SCAN_RANGE_ENV",
+    "DoctorUnavailable",
+    "build_report",
+    "doctor_exit_code",
+    "doctor_routes",
+    "scan_range",
+    "standalone_doctor",
+    "sweep_root",
+]
+
+#: Narrows the ports doctor and sweeps scan (half-open ``LO-HI``) inside the family range;
+#: the whole family by default. Tests use it to stay on their own sub-range.
+SCAN_RANGE_ENV = "SPEC_KITTY_SUPERVISOR_SCAN_RANGE"
+#: How long a sweep waits for an upstream CLI to release ``R/sync-daemon.lock`` (it may hold
+#: it ~21 s while it waits for a daemon's health).
+LEGACY_LOCK_WAIT = 30.0
+
+EXIT_NOTHING_TO_DO = 0
+EXIT_ACTION_NEEDED = 1
+EXIT_DOCTOR_FAILED = 2
+
+
+class DoctorUnavailable(RuntimeError):
+    """Raised when doctor can neither ask a supervisor nor act itself (its lock is held)."""
+
+
+def scan_range(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The ports doctor scans: :data:`SCAN_RANGE_ENV` when set, else the whole family."""
+    raw = (os.environ if environ is None else environ).get(SCAN_RANGE_ENV, "").strip()
+    if not raw:
+        return FAMILY_PORT_RANGE
+    low, high = parse_port_range(raw)
+    family_low, family_high = FAMILY_PORT_RANGE
+    if not family_low <= low < high <= family_high:
+        raise ValueError(
+            f"{SCAN_RANGE_ENV}={raw!r} must be a non-empty range inside {family_low}-{family_high}"
+        )
+    return low, high
+
+
+# --------------------------------------------------------------------------------------------
+# Facts: who asks
+
+
+def _recorded_singleton(layout: RootLayout) -> RecordedSingleton | None:
+    recorded = read_legacy_state(layout.legacy_state)
+    return RecordedSingleton(recorded.pid, recorded.port) if recorded is not None else None
+
+
+def supervisor_facts(supervisor: Supervisor) -> SupervisorFacts:
+    """The running supervisor's table as classification facts (read under the legacy lock)."""
+    current = supervisor.table.current
+    return SupervisorFacts(
+        daemon_root=str(supervisor.layout.daemon_root),
+        uid=os.getuid(),
+        supervised=frozenset(
+            SupervisedDaemon(pid=row.pid, port=row.port, process_start=row.process_start)
+            for row in supervisor.table.daemons
+        ),
+        recorded_singleton=_recorded_singleton(supervisor.layout),
+        supervisor_running=True,
+        family_range=scan_range(),
+        current_package_version=current.package_version if current is not None else None,
+        current_python=current.resolved_python if current is not None else None,
+    )
+
+
+def standalone_facts(layout: RootLayout) -> SupervisorFacts:
+    """Facts without a supervisor: the daemon ``R/sync-daemon`` names is the live one."""
+    return SupervisorFacts(
+        daemon_root=str(layout.daemon_root),
+        uid=os.getuid(),
+        recorded_singleton=_recorded_singleton(layout),
+        supervisor_running=False,
+        family_range=scan_range(),
+    )
+
+
+def _current_as_state(supervisor: Supervisor) -> LegacyRecord | None:
+    current = supervisor.table.current
+    if current is None or current.state == "exited":
+        return None
+    return LegacyRecord(current.url, current.port, current.token, current.pid)
+
+
+# --------------------------------------------------------------------------------------------
+# The report
+
+
+def _command(layout: RootLayout, *words: str) -> str:
+    """A copy-pasteable command line for this root (``--root`` only when not the default)."""
+    argv = ["spec-kitty-supervisor", *words]
+    if not is_default_root(layout.daemon_root, Path.home()):
+        argv += ["--root", str(layout.daemon_root)]
+    return shlex.join(argv)
+
+
+def _ports(records: list[ListenerRecord]) -> str:
+    return ", ".join(str(record.port) for record in records)
+
+
+def _orphan_findings(
+    layout: RootLayout, listeners: list[ListenerRecord], supervisor_running: bool
+) -> list[DoctorFinding]:
+    findings: list[DoctorFinding] = []
+    safe = [r for r in listeners if r.cleanup_class == "safe_auto" and not r.is_recorded_singleton]
+    if safe:
+        later = (
+            " (the running supervisor also sweeps them periodically)" if supervisor_running else ""
+        )
+        findings.append(
+            DoctorFinding(
+                severity="warning",
+                code="orphans_safe_auto",
+                message=f"{len(safe)} orphan daemon(s) of this root on port(s) {_ports(safe)}: "
+                f"proven ours and not the current daemon{later}",
+                remediation=f"`{_command(layout, 'doctor', '--reset')}`",
+            )
+        )
+    for record in listeners:
+        if record.cleanup_class != "operator_required":
+            continue
+        force = _command(layout, "doctor", "--reset", "--force")
+        remediation = (
+            f"`{force}`, or answer y for pid {record.pid} at "
+            f"`{_command(layout, 'doctor', '--reset')}` on a terminal"
+        )
+        if record.skip_reason == "cross_root" and record.daemon_root:
+            other = shlex.join(
+                ["spec-kitty-supervisor", "doctor", "--reset", "--root", record.daemon_root]
+            )
+            remediation = f"`{other}` cleans it as that root's orphan; or {remediation}"
+        if record.pid is None:
+            remediation = (
+                f"find who listens (`ss -ltnp 'sport = :{record.port}'`) and stop it yourself"
+            )
+        findings.append(
+            DoctorFinding(
+                severity="warning",
+                code=f"orphan_{record.skip_reason or 'operator_required'}",
+                message=f"pid {record.pid} on port {record.port} looks like a sync daemon but "
+                f"needs an operator's consent: {record.why}",
+                remediation=remediation,
+            )
+        )
+    strangers = [
+        r
+        for r in listeners
+        if r.cleanup_class == "never_touch" and r.skip_reason != "is_recorded_singleton"
+    ]
+    if strangers:
+        findings.append(
+            DoctorFinding(
+                severity="info",
+                code="family_ports_held",
+                message=f"port(s) {_ports(strangers)} of the sync range are held by processes "
+                "that are not this root's daemons; nothing ever signals them",
+            )
+        )
+    return findings
+
+
+def _daemon_findings(
+    layout: RootLayout, daemons: list[DaemonView], quarantine_reason: str | None
+) -> list[DoctorFinding]:
+    findings: list[DoctorFinding] = []
+    if quarantine_reason is not None:
+        findings.append(
+            DoctorFinding(
+                severity="error",
+                code="root_quarantined",
+                message=f"the supervisor stopped restarting daemons: {quarantine_reason}",
+                remediation=f"fix the cause, then `{_command(layout, 'restart')}`",
+            )
+        )
+    for daemon in daemons:
+        if daemon.state == "unresponsive":
+            findings.append(
+                DoctorFinding(
+                    severity="warning",
+                    code="daemon_unresponsive",
+                    message=f"supervised daemon pid {daemon.pid} (port {daemon.port}) does not "
+                    "answer its health check",
+                    remediation=f"`{_command(layout, 'retire', '--pid', str(daemon.pid))}`",
+                )
+            )
+    return findings
+
+
+def _state_file_findings(layout: RootLayout) -> list[DoctorFinding]:
+    recorded = read_legacy_state(layout.legacy_state)
+    if recorded is None or read_identity(recorded.pid) is not None:
+        return []
+    return [
+        DoctorFinding(
+            severity="warning",
+            code="state_file_stale",
+            message=f"{layout.legacy_state} names pid {recorded.pid}, which is not running; "
+            "an upstream CLI would SIGKILL whatever process gets that pid next",
+            remediation=f"`{_command(layout, 'doctor', '--reset')}` removes it",
+        )
+    ]
+
+
+def _reset_findings(
+    layout: RootLayout, result: ResetResult | None, planned: list[Observation]
+) -> list[DoctorFinding]:
+    findings: list[DoctorFinding] = []
+    for item in planned:
+        record = item.record
+        findings.append(
+            DoctorFinding(
+                severity="info",
+                code="would_stop",
+                message=f"would stop pid {record.pid} on port {record.port} "
+                f"({record.cleanup_class}): {record.why}",
+                remediation=f"`{_command(layout, 'doctor', '--reset')}` without --dry-run",
+            )
+        )
+    for failure in result.failed if result is not None else []:
+        findings.append(
+            DoctorFinding(
+                severity="error",
+                code="reset_failed",
+                message=f"could not stop pid {failure.pid} on port {failure.port}: "
+                f"{failure.failure_reason}",
+                remediation=f"inspect it: `ps -o pid,user,lstart,args -p {failure.pid}`",
+            )
+        )
+    return findings
+
+
+def service_findings(layout: RootLayout) -> list[DoctorFinding]:
+    """Findings about installed service units, only when something is installed."""
+    from ._service import UnsupportedPlatformError, check_installed_units, current_platform
+
+    try:
+        platform = current_platform()
+        exec_path = _exec_path()
+        found = check_installed_units(platform, exec_path, layout.daemon_root, Path.home())
+    except (UnsupportedPlatformError, OSError):
+        return []
+    # "Not installed" is the normal, on-demand way to run; it needs no line in doctor.
+    return [finding for finding in found if finding.code != "service_not_installed"]
+
+
+def _exec_path() -> str:
+    from ._service import default_exec_path
+
+    return default_exec_path()
+
+
+def build_report(
+    layout: RootLayout,
+    observations: list[Observation],
+    *,
+    supervisor: SupervisorView | None = None,
+    daemons: list[DaemonView] | None = None,
+    quarantine_reason: str | None = None,
+    reset_result: ResetResult | None = None,
+    planned: list[Observation] | None = None,
+    extra_findings: list[DoctorFinding] | None = None,
+) -> DoctorReport:
+    """The report: listeners of every class, upstream's orphans, findings with their fixes."""
+    listeners = [item.record for item in observations]
+    daemon_views = daemons or []
+    findings: list[DoctorFinding] = []
+    if supervisor is None:
+        findings.append(
+            DoctorFinding(
+                severity="info",
+                code="supervisor_not_running",
+                message=f"no supervisor runs for {layout.daemon_root}; a client starts one on "
+                "demand",
+                remediation=f"`{_command(layout, 'run')}` or "
+                f"`{_command(layout, 'install-service')}` to keep one running",
+            )
+        )
+        findings += _state_file_findings(layout)
+    findings += _daemon_findings(layout, daemon_views, quarantine_reason)
+    findings += _orphan_findings(layout, listeners, supervisor is not None)
+    findings += _reset_findings(layout, reset_result, planned or [])
+    findings += extra_findings or []
+    return DoctorReport(
+        supervisor=supervisor,
+        daemons=daemon_views,
+        orphans=[r for r in listeners if r.cleanup_class in ("safe_auto", "operator_required")],
+        listeners=listeners,
+        findings=findings,
+        reset_result=reset_result,
+    )
+
+
+def doctor_exit_code(report: DoctorReport) -> int:
+    """0 when nothing needs action, 1 when something does (``doctor`` itself failing is 2)."""
+    needs_action = any(f.severity in ("warning", "error") for f in report.findings)
+    return EXIT_ACTION_NEEDED if needs_action else EXIT_NOTHING_TO_DO
+
+
+# --------------------------------------------------------------------------------------------
+# Acting: one function per caller, the same steps
+
+
+async def _observe_and_sweep(
+    layout: RootLayout,
+    facts: SupervisorFacts,
+    request: ResetRequest | None,
+    settings: Settings,
+    replacement: LegacyRecord | None,
+) -> tuple[list[Observation], ResetResult | None, list[Observation]]:
+    """Observe, sweep if asked, re-observe; under ``R/sync-daemon.lock`` when acting."""
+    timeout = settings.health_timeout_seconds
+    if request is None:
+        return await observe(facts, timeout), None, []
+    async with hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT):
+        # Re-read under the lock: a CLI may have recorded another daemon just before.
+        facts = _refresh_recorded(facts, layout)
+        before = await observe(facts, timeout)
+        if request.dry_run:
+            planned = plan_sweep(before, request).to_stop
+            result = await sweep(
+                before, request, legacy_state=layout.legacy_state, grace=settings.stop_grace_seconds
+            )
+            return before, result, planned
+        result = await sweep(
+            before,
+            request,
+            legacy_state=layout.legacy_state,
+            grace=settings.stop_grace_seconds,
+            replacement=replacement,
+        )
+        if not facts.supervisor_running:
+            _drop_dead_state_file(layout)
+        after = await observe(_refresh_recorded(facts, layout), timeout) if result.swept else before
+    return after, result, []
+
+
+def _refresh_recorded(facts: SupervisorFacts, layout: RootLayout) -> SupervisorFacts:
+    from dataclasses import replace
+
+    return replace(facts, recorded_singleton=_recorded_singleton(layout))
+
+
+def _drop_dead_state_file(layout: RootLayout) -> None:
+    # Rule 6 without a supervisor: a recorded pid that is not running is removed, since
+    # upstream CLIs SIGKILL it unchecked. A live one is the root's daemon and stays.
+    from ._legacy_state import remove_legacy_state
+
+    recorded = read_legacy_state(layout.legacy_state)
+    if recorded is not None and read_identity(recorded.pid) is None:
+        remove_legacy_state(layout.legacy_state)
+
+
+async def sweep_root(supervisor: Supervisor) -> ResetResult:
+    """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
+
+    The caller holds the supervisor's lifecycle lock, so the table cannot change meanwhile
+    (a daemon being spawned is in the table before the legacy lock is released).
+    """
+    layout = supervisor.layout
+    async with hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT):
+        facts = supervisor_facts(supervisor)
+        observations = await observe(facts, supervisor.settings.health_timeout_seconds)
+        result = await sweep(
+            observations,
+            ResetRequest(),
+            legacy_state=layout.legacy_state,
+            grace=supervisor.settings.stop_grace_seconds,
+            replacement=_current_as_state(supervisor),
+        )
+    for swept in result.swept:
+        supervisor.ledger.record(
+            "orphan_swept",
+            pid=swept.pid,
+            port=swept.port,
+            package_version=swept.package_version,
+            reason=f"{swept.reason}; stopped by {swept.cleanup_path}",
+        )
+    for failed in result.failed:
+        supervisor.ledger.record(
+            "orphan_sweep_failed", pid=failed.pid, port=failed.port, reason=failed.failure_reason
+        )
+    return result
+
+
+async def supervisor_doctor(
+    supervisor: Supervisor, request: ResetRequest | None = None
+) -> DoctorReport:
+    """The running supervisor's report; with ``request``, after a reset sweep."""
+    from ._app import supervisor_view
+
+    async def run() -> DoctorReport:
+        observations, result, planned = await _observe_and_sweep(
+            supervisor.layout,
+            supervisor_facts(supervisor),
+            request,
+            supervisor.settings,
+            _current_as_state(supervisor),
+        )
+        return build_report(
+            supervisor.layout,
+            observations,
+            supervisor=supervisor_view(supervisor),
+            daemons=supervisor.daemon_views(),
+            quarantine_reason=supervisor.table.quarantine_reason,
+            reset_result=result,
+            planned=planned,
+            extra_findings=service_findings(supervisor.layout),
+        )
+
+    if request is None or request.dry_run:
+        return await run()
+    # A reset changes what runs: serialise it with spawns, retirements and the periodic sweep.
+    async with supervisor.lifecycle_lock:
+        return await run()
+
+
+def doctor_routes(supervisor: Supervisor) -> list[Route]:
+    """``GET /v1/doctor`` and ``POST /v1/reset`` for :func:`._app.build_router`."""
+
+    async def doctor(request: ApiRequest) -> BaseModel:
+        return await supervisor_doctor(supervisor)
+
+    async def reset(request: ApiRequest) -> BaseModel:
+        body = request.parse(ResetRequest)
+        if supervisor.exiting:
+            raise ApiError(503, "supervisor_exiting", "the supervisor is shutting down; retry")
+        try:
+            return await supervisor_doctor(supervisor, body)
+        except LegacyLockTimeout as exc:
+            raise ApiError(
+                409, "legacy_lock_busy", f"an upstream spec-kitty CLI is busy: {exc}; retry"
+            ) from None
+
+    return [Route("GET", "/v1/doctor", doctor), Route("POST", "/v1/reset", reset)]
+
+
+# --------------------------------------------------------------------------------------------
+# Without a supervisor
+
+
+async def standalone_doctor(
+    layout: RootLayout, settings: Settings, request: ResetRequest | None = None
+) -> DoctorReport:
+    """Doctor when no supervisor answers: probe and act here, holding the supervisor's lock.
+
+    Raises :class:`DoctorUnavailable` when the lock is held (a supervisor is starting or
+    wedged): acting beside it would be a second sweep of the same root.
+    """
+    lock = SupervisorLock(layout.lock)
+    if not lock.try_acquire():
+        raise DoctorUnavailable(
+            f"a supervisor (pid {lock.holder_pid()}) holds {layout.lock} but does not answer "
+            f"on {layout.socket}; see `{_command(layout, 'status')}`"
+        )
+    try:
+        observations, result, planned = await _observe_and_sweep(
+            layout, standalone_facts(layout), request, settings, None
+        )
+        return build_report(
+            layout,
+            observations,
+            reset_result=result,
+            planned=planned,
+            extra_findings=await anyio.to_thread.run_sync(service_findings, layout),
+        )
+    finally:
+        lock.release()
