@@ -323,9 +323,10 @@ class Supervisor:
             self._write_legacy_state_locked()
 
     def _write_legacy_state_locked(self) -> None:
+        """Call with ``R/sync-daemon.lock`` held: name the current daemon, or nothing."""
         current = self.table.current
-        if current is not None and current.state != "exited":
-            recorded = read_legacy_state(self.layout.legacy_state)
+        recorded = read_legacy_state(self.layout.legacy_state)
+        if current is not None:
             if recorded is None or (recorded.pid, recorded.port, recorded.token) != (
                 current.pid,
                 current.port,
@@ -335,13 +336,13 @@ class Supervisor:
                     self.layout.legacy_state, current.port, current.token, current.pid
                 )
             return
-        recorded = read_legacy_state(self.layout.legacy_state)
         if recorded is None:
             if self.layout.legacy_state.exists():
-                remove_legacy_state(self.layout.legacy_state)
+                remove_legacy_state(self.layout.legacy_state)  # not in upstream's shape
             return
-        if read_identity(recorded.pid) is None:
-            # Upstream CLIs SIGKILL the recorded pid unchecked: never leave a dead one there.
+        # Upstream CLIs SIGKILL the recorded pid unchecked: never leave one of ours that is
+        # retiring, nor a dead one. A live daemon we do not own is left for adoption.
+        if self.table.by_pid(recorded.pid) is not None or read_identity(recorded.pid) is None:
             remove_legacy_state(self.layout.legacy_state)
 
     # ------------------------------------------------------------------ ensure
@@ -733,8 +734,6 @@ class Supervisor:
                     reason=f"exited by itself ({_describe_exit(returncode)}); not restarted",
                 )
                 return
-            now = self.clock()
-            self._deaths.append(now)
             self.ledger.record(
                 "died",
                 pid=pid,
@@ -742,25 +741,33 @@ class Supervisor:
                 package_version=record.package_version,
                 reason=_describe_exit(returncode),
             )
-            settings = self.settings
-            if should_quarantine(
-                self._deaths, now, settings.quarantine_window_seconds, settings.quarantine_deaths
-            ):
-                self.table.quarantine_reason = (
-                    f"{deaths_within(self._deaths, now, settings.quarantine_window_seconds)} "
-                    f"deaths in {settings.quarantine_window_seconds:.0f} s; last: "
-                    f"{_describe_exit(returncode)}"
-                )
-                self._quarantined_python = record.python
-                self._persist()
-                self.ledger.record("quarantined", pid=pid, reason=self.table.quarantine_reason)
-                return
-            delay = restart_delay(
-                deaths_within(self._deaths, now, settings.quarantine_window_seconds),
-                settings.restart_backoff_seconds,
-                settings.restart_backoff_max_seconds,
-            )
             context = self._contexts.get(pid) or self._default_context(record)
+            self._schedule_restart(record, context, _describe_exit(returncode))
+
+    def _schedule_restart(self, record: DaemonRecord, context: SpawnContext, cause: str) -> None:
+        """Count a death; restart after a backoff, or quarantine the root after too many."""
+        now = self.clock()
+        self._deaths.append(now)
+        settings = self.settings
+        deaths = deaths_within(self._deaths, now, settings.quarantine_window_seconds)
+        if should_quarantine(
+            self._deaths, now, settings.quarantine_window_seconds, settings.quarantine_deaths
+        ):
+            self.table.quarantine_reason = (
+                f"{deaths} deaths in {settings.quarantine_window_seconds:.0f} s; last: {cause}"
+            )
+            self._quarantined_python = record.python
+            self._persist()
+            self.ledger.record(
+                "quarantined",
+                pid=record.pid,
+                package_version=record.package_version,
+                reason=self.table.quarantine_reason,
+            )
+            return
+        delay = restart_delay(
+            deaths, settings.restart_backoff_seconds, settings.restart_backoff_max_seconds
+        )
         self._background(self._restart_after, record, context, delay)
 
     async def _restart_after(
@@ -788,7 +795,7 @@ class Supervisor:
                     package_version=record.package_version,
                     reason=str(exc),
                 )
-                self._deaths.append(self.clock())
+                self._schedule_restart(record, context, f"restart failed: {exc}")
                 return
             self.ledger.record(
                 "restarted",
@@ -961,7 +968,7 @@ class Supervisor:
         return self._lifecycle
 
     async def sweep_orphans(self) -> None:
-        """Stop this root's ``safe_auto`` orphans; the supervisor's own daemons are never touched."""
+        """Stop this root's ``safe_auto`` orphans; never the supervisor's own daemons."""
         from ._doctor import sweep_root
 
         try:

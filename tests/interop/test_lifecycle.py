@@ -1,0 +1,296 @@
+"""Lifecycle on real spec-kitty daemons: upgrades, retirement, restarts, re-adoption, hand-over,
+and coexistence with unmodified spec-kitty CLIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec_kitty_supervisor._identity import read_identity
+from spec_kitty_supervisor._probe import post_shutdown
+from tests.support.ports import SPAWN_PORTS
+from tests.support.real_daemons import (
+    DaemonFleet,
+    Sandbox,
+    run_blocking,
+    run_upstream_ensure,
+    spec_kitty_python,
+)
+from tests.support.supervisors import SupervisorUnderTest, daemon_pids
+
+pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
+
+
+@pytest.fixture
+def fleet() -> Iterator[DaemonFleet]:
+    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
+        yield daemons
+
+
+@pytest.fixture
+def sandbox(fleet: DaemonFleet) -> Sandbox:
+    return fleet.sandbox()
+
+
+def _supervisor(sandbox: Sandbox, **settings: str) -> SupervisorUnderTest:
+    env = {f"SPEC_KITTY_SUPERVISOR_{k.upper()}": v for k, v in settings.items()}
+    return SupervisorUnderTest(sandbox, settings=env)
+
+
+def _ensure(sup: SupervisorUnderTest, version: str, *extra: str) -> dict[str, Any]:
+    answer: dict[str, Any] = sup.cli_json(
+        "ensure", "--python", str(spec_kitty_python(version)), *extra
+    )
+    return answer
+
+
+def _events(sup: SupervisorUnderTest) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = sup.cli_json("events", "--limit", "1000")["events"]
+    return events
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _current(sup: SupervisorUnderTest) -> dict[str, Any] | None:
+    status = sup.cli_json("status")
+    current = [d for d in status["daemons"] if d["role"] == "current"]
+    return current[0] if current else None
+
+
+def test_upgrade_is_make_before_break_and_alternating_clients_never_thrash(
+    sandbox: Sandbox,
+) -> None:
+    with _supervisor(sandbox) as sup:
+        old = _ensure(sup, "3.2.4")["daemon"]
+        upgraded = _ensure(sup, "3.2.7")
+        assert upgraded["action"] == "upgraded"
+        new = upgraded["daemon"]
+        assert new["package_version"] == "3.2.7"
+        assert new["state"] == "healthy"  # healthy before the switch was answered
+        _wait_for(lambda: read_identity(old["pid"]) is None, 5, "the 3.2.4 daemon to exit")
+        events = _events(sup)
+        spawned = next(e for e in events if e["kind"] == "spawned" and e["pid"] == new["pid"])
+        retired = next(e for e in events if e["kind"] == "retired" and e["pid"] == old["pid"])
+        assert spawned["seq"] < retired["seq"]
+        assert "http_shutdown" in retired["reason"]
+        for _ in range(10):
+            assert _ensure(sup, "3.2.4")["action"] == "kept_newer"
+            assert _ensure(sup, "3.2.7")["action"] == "reused"
+        assert daemon_pids(sup.root) == [new["pid"]]
+        assert sum(1 for e in _events(sup) if e["kind"] == "spawned") == 2
+
+
+def test_latest_wins_policy_replaces_with_the_older_version(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox, version_policy="latest_wins") as sup:
+        _ensure(sup, "3.2.7")
+        answer = _ensure(sup, "3.2.4")
+        assert answer["action"] == "replaced"
+        assert answer["daemon"]["package_version"] == "3.2.4"
+
+
+def test_idle_daemon_retires_and_the_next_ensure_spawns_a_fresh_one(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox, idle_retirement_seconds="2") as sup:
+        first = _ensure(sup, "3.2.4")["daemon"]
+        _wait_for(lambda: read_identity(first["pid"]) is None, 10, "idle retirement")
+        assert not (sup.root / "sync-daemon").exists()
+        retired = [e for e in _events(sup) if e["kind"] == "retired"]
+        assert "idle" in retired[-1]["reason"]
+        again = _ensure(sup, "3.2.4")
+        assert again["action"] == "spawned"
+        assert again["daemon"]["pid"] != first["pid"]
+
+
+def test_a_daemon_stopped_through_its_own_shutdown_has_retired_not_crashed(
+    sandbox: Sandbox,
+) -> None:
+    with _supervisor(sandbox) as sup:
+        daemon = _ensure(sup, "3.2.4", "--show-token")["daemon"]
+        # What a newer spec-kitty CLI does to the legacy daemon: shutdown, then forget it.
+        assert run_blocking(post_shutdown, daemon["port"], daemon["token"], 2.0)
+        (sup.root / "sync-daemon").unlink()
+        _wait_for(lambda: read_identity(daemon["pid"]) is None, 5, "the daemon to exit")
+        _wait_for(lambda: sup.cli_json("status")["daemons"] == [], 5, "the table to clear")
+        time.sleep(2.5)  # a restart would come within the first backoff
+        status = sup.cli_json("status")
+        assert status["daemons"] == []
+        assert status["root_state"] == "ok"
+        kinds = [e["kind"] for e in _events(sup)]
+        assert "died" not in kinds
+        assert "restarted" not in kinds
+        assert daemon_pids(sup.root) == []
+
+
+def _dying_interpreter(folder: Path, lifetime: float) -> str:
+    """An interpreter whose daemons come up healthy and are SIGKILLed ``lifetime`` s later."""
+    wrapper = folder / "python-that-dies"
+    real = spec_kitty_python("3.2.4")
+    wrapper.write_text(f'#!/bin/sh\nexec timeout -s KILL {lifetime} {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox) -> None:
+    with _supervisor(
+        sandbox,
+        quarantine_deaths="3",
+        restart_backoff_seconds="0.5",
+    ) as sup:
+        python = _dying_interpreter(sandbox.base, 1.5)
+        first = sup.cli_json("ensure", "--python", python, "--package-version", "3.2.4")
+        assert first["action"] == "spawned"
+        _wait_for(lambda: sup.cli_json("status")["root_state"] == "quarantined", 30, "quarantine")
+        events = _events(sup)
+        deaths = [e for e in events if e["kind"] == "died"]
+        assert len(deaths) >= 2
+        restarts = [e for e in events if e["kind"] == "restarted"]
+        assert len(restarts) == 2
+        assert any(e["kind"] == "quarantined" for e in events)
+        # Backoff grows between restarts: 0.5 s then 1 s (each ±20 %).
+        delays = [float(re.search(r"after ([0-9.]+) s backoff", e["reason"])[1]) for e in restarts]  # type: ignore[index]
+        assert 0.4 <= delays[0] <= 0.6
+        assert 0.8 <= delays[1] <= 1.2
+        spawns_before = sum(1 for e in events if e["kind"] == "spawned")
+        time.sleep(3)
+        assert sum(1 for e in _events(sup) if e["kind"] == "spawned") == spawns_before
+        refused = sup.cli("ensure", "--python", python, "--package-version", "3.2.4")
+        assert refused.returncode == 1
+        assert "quarantined" in refused.stderr
+        assert sup.cli_json("status")["root_state_reason"].startswith("3 deaths")
+        # `restart` lifts it; the next ensure (a healthy interpreter) spawns again.
+        assert sup.cli_json("restart")["root_state"] == "ok"
+        assert _ensure(sup, "3.2.4")["action"] == "spawned"
+
+
+def test_a_wedged_daemon_is_restarted_after_the_watchdog_window(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox, watchdog_seconds="3") as sup:
+        wedged = _ensure(sup, "3.2.4")["daemon"]
+        os.kill(wedged["pid"], signal.SIGSTOP)
+        try:
+
+            def replaced() -> bool:
+                current = _current(sup)
+                return current is not None and current["pid"] != wedged["pid"]
+
+            _wait_for(replaced, 15, "the watchdog restart")
+            _wait_for(lambda: read_identity(wedged["pid"]) is None, 15, "the wedged one to stop")
+        finally:
+            if read_identity(wedged["pid"]) is not None:
+                os.kill(wedged["pid"], signal.SIGCONT)
+        current = _current(sup)
+        assert current is not None
+        assert current["state"] == "healthy"
+        kinds = [e["kind"] for e in _events(sup)]
+        assert "watchdog" in kinds
+        retired = [e for e in _events(sup) if e["kind"] == "retired" and e["pid"] == wedged["pid"]]
+        assert "terminate" in retired[0]["reason"] or "kill" in retired[0]["reason"]
+        assert daemon_pids(sup.root) == [current["pid"]]
+
+
+@pytest.mark.parametrize("version", ["3.2.2", "3.2.4"])
+def test_kill_9_of_the_supervisor_then_ensure_keeps_the_same_daemon(
+    sandbox: Sandbox, version: str
+) -> None:
+    with _supervisor(sandbox) as sup:
+        daemon = _ensure(sup, version)["daemon"]
+        (pid,) = sup.pids()
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: sup.pids() == [], 5, "the supervisor to die")
+        again = _ensure(sup, version)
+        assert again["action"] == "reused"
+        assert again["daemon"]["pid"] == daemon["pid"]
+        assert again["daemon"]["origin"] == "adopted"
+        assert daemon_pids(sup.root) == [daemon["pid"]]
+
+
+def test_a_journaled_pid_now_owned_by_another_process_is_never_signalled(
+    sandbox: Sandbox,
+) -> None:
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        folder = sandbox.root / "supervisor"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        record = {
+            "pid": stranger.pid,
+            "process_start": "some-other-boot:1",  # the journaled daemon's start, not sleep's
+            "uid": os.getuid(),
+            "port": SPAWN_PORTS.lo,
+            "token": "0" * 32,
+            "package_version": "3.2.4",
+            "python": str(spec_kitty_python("3.2.4")),
+            "resolved_python": str(spec_kitty_python("3.2.4")),
+            "origin": "spawned",
+            "state": "healthy",
+            "role": "current",
+            "started_at": "2026-11-27T00:00:00+00:00",
+        }
+        (folder / "state.json").write_text(
+            json.dumps({"schema_version": 1, "supervisor_pid": 1, "daemons": [record]})
+        )
+        with _supervisor(sandbox) as sup:
+            sup.start()
+            assert sup.cli_json("status")["daemons"] == []
+            dropped = [e for e in _events(sup) if e["kind"] == "journal_dropped"]
+            assert dropped[0]["pid"] == stranger.pid
+            assert "PID reuse" in dropped[0]["reason"]
+            assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_hand_over_keeps_the_daemon_pid(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox) as sup:
+        daemon = _ensure(sup, "3.2.4")["daemon"]
+        (old_supervisor,) = sup.pids()
+        new_supervisor = sup.start("--takeover")
+        assert new_supervisor != old_supervisor
+        _wait_for(lambda: read_identity(old_supervisor) is None, 10, "the old one to leave")
+        status = sup.cli_json("status")
+        assert status["supervisor"]["pid"] == new_supervisor
+        assert [d["pid"] for d in status["daemons"]] == [daemon["pid"]]
+        assert status["daemons"][0]["origin"] == "adopted"
+        assert _ensure(sup, "3.2.4")["action"] == "reused"
+        assert daemon_pids(sup.root) == [daemon["pid"]]
+
+
+def test_a_same_version_upstream_cli_reuses_the_supervised_daemon(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox) as sup:
+        daemon = _ensure(sup, "3.2.4")["daemon"]
+        upstream = run_upstream_ensure(sandbox, "3.2.4")
+        assert upstream.pid == daemon["pid"]
+        assert daemon_pids(sup.root) == [daemon["pid"]]
+
+
+def test_a_newer_upstream_cli_replaces_the_daemon_and_the_supervisor_adopts_it(
+    sandbox: Sandbox,
+) -> None:
+    with _supervisor(sandbox) as sup:
+        ours = _ensure(sup, "3.2.4")["daemon"]
+        upstream = run_upstream_ensure(sandbox, "3.2.7")
+        assert upstream.pid is not None
+        assert upstream.pid != ours["pid"]
+        time.sleep(15)
+        assert daemon_pids(sup.root) == [upstream.pid]
+        current = _current(sup)
+        assert current is not None
+        assert current["pid"] == upstream.pid
+        assert current["origin"] == "adopted"
+        assert current["package_version"] == "3.2.7"
+        # No spawn/kill thrash: the supervisor spawned only its first daemon.
+        assert sum(1 for e in _events(sup) if e["kind"] == "spawned") == 1
