@@ -145,7 +145,8 @@ def _dying_interpreter(folder: Path, lifetime: float) -> str:
     return str(wrapper)
 
 
-def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox) -> None:
+@pytest.mark.parametrize("way_out", ["restart", "another_interpreter"])
+def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox, way_out: str) -> None:
     with _supervisor(
         sandbox,
         quarantine_deaths="3",
@@ -172,9 +173,13 @@ def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox) -> Non
         assert refused.returncode == 1
         assert "quarantined" in refused.stderr
         assert sup.cli_json("status")["root_state_reason"].startswith("3 deaths")
-        # `restart` lifts it; the next ensure (a healthy interpreter) spawns again.
-        assert sup.cli_json("restart")["root_state"] == "ok"
+        if way_out == "restart":
+            assert sup.cli_json("restart")["root_state"] == "ok"
+        # An ensure with another interpreter lifts it by itself, and spawns.
         assert _ensure(sup, "3.2.4")["action"] == "spawned"
+        assert sup.cli_json("status")["root_state"] == "ok"
+        lifted = [e for e in _events(sup) if e["kind"] == "quarantine_lifted"]
+        assert ("restart" if way_out == "restart" else "another interpreter") in lifted[0]["reason"]
 
 
 def test_a_wedged_daemon_is_restarted_after_the_watchdog_window(sandbox: Sandbox) -> None:
