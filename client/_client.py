@@ -17,6 +17,7 @@ import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from ._autostart import start_supervisor
+from ._environment import passed_environment
 from ._errors import InvalidRequest, SupervisorUnavailable
 from ._models import (
     DoctorReport,
@@ -50,7 +51,7 @@ def _ensure_request(
             python=python,
             package_version=package_version,
             cwd=cwd if cwd is not None else os.getcwd(),
-            env=dict(os.environ if env is None else env),
+            env=passed_environment(os.environ if env is None else env),
         )
     except ValidationError as exc:
         # The same code the supervisor would answer: the request never leaves the client.

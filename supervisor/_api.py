@@ -8,7 +8,6 @@ LOCAL_PEERCRED on macOS). Every request either gets its model's answer or an err
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import struct
@@ -73,6 +72,8 @@ class ApiRequest:
         try:
             return model.model_validate_json(self.body or b"{}")
         except ValidationError as exc:
+            if any(err["type"] == "json_invalid" for err in exc.errors()):
+                raise ApiError(400, "invalid_json", "the request body is not JSON") from None
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
                 for err in exc.errors()
@@ -289,11 +290,6 @@ async def _answer(router: Router, request: ApiRequest, head: h11.Request) -> tup
                 "this supervisor (`spec-kitty-supervisor stop`) so the newer one can start",
                 {"supervisor_protocol": PROTOCOL_VERSION, "client_protocol": client_version},
             )
-    if request.method in ("POST", "PUT") and request.body:
-        try:
-            json.loads(request.body)
-        except ValueError:
-            return 400, _error_body("invalid_json", "the request body is not JSON")
     try:
         status, model = await router.dispatch(request)
     except ApiError as exc:

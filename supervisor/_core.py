@@ -55,12 +55,12 @@ from ._probe import HealthAnswer, probe_health
 from ._signals import SignalRefused, SignalTarget, stop_gracefully
 from ._spawn import (
     SpawnError,
+    ValidatedInterpreters,
     check_root_supported,
     child_environment,
     log_tail,
     resolve_working_directory,
     spawn_daemon,
-    validate_interpreter,
 )
 from ._table import DaemonRecord, Table, load_table, save_table
 from ._verify import read_process_context, verify_daemon
@@ -141,6 +141,7 @@ class Supervisor:
         self._deaths: list[float] = []
         self._quarantined_python: str | None = None
         self._retiring_now: set[int] = set()
+        self._interpreters = ValidatedInterpreters()
         self._task_group: TaskGroup | None = None
         self._stop_event = anyio.Event()
         self._last_tick = time.monotonic()
@@ -354,7 +355,7 @@ class Supervisor:
 
     async def _ensure_locked(self, request: EnsureRequest) -> EnsureResponse:
         try:
-            resolved_python = validate_interpreter(request.python)
+            resolved_python = self._interpreters.resolve(request.python)
         except SpawnError as exc:
             raise LifecycleError(exc.code, str(exc), status=400) from None
         if self.table.quarantine_reason is not None:

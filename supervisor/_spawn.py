@@ -15,9 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from spec_kitty_supervisor_client._environment import passed_environment
+
 from ._daemon_shape import build_daemon_argv
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
+from ._sd_notify import child_environment_scrub
 
 __all__ = [
     "SpawnError",
@@ -28,52 +31,6 @@ __all__ = [
     "spawn_daemon",
     "validate_interpreter",
 ]
-
-#: Variables copied from the client's environment; everything else is dropped.
-_ALLOWED_EXACT = frozenset(
-    {
-        "HOME",
-        "PATH",
-        "USER",
-        "LOGNAME",
-        "SHELL",
-        "TMPDIR",
-        "TZ",
-        "LANG",
-        "LANGUAGE",
-        "http_proxy",
-        "https_proxy",
-        "no_proxy",
-        "all_proxy",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "NO_PROXY",
-        "ALL_PROXY",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "XDG_CONFIG_HOME",
-        "XDG_DATA_HOME",
-        "XDG_CACHE_HOME",
-        "XDG_STATE_HOME",
-        "VIRTUAL_ENV",
-    }
-)
-_ALLOWED_PREFIXES = ("LC_", "SPEC_KITTY_")
-#: Never passed on, even when they match the allow-list: a service manager's variables would
-#: make a daemon talk to systemd or claim the supervisor's sockets.
-_DENIED = frozenset(
-    {
-        "NOTIFY_SOCKET",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-        "SPEC_KITTY_HOME",
-        "SPEC_KITTY_CLI_VERSION",
-    }
-)
 
 
 class SpawnError(RuntimeError):
@@ -130,6 +87,30 @@ def validate_interpreter(python: str) -> str:
     return resolved
 
 
+class ValidatedInterpreters:
+    """:func:`validate_interpreter`'s answers, kept while the file stays the same.
+
+    The warm ``ensure`` is spec-kitty's hot path: one ``stat`` proves the interpreter is the
+    file we already checked, instead of a ``realpath`` walk and three more ``stat`` calls.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[tuple[int, ...], str]] = {}
+
+    def resolve(self, python: str) -> str:
+        try:
+            info = os.stat(python)
+        except OSError:
+            return validate_interpreter(python)  # raises with the precise reason
+        key = (info.st_dev, info.st_ino, info.st_mode, info.st_uid, info.st_mtime_ns)
+        known = self._known.get(python)
+        if known is not None and known[0] == key:
+            return known[1]
+        resolved = validate_interpreter(python)
+        self._known[python] = (key, resolved)
+        return resolved
+
+
 def resolve_working_directory(cwd: str | None, fallback: Path) -> str:
     """The client's directory (3.2.7 finds its project from it), when it is a usable directory."""
     if cwd is None:
@@ -144,12 +125,12 @@ def resolve_working_directory(cwd: str | None, fallback: Path) -> str:
 def child_environment(
     client_env: Mapping[str, str], daemon_root: Path, package_version: str
 ) -> dict[str, str]:
-    """An allow-listed copy of the client's environment, plus the root and the version."""
-    env = {
-        key: value
-        for key, value in client_env.items()
-        if key not in _DENIED and (key in _ALLOWED_EXACT or key.startswith(_ALLOWED_PREFIXES))
-    }
+    """An allow-listed copy of the client's environment, plus the root and the version.
+
+    The service manager's variables are dropped even when a client sends them: a daemon that
+    inherited ``NOTIFY_SOCKET`` or ``LISTEN_*`` could speak to systemd in our name.
+    """
+    env = child_environment_scrub(passed_environment(client_env))
     env.setdefault("PATH", os.defpath)
     env.setdefault("HOME", os.path.expanduser("~"))
     env["SPEC_KITTY_HOME"] = str(daemon_root)
