@@ -58,6 +58,12 @@ from ._paths import (
     socket_path_for_root,
     supervisor_dir,
 )
+from ._upstream import (
+    DaemonStartOutcome,
+    doctor_report_upstream_shape,
+    ensure_sync_daemon_running_compatible,
+    upstream_auth_doctor,
+)
 
 __all__ = [
     "AsyncSupervisorClient",
@@ -80,6 +86,10 @@ __all__ = [
     "resolve_daemon_root",
     "socket_path_for_root",
     "supervisor_dir",
+    "DaemonStartOutcome",
+    "doctor_report_upstream_shape",
+    "ensure_sync_daemon_running_compatible",
+    "upstream_auth_doctor",
     "CleanupClass",
     "DaemonOrigin",
     "DaemonRole",

@@ -32,8 +32,10 @@ from spec_kitty_supervisor_client._discover import (
 )
 
 from . import __version__
+from ._doctor_cli import add_doctor_parser, cmd_doctor
 from ._identity import read_identity
 from ._layout import RootLayout
+from ._service_cli import add_service_parsers, cmd_install_service, cmd_uninstall_service
 from ._settings import parse_port_range
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_SUPERVISOR", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -114,6 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
     restart = commands.add_parser("restart", help="lift a quarantine so the next ensure spawns")
     _add_common(restart)
+
+    add_doctor_parser(commands)
+    add_service_parsers(commands)
     return parser
 
 
@@ -288,6 +293,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "events": _cmd_events,
     "retire": _cmd_retire,
     "restart": _cmd_restart,
+    "doctor": cmd_doctor,
+    "install-service": cmd_install_service,
+    "uninstall-service": cmd_uninstall_service,
 }
 
 

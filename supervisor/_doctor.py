@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +41,13 @@ from ._classification import RecordedSingleton, SupervisedDaemon, SupervisorFact
 from ._discovery import Observation, observe
 from ._identity import read_identity
 from ._layout import RootLayout
-from ._legacy_state import LegacyLockTimeout, LegacyRecord, hold_legacy_lock, read_legacy_state
+from ._legacy_state import (
+    LegacyLockTimeout,
+    LegacyRecord,
+    hold_legacy_lock,
+    read_legacy_state,
+    remove_legacy_state,
+)
 from ._lock import SupervisorLock
 from ._settings import parse_port_range
 from ._sweep import plan_sweep, sweep
@@ -388,16 +395,12 @@ async def _observe_and_sweep(
 
 
 def _refresh_recorded(facts: SupervisorFacts, layout: RootLayout) -> SupervisorFacts:
-    from dataclasses import replace
-
     return replace(facts, recorded_singleton=_recorded_singleton(layout))
 
 
 def _drop_dead_state_file(layout: RootLayout) -> None:
     # Rule 6 without a supervisor: a recorded pid that is not running is removed, since
     # upstream CLIs SIGKILL it unchecked. A live one is the root's daemon and stays.
-    from ._legacy_state import remove_legacy_state
-
     recorded = read_legacy_state(layout.legacy_state)
     if recorded is not None and read_identity(recorded.pid) is None:
         remove_legacy_state(layout.legacy_state)
