@@ -83,7 +83,10 @@ def ensure_private_dir(path: Path) -> Path:
     """
     from ._errors import UnsafeDirectoryError
 
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkdir's mode applies to the last folder only: create the parent (a new daemon root)
+    # private too, rather than with the umask's 0755.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
     info = path.lstat()
     if not _is_dir_mode(info.st_mode):
         raise UnsafeDirectoryError(f"{path} is not a directory")

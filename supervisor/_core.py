@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup
 from spec_kitty_supervisor_client._models import (
     FAMILY_PORT_RANGE,
     DaemonView,
+    EnsureAction,
     EnsureRequest,
     EnsureResponse,
     Settings,
@@ -75,6 +76,13 @@ LEGACY_LOCK_WAIT = 30.0
 #: How many ports a spawn tries before giving up (a stranger may take a port between our
 #: check and the daemon's bind).
 SPAWN_PORT_ATTEMPTS = 3
+
+
+_SPAWN_ACTIONS: dict[str, EnsureAction] = {
+    "spawn": "spawned",
+    "upgrade": "upgraded",
+    "replace": "replaced",
+}
 
 
 class LifecycleError(RuntimeError):
@@ -142,10 +150,13 @@ class Supervisor:
         self._quarantined_python: str | None = None
         self._retiring_now: set[int] = set()
         self._interpreters = ValidatedInterpreters()
+        self._handed_out: set[int] = set()
         self._task_group: TaskGroup | None = None
         self._stop_event = anyio.Event()
         self._last_tick = time.monotonic()
         self.exit_reason = ""
+        #: The umask daemons get: the user's, not the supervisor's private 077.
+        self.child_umask = -1
 
     # ------------------------------------------------------------------ running
 
@@ -370,7 +381,13 @@ class Supervisor:
         )
         if current is not None and decision.verdict in ("reuse", "keep_newer"):
             current.last_ensure_at = self.clock()
-            action = "reused" if decision.verdict == "reuse" else "kept_newer"
+            action: EnsureAction = "reused" if decision.verdict == "reuse" else "kept_newer"
+            if current.pid not in self._handed_out:
+                # The first client this daemon serves since we adopted it (after our own
+                # restart, a hand-over, or from an upstream CLI) learns it was adopted.
+                self._handed_out.add(current.pid)
+                if action == "reused":
+                    action = "adopted"
             return EnsureResponse(
                 action=action, daemon=current.view(with_token=True), message=decision.reason
             )
@@ -394,11 +411,9 @@ class Supervisor:
             SpawnContext(env=env, cwd=cwd),
             reason=decision.reason,
         )
-        action = {"spawn": "spawned", "upgrade": "upgraded", "replace": "replaced"}[
-            decision.verdict
-        ]
+        self._handed_out.add(new.pid)
         return EnsureResponse(
-            action=action,
+            action=_SPAWN_ACTIONS[decision.verdict],
             daemon=new.view(with_token=True),
             message=decision.reason,
         )
@@ -481,6 +496,7 @@ class Supervisor:
                 port=port,
                 env=context.env,
                 cwd=context.cwd,
+                umask=self.child_umask,
             )
             try:
                 spawned = await anyio.to_thread.run_sync(spawn)

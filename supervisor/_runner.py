@@ -64,6 +64,9 @@ def _under_service_manager() -> str | None:
 
 def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     """The ``run`` command; returns the process exit code."""
+    # Everything the supervisor writes (journal, ledger, logs) is for this user alone; the
+    # daemons it spawns get the user's own umask back.
+    user_umask = os.umask(0o077)
     try:
         layout.prepare()
         settings = load_settings(layout.config, options.flags)
@@ -90,6 +93,7 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         auto_started=options.auto_started or control is not None,
         service_manager=service_manager,
     )
+    supervisor.child_umask = user_umask
     try:
         anyio.run(_serve, supervisor, notifier, lock, control)
     finally:
@@ -160,7 +164,7 @@ def _bind_control_socket(layout: RootLayout) -> socket.socket:
                 "to take it over"
             )
         path.unlink()  # nothing accepts on it: a leftover of a supervisor that died
-    old_umask = os.umask(0o177)
+    old_umask = os.umask(0o177)  # no moment where the socket is connectable by others
     try:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(os.fsencode(path))

@@ -159,6 +159,7 @@ def spawn_daemon(
     port: int,
     env: Mapping[str, str],
     cwd: str,
+    umask: int = -1,
 ) -> SpawnedDaemon:
     """Start one daemon in its own session; the caller waits for its health."""
     token = new_token()
@@ -178,6 +179,7 @@ def spawn_daemon(
                 cwd=cwd,
                 start_new_session=True,
                 close_fds=True,
+                umask=umask,
             )
         except OSError as exc:
             raise SpawnError("spawn_failed", f"could not start {python}: {exc}") from None

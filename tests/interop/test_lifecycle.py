@@ -217,7 +217,7 @@ def test_kill_9_of_the_supervisor_then_ensure_keeps_the_same_daemon(
         os.kill(pid, signal.SIGKILL)
         _wait_for(lambda: sup.pids() == [], 5, "the supervisor to die")
         again = _ensure(sup, version)
-        assert again["action"] == "reused"
+        assert again["action"] == "adopted"
         assert again["daemon"]["pid"] == daemon["pid"]
         assert again["daemon"]["origin"] == "adopted"
         assert daemon_pids(sup.root) == [daemon["pid"]]
@@ -270,6 +270,7 @@ def test_hand_over_keeps_the_daemon_pid(sandbox: Sandbox) -> None:
         assert status["supervisor"]["pid"] == new_supervisor
         assert [d["pid"] for d in status["daemons"]] == [daemon["pid"]]
         assert status["daemons"][0]["origin"] == "adopted"
+        assert _ensure(sup, "3.2.4")["action"] == "adopted"
         assert _ensure(sup, "3.2.4")["action"] == "reused"
         assert daemon_pids(sup.root) == [daemon["pid"]]
 

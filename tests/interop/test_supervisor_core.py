@@ -209,7 +209,7 @@ def test_stop_leaves_daemons_for_readoption(sup: SupervisorUnderTest) -> None:
     assert sup.pids() == []
     assert daemon_pids(sup.root) == [daemon["pid"]]
     again = _ensure(sup, "3.2.4")
-    assert again["action"] == "reused"
+    assert again["action"] == "adopted"
     assert again["daemon"]["pid"] == daemon["pid"]
     assert again["daemon"]["origin"] == "adopted"
 
