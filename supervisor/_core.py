@@ -255,11 +255,10 @@ class Supervisor:
             await self._adopt_recorded_singleton()
         self._persist()
         await self._sync_legacy_state()
-        # --- orphan sweeps (helper-owned; the sweep itself lives in _doctor/_sweep) ---
-        await self.sweep_orphans()
         if self._task_group is not None:
+            # The start-up sweep runs beside serving, not before it: a client's first ensure
+            # must not wait for 18 orphans to be stopped.
             self._task_group.start_soon(self.sweep_orphans_forever)
-        # --- end orphan sweeps ---
 
     async def _adopt_recorded_singleton(
         self, replacing: DaemonRecord | None = None
@@ -976,8 +975,8 @@ class Supervisor:
         )
 
     # ------------------------------------------------------------------ orphan sweeps
-    # (helper-owned block: _doctor.sweep_root observes, classifies and stops; this only
-    # schedules it under the lifecycle lock, so that it never races a spawn or a retirement)
+    # _doctor.sweep_root observes, classifies and stops; this schedules it under the lifecycle
+    # lock, so that it never races a spawn or a retirement.
 
     @property
     def lifecycle_lock(self) -> anyio.Lock:
@@ -986,9 +985,13 @@ class Supervisor:
 
     async def sweep_orphans(self) -> None:
         """Stop this root's ``safe_auto`` orphans; never the supervisor's own daemons."""
-        from ._doctor import sweep_root
+        from ._doctor import sweep_root, sweep_would_act
 
         try:
+            # Look first without any lock: the usual sweep finds nothing, and then an ensure
+            # never waits for it. What it does find is observed again under the locks.
+            if not await sweep_would_act(self):
+                return
             async with self._lifecycle:
                 await sweep_root(self)
         except Exception as exc:  # a sweep must never take the supervisor down
@@ -996,10 +999,8 @@ class Supervisor:
 
     async def sweep_orphans_forever(self) -> None:
         while True:
-            await anyio.sleep(self.settings.sweep_seconds)
             await self.sweep_orphans()
-
-    # --- end orphan sweeps ---
+            await anyio.sleep(self.settings.sweep_seconds)
 
     # ------------------------------------------------------------------ views
 

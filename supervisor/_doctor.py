@@ -406,6 +406,14 @@ def _drop_dead_state_file(layout: RootLayout) -> None:
         remove_legacy_state(layout.legacy_state)
 
 
+async def sweep_would_act(supervisor: Supervisor) -> bool:
+    """Whether a sweep would stop anything now (observes; takes no lock, acts on nothing)."""
+    observations = await observe(
+        supervisor_facts(supervisor), supervisor.settings.health_timeout_seconds
+    )
+    return bool(plan_sweep(observations, ResetRequest()).to_stop)
+
+
 async def sweep_root(supervisor: Supervisor) -> ResetResult:
     """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
 
