@@ -216,3 +216,65 @@ def test_a_socket_activated_supervisor_serves_and_spawns_and_no_second_one_start
             if manager.poll() is None:
                 manager.kill()
             manager.communicate()
+
+
+@pytest.mark.skipif(
+    SOCKET_ACTIVATE is None and os.environ.get("CI") != "true",
+    reason="systemd-socket-activate is not installed (Debian package: systemd)",
+)
+def test_enabling_the_socket_while_an_auto_started_supervisor_runs_hands_the_root_over(
+    sup: SupervisorUnderTest,
+) -> None:
+    """systemd unlinks a socket path in use and binds its own; the old supervisor must fence
+    itself out (it no longer owns its path) so the activated one can take the lock."""
+    assert SOCKET_ACTIVATE is not None, "CI must install systemd-socket-activate"
+    daemon = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))["daemon"]
+    (auto_started,) = sup.pids()
+    path = socket_path_for_root(sup.root)
+    old_inode = path.stat().st_ino
+    env = sup.env()
+    manager = subprocess.Popen(
+        [
+            SOCKET_ACTIVATE,
+            f"--listen={path}",
+            "--fdname=control",
+            *[f"--setenv={name}" for name in env],
+            *SUPERVISOR,
+            "run",
+            "--root",
+            str(sup.root),
+            "--service",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not path.exists() or path.stat().st_ino == old_inode:
+            assert time.monotonic() < deadline, "systemd-socket-activate never took the path"
+            time.sleep(0.02)
+        with SupervisorClient(sup.root, autostart=False, timeout=60) as client:
+            health = client.health()  # waits in the backlog while the root changes hands
+        assert health.pid == manager.pid
+        # The old one released the root before its process ended; it ends right after.
+        deadline = time.monotonic() + 5
+        while read_identity(auto_started) is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert read_identity(auto_started) is None
+        status = sup.cli_json("status")
+        assert [d["pid"] for d in status["daemons"]] == [daemon["pid"]]
+        assert daemon_pids(sup.root) == [daemon["pid"]]
+        sup.remember()
+        assert sup.pids() == [manager.pid]
+    finally:
+        if manager.poll() is None:
+            manager.send_signal(signal.SIGTERM)
+        try:
+            manager.wait(timeout=15)
+        finally:
+            if manager.poll() is None:
+                manager.kill()
+            manager.communicate()
