@@ -1,0 +1,150 @@
+"""The one place that signals: it re-checks identity, uid and the family port every time."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
+from spec_kitty_supervisor._signals import (
+    ProcessGone,
+    SignalRefused,
+    SignalTarget,
+    send_signal,
+    stop_gracefully,
+)
+
+FAMILY_PORT = 9449
+SUPERVISOR_SOURCES = Path(__file__).resolve().parents[2] / "supervisor"
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen(["sleep", "60"])
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+def _identity(process: subprocess.Popen[bytes]) -> ProcessIdentity:
+    identity = read_identity(process.pid)
+    assert identity is not None
+    return identity
+
+
+@pytest.mark.parametrize("port", [9399, 9450, 9300, 8080])
+def test_a_process_not_tied_to_a_family_port_is_never_signalled(
+    sleeper: subprocess.Popen[bytes], port: int
+) -> None:
+    with pytest.raises(SignalRefused, match="outside the sync family range"):
+        send_signal(SignalTarget(_identity(sleeper), port), signal.SIGTERM)
+    assert sleeper.poll() is None
+
+
+def test_a_reused_pid_is_never_signalled(sleeper: subprocess.Popen[bytes]) -> None:
+    recorded = ProcessIdentity(pid=sleeper.pid, start="another-boot:1", uid=os.getuid())
+    with pytest.raises(SignalRefused, match="now belongs to another process"):
+        send_signal(SignalTarget(recorded, FAMILY_PORT), signal.SIGKILL)
+    assert sleeper.poll() is None
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to start another user's process")
+def test_another_users_process_is_never_signalled() -> None:
+    stranger = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60"]
+    )
+    try:
+        deadline_identity = None
+        for _ in range(100):
+            deadline_identity = read_identity(stranger.pid)
+            if deadline_identity is not None and deadline_identity.uid == 65534:
+                break
+            subprocess.run(["sleep", "0.02"], check=True)
+        assert deadline_identity is not None
+        assert deadline_identity.uid == 65534
+        with pytest.raises(SignalRefused, match="uid 65534"):
+            send_signal(SignalTarget(deadline_identity, FAMILY_PORT), signal.SIGKILL)
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_an_exited_process_is_gone_not_signalled(sleeper: subprocess.Popen[bytes]) -> None:
+    identity = _identity(sleeper)
+    sleeper.kill()
+    sleeper.wait()
+    with pytest.raises(ProcessGone):
+        send_signal(SignalTarget(identity, FAMILY_PORT), signal.SIGTERM)
+
+
+@pytest.mark.anyio
+async def test_without_a_token_the_stop_starts_with_sigterm(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    path = await stop_gracefully(SignalTarget(_identity(sleeper), FAMILY_PORT), None, grace=3)
+    assert path == "terminate"
+    assert sleeper.wait(timeout=1) == -signal.SIGTERM
+
+
+@pytest.mark.anyio
+async def test_a_stopped_process_is_continued_so_sigterm_ends_it(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    os.kill(sleeper.pid, signal.SIGSTOP)
+    path = await stop_gracefully(SignalTarget(_identity(sleeper), FAMILY_PORT), None, grace=3)
+    assert path == "terminate"
+
+
+STUBBORN = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ok', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+@pytest.fixture
+def stubborn() -> Iterator[subprocess.Popen[bytes]]:
+    process = subprocess.Popen([sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE)
+    yield process
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.mark.anyio
+async def test_a_process_that_ignores_sigterm_gets_sigkill_after_the_grace(
+    stubborn: subprocess.Popen[bytes],
+) -> None:
+    assert stubborn.stdout is not None
+    assert stubborn.stdout.readline() == b"ok\n"  # the handler is in place
+    identity = read_identity(stubborn.pid)
+    assert identity is not None
+    path = await stop_gracefully(SignalTarget(identity, FAMILY_PORT), None, grace=0.5)
+    assert path == "kill"
+    assert stubborn.wait(timeout=1) == -signal.SIGKILL
+
+
+def test_no_other_module_of_the_supervisor_sends_signals() -> None:
+    signalling = re.compile(
+        r"os\.kill\(|pidfd_send_signal|\.send_signal\(|\.terminate\(\)|\.kill\(\)|os\.killpg"
+    )
+    offenders = [
+        f"{path.name}:{number}"
+        for path in sorted(SUPERVISOR_SOURCES.glob("*.py"))
+        if path.name != "_signals.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if signalling.search(line)
+    ]
+    assert offenders == []
