@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
 from spec_kitty_supervisor_client._paths import (
     ensure_private_dir,
     socket_path_for_root,
@@ -71,5 +73,11 @@ class RootLayout:
     def prepare(self) -> None:
         """Create the root and our private folders, refusing folders that are not ours alone."""
         self.daemon_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        owner = self.daemon_root.stat().st_uid
+        if owner != os.getuid():
+            raise UnsafeDirectoryError(
+                f"the daemon root {self.daemon_root} belongs to uid {owner}, not to you "
+                f"(uid {os.getuid()}); refusing to supervise it"
+            )
         ensure_private_dir(self.supervisor_dir)
         ensure_private_dir(self.socket.parent)
