@@ -8,6 +8,7 @@ model, so scripts read the same shape the socket serves.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from . import __version__
 from ._doctor_cli import add_doctor_parser, cmd_doctor
 from ._identity import read_identity
 from ._layout import RootLayout
+from ._logging import configure_logging
 from ._service_cli import add_service_parsers, cmd_install_service, cmd_uninstall_service
 from ._settings import parse_port_range
 
@@ -301,6 +303,9 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command != "run":
+        # Anything logged by a one-shot command goes to stderr: stdout is its JSON document.
+        configure_logging(None, level=logging.WARNING)
     try:
         return _COMMANDS[args.command](args)
     except SpawnFailed as exc:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from pydantic import ValidationError
 
 from spec_kitty_supervisor_client._models import EventRecord
@@ -19,6 +20,8 @@ from spec_kitty_supervisor_client._models import EventRecord
 from ._files import atomic_write
 
 __all__ = ["Ledger"]
+
+log = structlog.get_logger("spec_kitty_supervisor.ledger")
 
 
 class Ledger:
@@ -66,6 +69,7 @@ class Ledger:
         )
         self._events.append(event)
         self._append(event)
+        log.info(kind, pid=pid, port=port, package_version=package_version, reason=reason)
         return event
 
     def _append(self, event: EventRecord) -> None:

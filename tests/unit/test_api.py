@@ -262,3 +262,15 @@ def test_nothing_listens_on_a_unix_socket_path_by_accident(tmp_path: Path) -> No
     with socket.socket(socket.AF_UNIX) as probe, pytest.raises(ConnectionRefusedError):
         probe.connect(str(path))
     assert subprocess.run(["true"], check=False).returncode == 0
+
+
+def test_a_client_meeting_another_protocol_gets_an_error_naming_both() -> None:
+    from spec_kitty_supervisor_client import ProtocolMismatch
+    from spec_kitty_supervisor_client._transport import Reply, raise_for_reply
+
+    with pytest.raises(ProtocolMismatch) as mismatch:
+        raise_for_reply(Reply(status=200, protocol="2", body=b"{}"))
+    message = str(mismatch.value)
+    assert "protocol 2" in message
+    assert "speaks 1" in message
+    assert "spec-kitty-supervisor stop" in message
