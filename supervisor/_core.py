@@ -197,6 +197,15 @@ class Supervisor:
     def request_finished(self) -> None:
         self.requests_in_flight -= 1
 
+    def _record_event(self, kind: str, record: DaemonRecord, reason: str) -> None:
+        self.ledger.record(
+            kind,
+            pid=record.pid,
+            port=record.port,
+            package_version=record.package_version,
+            reason=reason,
+        )
+
     def _persist(self) -> None:
         save_table(self.layout.state, self.table, self.pid)
 
@@ -224,13 +233,7 @@ class Supervisor:
                 expected_token=record.token,
             )
             if verdict.identity is None:
-                self.ledger.record(
-                    "journal_dropped",
-                    pid=record.pid,
-                    port=record.port,
-                    package_version=record.package_version,
-                    reason=verdict.reason,
-                )
+                self._record_event("journal_dropped", record, verdict.reason)
                 continue
             record.origin = "adopted"
             # The journal's last ensure may be stale by the time we crashed; a re-adopted
@@ -244,13 +247,7 @@ class Supervisor:
             self.table.daemons.append(record)
             self._remember_context(record.pid)
             self._watch(record.pid)
-            self.ledger.record(
-                "adopted",
-                pid=record.pid,
-                port=record.port,
-                package_version=record.package_version,
-                reason=f"re-adopted from the journal ({verdict.reason})",
-            )
+            self._record_event("adopted", record, f"re-adopted from the journal ({verdict.reason})")
         if self.table.current is None:
             await self._adopt_recorded_singleton()
         self._persist()
@@ -314,13 +311,7 @@ class Supervisor:
         self._persist()
         self._remember_context(record.pid)
         self._watch(record.pid)
-        self.ledger.record(
-            "adopted",
-            pid=record.pid,
-            port=record.port,
-            package_version=record.package_version,
-            reason=f"the daemon R/sync-daemon names ({verdict.reason})",
-        )
+        self._record_event("adopted", record, f"the daemon R/sync-daemon names ({verdict.reason})")
         return record
 
     def _remember_context(self, pid: int) -> None:
@@ -450,13 +441,7 @@ class Supervisor:
             self.table.daemons.append(new)
             self._persist()
             self._write_legacy_state_locked()
-        self.ledger.record(
-            "spawned",
-            pid=new.pid,
-            port=new.port,
-            package_version=new.package_version,
-            reason=reason,
-        )
+        self._record_event("spawned", new, reason)
         if old is not None:
             self._background(self._retire, old, f"superseded by pid {new.pid} ({reason})")
         return new
@@ -606,31 +591,13 @@ class Supervisor:
             # Its pid now names another process (or another user's): it is no longer ours to
             # stop, and no longer ours to track.
             self._forget(record)
-            self.ledger.record(
-                "retire_abandoned",
-                pid=record.pid,
-                port=record.port,
-                package_version=record.package_version,
-                reason=str(exc),
-            )
+            self._record_event("retire_abandoned", record, str(exc))
             raise
         except TimeoutError as exc:
-            self.ledger.record(
-                "retire_failed",
-                pid=record.pid,
-                port=record.port,
-                package_version=record.package_version,
-                reason=str(exc),
-            )
+            self._record_event("retire_failed", record, str(exc))
             raise
         self._forget(record)
-        self.ledger.record(
-            "retired",
-            pid=record.pid,
-            port=record.port,
-            package_version=record.package_version,
-            reason=f"{reason}; stopped by {stop_path}",
-        )
+        self._record_event("retired", record, f"{reason}; stopped by {stop_path}")
         return stop_path
 
     def _forget(self, record: DaemonRecord) -> None:
@@ -727,12 +694,10 @@ class Supervisor:
             # is a hand-over to adopt, not a crash to restart (no spawn/kill thrash).
             replacement = await self._adopt_recorded_singleton()
             if replacement is not None:
-                self.ledger.record(
+                self._record_event(
                     "replaced_upstream",
-                    pid=pid,
-                    port=record.port,
-                    package_version=record.package_version,
-                    reason=(
+                    record,
+                    (
                         f"{_describe_exit(returncode)}; an upstream CLI recorded pid "
                         f"{replacement.pid} ({replacement.package_version}), adopted"
                     ),
@@ -742,21 +707,13 @@ class Supervisor:
                 returncode is None and not _owner_json_names(self.layout.owner_json, record)
             )
             if clean:
-                self.ledger.record(
+                self._record_event(
                     "retired",
-                    pid=pid,
-                    port=record.port,
-                    package_version=record.package_version,
-                    reason=f"exited by itself ({_describe_exit(returncode)}); not restarted",
+                    record,
+                    f"exited by itself ({_describe_exit(returncode)}); not restarted",
                 )
                 return
-            self.ledger.record(
-                "died",
-                pid=pid,
-                port=record.port,
-                package_version=record.package_version,
-                reason=_describe_exit(returncode),
-            )
+            self._record_event("died", record, _describe_exit(returncode))
             context = self._contexts.get(pid) or self._default_context(record)
             self._schedule_restart(record, context, _describe_exit(returncode))
 
@@ -804,21 +761,11 @@ class Supervisor:
                     reason=f"restart after pid {record.pid} died",
                 )
             except LifecycleError as exc:
-                self.ledger.record(
-                    "restart_failed",
-                    pid=record.pid,
-                    port=record.port,
-                    package_version=record.package_version,
-                    reason=str(exc),
-                )
+                self._record_event("restart_failed", record, str(exc))
                 self._schedule_restart(record, context, f"restart failed: {exc}")
                 return
-            self.ledger.record(
-                "restarted",
-                pid=new.pid,
-                port=new.port,
-                package_version=new.package_version,
-                reason=f"replaces pid {record.pid} after {delay:.1f} s backoff",
+            self._record_event(
+                "restarted", new, f"replaces pid {record.pid} after {delay:.1f} s backoff"
             )
 
     # ------------------------------------------------------------------ heartbeat
@@ -856,13 +803,7 @@ class Supervisor:
                 record.unresponsive_since = None
             else:
                 if record.state != "unresponsive":
-                    self.ledger.record(
-                        "unresponsive",
-                        pid=record.pid,
-                        port=record.port,
-                        package_version=record.package_version,
-                        reason="no health answer with its token",
-                    )
+                    self._record_event("unresponsive", record, "no health answer with its token")
                 record.state = "unresponsive"
                 if record.unresponsive_since is None:
                     record.unresponsive_since = now
@@ -894,12 +835,10 @@ class Supervisor:
             if watchdog_expired(current.unresponsive_since, now, settings.watchdog_seconds):
                 current.state = "unresponsive"
                 self._deaths.append(now)
-                self.ledger.record(
+                self._record_event(
                     "watchdog",
-                    pid=current.pid,
-                    port=current.port,
-                    package_version=current.package_version,
-                    reason=f"no health answer for {settings.watchdog_seconds:.0f} s; restarting",
+                    current,
+                    f"no health answer for {settings.watchdog_seconds:.0f} s; restarting",
                 )
                 self._background(self._restart_wedged, current)
             elif idle_retirement_due(current.last_ensure_at, now, settings.idle_retirement_seconds):
