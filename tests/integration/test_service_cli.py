@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -133,3 +134,25 @@ def test_uninstall_leaves_a_file_it_did_not_write(tmp_path: Path) -> None:
     assert result.returncode == 0
     assert "left alone (not written by install-service)" in result.stdout
     assert (folder / "spec-kitty-supervisor.socket").exists()
+
+
+def test_doctor_flags_a_service_that_still_runs_an_old_binary(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    installed = _cli(home, "install-service", "--platform", "linux")
+    assert installed.returncode == 0, installed.stderr
+    unit = home / ".config" / "systemd" / "user" / "spec-kitty-supervisor.service"
+    old_binary = tmp_path / "old-venv" / "bin" / "spec-kitty-supervisor"
+    old_binary.parent.mkdir(parents=True)
+    old_binary.write_text("#!/bin/sh\nexit 0\n")
+    old_binary.chmod(0o755)
+    text = unit.read_text()
+    current = text.split("ExecStart=", 1)[1].split(" ", 1)[0]
+    unit.write_text(text.replace(f"ExecStart={current} ", f"ExecStart={old_binary} "))
+
+    doctor = _cli(home, "doctor", "--json")
+    report = json.loads(doctor.stdout)
+    codes = {finding["code"]: finding for finding in report["findings"]}
+    assert "service_exec_mismatch" in codes, report["findings"]
+    assert "install-service" in (codes["service_exec_mismatch"]["remediation"] or "")
+    assert doctor.returncode == 1  # something needs action
