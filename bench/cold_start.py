@@ -1,0 +1,97 @@
+"""Cold start: asking for the root's daemon when none runs (spawn, then healthy).
+
+Upstream: the first ``ensure_sync_daemon_running()`` of 3.2.4 in a fresh HOME (in-process).
+Ours, two ways, each in a fresh HOME:
+  (a) ``SupervisorClient.ensure`` against a running supervisor with no daemon (its spawn path);
+  (b) fully cold: no supervisor either, so the client starts one first, then it spawns.
+Every side times the call in-process (interpreter start-up and imports excluded on all
+sides); one unrecorded warm-up sample per side first, then the sides alternate. Daemons and
+supervisors are stopped by pid after each sample.
+"""
+
+from __future__ import annotations
+
+from tests.support.real_daemons import run_upstream_ensure, spec_kitty_python
+
+from ._common import (
+    CLIENT_VERSION,
+    BenchContext,
+    BenchError,
+    Row,
+    median,
+    run_ours_ensure,
+    speedup_row,
+)
+
+NAME = "cold_start"
+#: Ours may cost at most 1.5x upstream's cold spawn: upstream ÷ ours ≥ 1 / 1.5.
+MINIMUM_RATIO = 1 / 1.5
+
+
+def _upstream(context: BenchContext) -> float:
+    sandbox = context.sandbox()
+    outcome = run_upstream_ensure(sandbox, CLIENT_VERSION)
+    if not outcome.started or outcome.pid is None:
+        raise BenchError(f"upstream did not start a daemon: {outcome.skipped_reason}")
+    context.stop_daemons()
+    return outcome.timings_s[0]
+
+
+def _ours(context: BenchContext, *, supervisor_running: bool) -> tuple[float, float]:
+    """The ensure call's time, and the whole client process's wall time."""
+    sandbox = context.sandbox()
+    with context.supervisors(sandbox) as sut:
+        if supervisor_running:
+            sut.start()
+        answer = run_ours_ensure(sut, spec_kitty_python(CLIENT_VERSION), CLIENT_VERSION, 1)
+        if answer.actions != ("spawned",):
+            raise BenchError(f"our cold ensure did {answer.actions}, not a spawn")
+        if not supervisor_running and not sut.pids():
+            raise BenchError("the client did not auto-start a supervisor")
+    context.stop_daemons()
+    return answer.timings_s[0], answer.wall_s
+
+
+def run(context: BenchContext) -> list[Row]:
+    samples = 9 if context.full else 5
+    _upstream(context)
+    _ours(context, supervisor_running=True)
+    _ours(context, supervisor_running=False)
+    upstream: list[float] = []
+    spawn_path: list[float] = []
+    fully_cold: list[float] = []
+    fully_cold_wall: list[float] = []
+    for _ in range(samples):
+        upstream.append(_upstream(context))
+        spawn_path.append(_ours(context, supervisor_running=True)[0])
+        call, wall = _ours(context, supervisor_running=False)
+        fully_cold.append(call)
+        fully_cold_wall.append(wall)
+    upstream_median = median(upstream)
+    return [
+        speedup_row(
+            NAME,
+            "cold start (a) supervisor up, no daemon",
+            unit="s",
+            upstream=upstream_median,
+            ours=median(spawn_path),
+            minimum_ratio=MINIMUM_RATIO,
+            target="ours ≤1.5x upstream (≥0.67x)",
+            samples=samples,
+            upstream_s=upstream,
+            ours_s=spawn_path,
+        ),
+        speedup_row(
+            NAME,
+            "cold start (b) no supervisor (auto-start)",
+            unit="s",
+            upstream=upstream_median,
+            ours=median(fully_cold),
+            minimum_ratio=MINIMUM_RATIO,
+            target="ours ≤1.5x upstream (≥0.67x)",
+            samples=samples,
+            upstream_s=upstream,
+            ours_s=fully_cold,
+            ours_client_process_wall_s=fully_cold_wall,
+        ),
+    ]

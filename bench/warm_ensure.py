@@ -1,0 +1,92 @@
+"""Warm ensure: asking for the root's daemon when a healthy one already runs.
+
+Upstream: ``ensure_sync_daemon_running()`` of 3.2.4, in-process in its own venv, against the
+daemon it spawned itself (lock, state file, health probe over HTTP, every call).
+Ours: ``SupervisorClient(root).ensure(python, "3.2.4")`` on one kept-alive connection to a
+running supervisor that owns a healthy daemon (answered from its heartbeat-fresh table).
+Both sides time each call inside one process, imports excluded; the first call of each
+process is dropped (connection set-up, lazy imports), and the rounds alternate sides.
+"""
+
+from __future__ import annotations
+
+import time
+
+from tests.support.real_daemons import read_state_file, run_upstream_ensure, spec_kitty_python
+
+from ._common import (
+    CLIENT_VERSION,
+    BenchContext,
+    BenchError,
+    Row,
+    percentile,
+    run_ours_ensure,
+    speedup_row,
+)
+
+NAME = "warm_ensure"
+#: Let the new daemon start its sync service before timing calls against it.
+SETTLE_SECONDS = 2.0
+
+
+def run(context: BenchContext) -> list[Row]:
+    iterations = 2000 if context.full else 500
+    rounds = 5 if context.full else 3
+    python = spec_kitty_python(CLIENT_VERSION)
+
+    upstream_sandbox = context.sandbox()
+    first = run_upstream_ensure(upstream_sandbox, CLIENT_VERSION)
+    if not first.started or first.state is None:
+        raise BenchError(f"upstream did not start a daemon: {first.skipped_reason}")
+    ours_sandbox = context.sandbox()
+    upstream: list[float] = []
+    ours: list[float] = []
+    with context.supervisors(ours_sandbox) as sut:
+        sut.start()
+        spawned = run_ours_ensure(sut, python, CLIENT_VERSION, 1)
+        if spawned.actions != ("spawned",):
+            raise BenchError(f"our first ensure did {spawned.actions}, not a spawn")
+        time.sleep(SETTLE_SECONDS)
+        for _ in range(rounds):
+            warm = run_upstream_ensure(upstream_sandbox, CLIENT_VERSION, repeat=iterations + 1)
+            state = read_state_file(upstream_sandbox.root)
+            if state is None or state.pid != first.state.pid or warm.pid != first.state.pid:
+                raise BenchError("upstream's warm ensure replaced its daemon: not a warm path")
+            upstream.extend(warm.timings_s[1:])
+            answer = run_ours_ensure(sut, python, CLIENT_VERSION, iterations + 1)
+            if set(answer.actions) != {"reused"} or answer.pid != spawned.pid:
+                raise BenchError(f"our warm ensure did {set(answer.actions)}: not a warm path")
+            ours.extend(answer.timings_s[1:])
+
+    upstream_p90 = percentile(upstream, 0.9) * 1e3
+    ours_p90 = percentile(ours, 0.9) * 1e3
+    details = {
+        "samples_per_side": len(ours),
+        "rounds": rounds,
+        "version": CLIENT_VERSION,
+        "upstream_p90_ms": upstream_p90,
+        "ours_p90_ms": ours_p90,
+        "upstream_p99_ms": percentile(upstream, 0.99) * 1e3,
+        "ours_p99_ms": percentile(ours, 0.99) * 1e3,
+    }
+    p50 = speedup_row(
+        NAME,
+        "warm ensure p50",
+        unit="ms",
+        upstream=percentile(upstream, 0.5) * 1e3,
+        ours=percentile(ours, 0.5) * 1e3,
+        minimum_ratio=3.0,
+        target="≥3x faster",
+        **details,
+    )
+    p90 = speedup_row(
+        NAME,
+        "warm ensure p90",
+        unit="ms",
+        upstream=upstream_p90,
+        ours=ours_p90,
+        minimum_ratio=0.0,
+        target="(info)",
+    )
+    p90.passed = None
+    return [p50, p90]
