@@ -13,7 +13,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-import anyio.to_thread
 from pydantic import BaseModel, ValidationError
 
 from ._autostart import start_supervisor
@@ -205,6 +204,8 @@ class AsyncSupervisorClient:
         except SupervisorUnavailable:
             if not (may_start and self.autostart):
                 raise
+            import anyio.to_thread
+
             await anyio.to_thread.run_sync(start_supervisor, self.daemon_root)
             reply = await self._transport.request(method, path, _body(body))
         raise_for_reply(reply)

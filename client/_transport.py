@@ -11,13 +11,15 @@ import json
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h11
-import httpx
 
 from ._errors import ProtocolMismatch, SupervisorUnavailable, error_from_response
 from ._models import PROTOCOL_VERSION
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["PROTOCOL_HEADER", "AsyncTransport", "Reply", "SyncTransport", "raise_for_reply"]
 
@@ -159,8 +161,11 @@ class AsyncTransport:
     """The async twin of :class:`SyncTransport`, on httpx."""
 
     def __init__(self, socket_path: Path, timeout: float) -> None:
+        # Imported here: a synchronous caller (spec-kitty's CLI) never pays for httpx.
+        import httpx
+
         self.socket_path = socket_path
-        self._client = httpx.AsyncClient(
+        self._client: httpx.AsyncClient = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path), retries=1),
             base_url="http://supervisor",
             timeout=timeout,
@@ -168,6 +173,8 @@ class AsyncTransport:
         )
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        import httpx
+
         try:
             response = await self._client.request(
                 method,
