@@ -299,3 +299,29 @@ def test_an_idle_auto_started_supervisor_exits_by_itself(
         time.sleep(0.1)
     assert read_identity(pid) is None
     assert not Path(socket_path_for_root(sup.root)).exists()
+
+
+def test_a_daemon_that_fails_to_bind_is_retried_on_another_port(
+    sup: SupervisorUnderTest,
+) -> None:
+    """A stranger can take a port between our check and the daemon's bind; the daemon then
+    exits. The wrapper below plays that race out deterministically on the first port tried."""
+    sup.start()
+    first_port = SPAWN_PORTS.free(1)[0]
+    real = spec_kitty_python("3.2.4")
+    wrapper = sup.sandbox.base / "python-losing-a-race"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f'case "$2" in *"run_sync_daemon({first_port},"*)\n'
+        '  echo "OSError: [Errno 98] Address already in use" >&2; exit 1;;\n'
+        "esac\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    answer = sup.cli_json("ensure", "--python", str(wrapper), "--package-version", "3.2.4")
+    assert answer["action"] == "spawned"
+    assert answer["daemon"]["port"] != first_port
+    events = sup.cli_json("events")["events"]
+    failed = [e for e in events if e["kind"] == "spawn_failed"]
+    assert [e["port"] for e in failed] == [first_port]
+    assert daemon_pids(sup.root) == [answer["daemon"]["pid"]]
