@@ -1,0 +1,158 @@
+"""No request kills the supervisor, stalls its other clients, or costs it its table."""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spec_kitty_supervisor_client import SupervisorClient, socket_path_for_root
+from tests.support.ports import SPAWN_PORTS
+from tests.support.real_daemons import DaemonFleet, spec_kitty_python
+from tests.support.supervisors import SupervisorUnderTest
+
+pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
+
+ENDPOINTS = [
+    ("GET", "/v1/health"),
+    ("GET", "/v1/status"),
+    ("POST", "/v1/sync/ensure"),
+    ("POST", "/v1/sync/retire"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/doctor"),
+    ("POST", "/v1/restart"),
+]
+
+
+@pytest.fixture(scope="module")
+def running() -> Iterator[tuple[SupervisorUnderTest, int]]:
+    with DaemonFleet(port_range=SPAWN_PORTS) as fleet, SupervisorUnderTest(fleet.sandbox()) as sup:
+        sup.start()
+        daemon = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))["daemon"]
+        yield sup, daemon["pid"]
+
+
+def _exchange(path: Path, data: bytes, timeout: float = 5.0) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # it may already have answered and hung up
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except (ConnectionResetError, TimeoutError):
+            pass
+        return b"".join(chunks)
+
+
+def _request(method: str, target: str, body: bytes) -> bytes:
+    head = f"{method} {target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n"
+    head += f"Content-Length: {len(body)}\r\n\r\n"
+    return head.encode() + body
+
+
+def _still_whole(sup: SupervisorUnderTest, daemon_pid: int) -> None:
+    with SupervisorClient(sup.root, autostart=False, timeout=10) as client:
+        status = client.status()
+    assert [d.pid for d in status.daemons] == [daemon_pid]
+    journal = json.loads((sup.root / "supervisor" / "state.json").read_text())
+    assert [d["pid"] for d in journal["daemons"]] == [daemon_pid]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+ensure_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "python": st.text(max_size=60) | st.just("/usr/bin/python3"),
+        "package_version": st.text(max_size=70),
+        "cwd": st.text(max_size=40) | st.none(),
+        "env": st.dictionaries(st.text(max_size=10), st.text(max_size=10), max_size=5)
+        | json_values,
+        "pid": st.integers() | st.text(max_size=5),
+        "port": st.integers(),
+        "stop_children": st.booleans(),
+    },
+)
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    endpoint=st.sampled_from(ENDPOINTS),
+    body=st.one_of(
+        ensure_like.map(lambda d: json.dumps(d).encode()),
+        json_values.map(lambda v: json.dumps(v).encode()),
+        st.binary(max_size=300),
+    ),
+)
+def test_malformed_bodies_get_a_4xx_and_change_nothing(
+    running: tuple[SupervisorUnderTest, int], endpoint: tuple[str, str], body: bytes
+) -> None:
+    sup, _ = running
+    reply = _exchange(socket_path_for_root(sup.root), _request(*endpoint, body))
+    status = int(reply.split(b" ", 2)[1])
+    if status >= 400:
+        error = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+        assert error["message"]
+        # A 5xx is only ever a daemon that could not be started, never a failure of ours.
+        assert status < 500 or error["code"] in ("spawn_failed", "no_free_port"), error
+
+
+@settings(max_examples=100, deadline=None)
+@given(garbage=st.binary(min_size=1, max_size=2000))
+def test_garbage_bytes_never_kill_the_supervisor(
+    running: tuple[SupervisorUnderTest, int], garbage: bytes
+) -> None:
+    sup, _ = running
+    _exchange(socket_path_for_root(sup.root), garbage, timeout=2)
+
+
+def test_after_the_abuse_the_table_and_the_daemon_are_intact(
+    running: tuple[SupervisorUnderTest, int],
+) -> None:
+    sup, daemon_pid = running
+    path = socket_path_for_root(sup.root)
+    rng = random.Random(7)
+    abuse = [
+        b"GET /v1/status HTTP/1.1\r\n" + b"X-Long: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"POST /v1/sync/ensure HTTP/1.1\r\nContent-Length: 999999999\r\n\r\n{",
+        b"GET /v1/health HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"\x00" * 5000,
+        bytes(rng.getrandbits(8) for _ in range(4096)),
+    ]
+    for data in abuse:
+        _exchange(path, data, timeout=3)
+
+    # Many clients at once, half of them hanging up mid-request.
+    def one(index: int) -> bytes:
+        if index % 2:
+            return _exchange(
+                path, b"POST /v1/sync/ensure HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", 1
+            )
+        return _exchange(path, _request("GET", "/v1/status", b""))
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        replies = list(pool.map(one, range(200)))
+    assert sum(1 for r in replies if r.startswith(b"HTTP/1.1 200")) == 100
+    _still_whole(sup, daemon_pid)
