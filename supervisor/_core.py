@@ -485,7 +485,12 @@ class Supervisor:
             try:
                 spawned = await anyio.to_thread.run_sync(spawn)
             except SpawnError as exc:
+                # Exited before we could even read its start (a bind lost at once, a broken
+                # interpreter): as much a failed spawn as one that never became healthy.
                 last_error = exc
+                self.ledger.record(
+                    "spawn_failed", port=port, package_version=package_version, reason=str(exc)
+                )
                 continue
             self._children[spawned.identity.pid] = spawned.process
             health = await self._wait_healthy(spawned.process, spawned.port, spawned.token)

@@ -8,9 +8,9 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -157,27 +157,24 @@ def test_a_service_started_supervisor_takes_over_from_an_auto_started_one(
         popen.wait(timeout=15)
 
 
-@pytest.mark.skipif(
-    SOCKET_ACTIVATE is None and os.environ.get("CI") != "true",
-    reason="systemd-socket-activate is not installed (Debian package: systemd)",
-)
-def test_a_socket_activated_supervisor_serves_and_spawns_and_no_second_one_starts(
-    sup: SupervisorUnderTest,
-) -> None:
+@contextmanager
+def socket_activated(sup: SupervisorUnderTest) -> Iterator[subprocess.Popen[bytes]]:
+    """``run --service`` behind the real ``systemd-socket-activate`` on the root's socket path.
+
+    It execs the service on the first connection, so the service's pid is the manager's.
+    """
     assert SOCKET_ACTIVATE is not None, "CI must install systemd-socket-activate"
     path = socket_path_for_root(sup.root)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = sup.env()
-    passed = [f"--setenv={name}" for name in env]  # it gives children only what it is told
     manager = subprocess.Popen(
         [
             SOCKET_ACTIVATE,
             f"--listen={path}",
             "--fdname=control",
-            *passed,
-            sys.executable,
-            "-m",
-            "spec_kitty_supervisor",
+            # It gives its children only the variables it is told to.
+            *[f"--setenv={name}" for name in env],
+            *SUPERVISOR,
             "run",
             "--root",
             str(sup.root),
@@ -190,23 +187,7 @@ def test_a_socket_activated_supervisor_serves_and_spawns_and_no_second_one_start
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not path.exists():
-            assert manager.poll() is None, manager.communicate()
-            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
-            time.sleep(0.02)
-        # The first connection starts the supervisor on the passed socket.
-        with SupervisorClient(sup.root, autostart=False) as client:
-            health = client.health()
-            assert health.pid == manager.pid  # systemd-socket-activate execs the service
-            answer = client.ensure(str(spec_kitty_python("3.2.4")), "3.2.4", env=env)
-        assert answer.action == "spawned"
-        # A second client finds the socket answering and starts nothing.
-        second = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))
-        assert second["action"] == "reused"
-        sup.remember()
-        assert sup.pids() == [manager.pid]
-        assert daemon_pids(sup.root) == [answer.daemon.pid]
+        yield manager
     finally:
         if manager.poll() is None:
             manager.send_signal(signal.SIGTERM)
@@ -222,36 +203,44 @@ def test_a_socket_activated_supervisor_serves_and_spawns_and_no_second_one_start
     SOCKET_ACTIVATE is None and os.environ.get("CI") != "true",
     reason="systemd-socket-activate is not installed (Debian package: systemd)",
 )
+def test_a_socket_activated_supervisor_serves_and_spawns_and_no_second_one_starts(
+    sup: SupervisorUnderTest,
+) -> None:
+    path = socket_path_for_root(sup.root)
+    with socket_activated(sup) as manager:
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert manager.poll() is None, manager.communicate()
+            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
+            time.sleep(0.02)
+        # The first connection starts the supervisor on the passed socket.
+        with SupervisorClient(sup.root, autostart=False) as client:
+            health = client.health()
+            assert health.pid == manager.pid
+            answer = client.ensure(str(spec_kitty_python("3.2.4")), "3.2.4", env=sup.env())
+        assert answer.action == "spawned"
+        # A second client finds the socket answering and starts nothing.
+        second = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))
+        assert second["action"] == "reused"
+        sup.remember()
+        assert sup.pids() == [manager.pid]
+        assert daemon_pids(sup.root) == [answer.daemon.pid]
+
+
+@pytest.mark.skipif(
+    SOCKET_ACTIVATE is None and os.environ.get("CI") != "true",
+    reason="systemd-socket-activate is not installed (Debian package: systemd)",
+)
 def test_enabling_the_socket_while_an_auto_started_supervisor_runs_hands_the_root_over(
     sup: SupervisorUnderTest,
 ) -> None:
     """systemd unlinks a socket path in use and binds its own; the old supervisor must fence
     itself out (it no longer owns its path) so the activated one can take the lock."""
-    assert SOCKET_ACTIVATE is not None, "CI must install systemd-socket-activate"
     daemon = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))["daemon"]
     (auto_started,) = sup.pids()
     path = socket_path_for_root(sup.root)
     old_inode = path.stat().st_ino
-    env = sup.env()
-    manager = subprocess.Popen(
-        [
-            SOCKET_ACTIVATE,
-            f"--listen={path}",
-            "--fdname=control",
-            *[f"--setenv={name}" for name in env],
-            *SUPERVISOR,
-            "run",
-            "--root",
-            str(sup.root),
-            "--service",
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    with socket_activated(sup) as manager:
         deadline = time.monotonic() + 10
         while not path.exists() or path.stat().st_ino == old_inode:
             assert time.monotonic() < deadline, "systemd-socket-activate never took the path"
@@ -269,12 +258,3 @@ def test_enabling_the_socket_while_an_auto_started_supervisor_runs_hands_the_roo
         assert daemon_pids(sup.root) == [daemon["pid"]]
         sup.remember()
         assert sup.pids() == [manager.pid]
-    finally:
-        if manager.poll() is None:
-            manager.send_signal(signal.SIGTERM)
-        try:
-            manager.wait(timeout=15)
-        finally:
-            if manager.poll() is None:
-                manager.kill()
-            manager.communicate()
