@@ -300,3 +300,28 @@ def test_a_newer_upstream_cli_replaces_the_daemon_and_the_supervisor_adopts_it(
         assert current["package_version"] == "3.2.7"
         # No spawn/kill thrash: the supervisor spawned only its first daemon.
         assert sum(1 for e in _events(sup) if e["kind"] == "spawned") == 1
+
+
+def test_a_removed_socket_file_is_restored(sandbox: Sandbox) -> None:
+    with _supervisor(sandbox) as sup:
+        pid = sup.start()
+        path = sup.root / "supervisor" / "supervisor.sock"
+        path.unlink()
+        _wait_for(path.exists, 10, "the socket to be restored")
+        status = sup.cli_json("status")
+        assert status["supervisor"]["pid"] == pid
+        assert any(e["kind"] == "socket_restored" for e in _events(sup))
+
+
+def test_a_removed_lock_file_makes_the_supervisor_leave_its_daemons_and_exit(
+    sandbox: Sandbox,
+) -> None:
+    with _supervisor(sandbox) as sup:
+        daemon = _ensure(sup, "3.2.4")["daemon"]
+        (pid,) = sup.pids()
+        (sup.root / "supervisor" / "supervisor.lock").unlink()
+        _wait_for(lambda: read_identity(pid) is None, 10, "the fenced supervisor to exit")
+        assert daemon_pids(sup.root) == [daemon["pid"]]
+        ledger = (sup.root / "supervisor" / "events.jsonl").read_text()
+        assert '"kind":"fenced"' in ledger
+        assert _ensure(sup, "3.2.4")["daemon"]["pid"] == daemon["pid"]
