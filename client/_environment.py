@@ -46,9 +46,11 @@ _SET_BY_SUPERVISOR = frozenset({"SPEC_KITTY_HOME", "SPEC_KITTY_CLI_VERSION"})
 
 def passed_environment(env: Mapping[str, str]) -> dict[str, str]:
     """The allow-listed part of ``env``."""
+    # Keys first, values only for the few that pass: reading os.environ decodes each value,
+    # and this runs on every warm ensure.
     return {
-        key: value
-        for key, value in env.items()
+        key: env[key]
+        for key in env
         if key not in _SET_BY_SUPERVISOR
         and (key in PASSED_ENV_NAMES or key.startswith(PASSED_ENV_PREFIXES))
     }
