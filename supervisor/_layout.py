@@ -51,10 +51,6 @@ class RootLayout:
         return self.supervisor_dir / "supervisor.lock"
 
     @property
-    def autostart_lock(self) -> Path:
-        return self.supervisor_dir / "autostart.lock"
-
-    @property
     def state(self) -> Path:
         return self.supervisor_dir / "state.json"
 

@@ -63,10 +63,6 @@ class HealthAnswer:
         """Upstream's own test: the answer carries both protocol and package versions."""
         return self.protocol_version is not None and self.package_version is not None
 
-    @property
-    def looks_like_dashboard(self) -> bool:
-        return "project_path" in self.payload and "status" in self.payload
-
 
 def _str_or_none(value: object) -> str | None:
     return value if isinstance(value, str) else None

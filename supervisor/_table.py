@@ -95,9 +95,6 @@ class Table:
     def by_pid(self, pid: int) -> DaemonRecord | None:
         return next((d for d in self.daemons if d.pid == pid), None)
 
-    def by_port(self, port: int) -> DaemonRecord | None:
-        return next((d for d in self.daemons if d.port == port), None)
-
     def remove(self, record: DaemonRecord) -> None:
         self.daemons = [d for d in self.daemons if d.pid != record.pid]
 
