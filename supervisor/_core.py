@@ -351,16 +351,55 @@ class Supervisor:
 
     async def ensure(self, request: EnsureRequest) -> EnsureResponse:
         self.note_activity()
+        if not self._lifecycle.locked():
+            # Nothing is changing which daemon runs, so the table is the answer: computed
+            # without an await, it cannot interleave with another task (the warm hot path).
+            answer = self._answer_from_table(request)
+            if answer is not None:
+                return answer
         async with self._lifecycle:
             return await self._ensure_locked(request)
 
-    async def _ensure_locked(self, request: EnsureRequest) -> EnsureResponse:
+    def _resolve_interpreter(self, python: str) -> str:
         try:
-            resolved_python = self._interpreters.resolve(request.python)
+            return self._interpreters.resolve(python)
         except SpawnError as exc:
             raise LifecycleError(exc.code, str(exc), status=400) from None
+
+    def _answer_from_table(self, request: EnsureRequest) -> EnsureResponse | None:
+        """The answer when the current daemon serves this request as it is; else None."""
+        current = self.table.current
+        if current is None:
+            return None
+        self._resolve_interpreter(request.python)
+        decision = decide_ensure(
+            current.package_version,
+            current.python,
+            request.package_version,
+            request.python,
+            self.settings.version_policy,
+        )
+        if decision.verdict not in ("reuse", "keep_newer"):
+            return None
+        current.last_ensure_at = self.clock()
+        action: EnsureAction = "reused" if decision.verdict == "reuse" else "kept_newer"
+        if current.pid not in self._handed_out:
+            # The first client this daemon serves since we adopted it (after our own restart,
+            # a hand-over, or from an upstream CLI) learns it was adopted.
+            self._handed_out.add(current.pid)
+            if action == "reused":
+                action = "adopted"
+        return EnsureResponse(
+            action=action, daemon=current.view(with_token=True), message=decision.reason
+        )
+
+    async def _ensure_locked(self, request: EnsureRequest) -> EnsureResponse:
+        resolved_python = self._resolve_interpreter(request.python)
         if self.table.quarantine_reason is not None:
             self._maybe_lift_quarantine(request)
+        answer = self._answer_from_table(request)
+        if answer is not None:
+            return answer
         current = self.table.current
         decision = decide_ensure(
             current.package_version if current else None,
@@ -369,18 +408,6 @@ class Supervisor:
             request.python,
             self.settings.version_policy,
         )
-        if current is not None and decision.verdict in ("reuse", "keep_newer"):
-            current.last_ensure_at = self.clock()
-            action: EnsureAction = "reused" if decision.verdict == "reuse" else "kept_newer"
-            if current.pid not in self._handed_out:
-                # The first client this daemon serves since we adopted it (after our own
-                # restart, a hand-over, or from an upstream CLI) learns it was adopted.
-                self._handed_out.add(current.pid)
-                if action == "reused":
-                    action = "adopted"
-            return EnsureResponse(
-                action=action, daemon=current.view(with_token=True), message=decision.reason
-            )
         if self.table.quarantine_reason is not None:
             raise LifecycleError(
                 "root_quarantined",
