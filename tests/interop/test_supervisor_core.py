@@ -327,3 +327,26 @@ def test_a_daemon_that_fails_to_bind_is_retried_on_another_port(
     assert f"run_sync_daemon({failed[0]['port']}," in lost.read_text()
     assert answer["daemon"]["port"] != failed[0]["port"]
     assert daemon_pids(sup.root) == [answer["daemon"]["pid"]]
+
+
+def test_ensure_without_arguments_uses_the_spec_kitty_on_path(sup: SupervisorUnderTest) -> None:
+    sup.start()
+    venv_bin = spec_kitty_python("3.2.7").parent
+    script = (
+        "import sys\n"
+        "from spec_kitty_supervisor_client import ensure_sync_daemon\n"
+        "answer = ensure_sync_daemon(root=sys.argv[1])\n"
+        "print(answer.daemon.python, answer.daemon.package_version)\n"
+    )
+    env = sup.env({"PATH": f"{venv_bin}:{os.environ['PATH']}"})
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(sup.root)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    shebang = (venv_bin / "spec-kitty").read_text().splitlines()[0]
+    assert result.stdout.split() == [shebang.removeprefix("#!"), "3.2.7"]
