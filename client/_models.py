@@ -86,6 +86,10 @@ class Settings(_Model):
         default=FAMILY_PORT_RANGE,
         description="Half-open [lo, hi) range for spawning daemons; inside [9400, 9450).",
     )
+    scan_range: tuple[int, int] = Field(
+        default=FAMILY_PORT_RANGE,
+        description="Half-open [lo, hi) range doctor and sweeps scan; inside [9400, 9450).",
+    )
     heartbeat_seconds: float = Field(default=5.0, gt=0)
     health_timeout_seconds: float = Field(default=1.0, gt=0)
     idle_retirement_seconds: float = Field(default=900.0, gt=0)
@@ -100,7 +104,7 @@ class Settings(_Model):
     quarantine_deaths: int = Field(default=5, ge=1)
     quarantine_window_seconds: float = Field(default=300.0, gt=0)
 
-    @field_validator("port_range")
+    @field_validator("port_range", "scan_range")
     @classmethod
     def _inside_family(cls, value: tuple[int, int]) -> tuple[int, int]:
         low, high = value

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,7 +24,6 @@ import anyio
 from pydantic import BaseModel
 
 from spec_kitty_supervisor_client._models import (
-    FAMILY_PORT_RANGE,
     DaemonView,
     DoctorFinding,
     DoctorReport,
@@ -49,7 +47,6 @@ from ._legacy_state import (
     remove_legacy_state,
 )
 from ._lock import SupervisorLock
-from ._settings import parse_port_range
 from ._sweep import plan_sweep, sweep
 from ._units import is_default_root
 
@@ -57,19 +54,16 @@ if TYPE_CHECKING:
     from ._core import Supervisor
 
 __all__ = [
-    "SCAN_RANGE_ENV",
     "DoctorUnavailable",
     "build_report",
     "doctor_exit_code",
     "doctor_routes",
-    "scan_range",
     "standalone_doctor",
     "sweep_root",
 ]
 
 #: Narrows the ports doctor and sweeps scan (half-open ``LO-HI``) inside the family range;
 #: the whole family by default. Tests use it to stay on their own sub-range.
-SCAN_RANGE_ENV = "SPEC_KITTY_SUPERVISOR_SCAN_RANGE"
 #: How long a sweep waits for an upstream CLI to release ``R/sync-daemon.lock`` (it may hold
 #: it ~21 s while it waits for a daemon's health).
 LEGACY_LOCK_WAIT = 30.0
@@ -81,20 +75,6 @@ EXIT_DOCTOR_FAILED = 2
 
 class DoctorUnavailable(RuntimeError):
     """Raised when doctor can neither ask a supervisor nor act itself (its lock is held)."""
-
-
-def scan_range(environ: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """The ports doctor scans: :data:`SCAN_RANGE_ENV` when set, else the whole family."""
-    raw = (os.environ if environ is None else environ).get(SCAN_RANGE_ENV, "").strip()
-    if not raw:
-        return FAMILY_PORT_RANGE
-    low, high = parse_port_range(raw)
-    family_low, family_high = FAMILY_PORT_RANGE
-    if not family_low <= low < high <= family_high:
-        raise ValueError(
-            f"{SCAN_RANGE_ENV}={raw!r} must be a non-empty range inside {family_low}-{family_high}"
-        )
-    return low, high
 
 
 # --------------------------------------------------------------------------------------------
@@ -118,20 +98,20 @@ def supervisor_facts(supervisor: Supervisor) -> SupervisorFacts:
         ),
         recorded_singleton=_recorded_singleton(supervisor.layout),
         supervisor_running=True,
-        family_range=scan_range(),
+        family_range=supervisor.settings.scan_range,
         current_package_version=current.package_version if current is not None else None,
         current_python=current.resolved_python if current is not None else None,
     )
 
 
-def standalone_facts(layout: RootLayout) -> SupervisorFacts:
+def standalone_facts(layout: RootLayout, settings: Settings) -> SupervisorFacts:
     """Facts without a supervisor: the daemon ``R/sync-daemon`` names is the live one."""
     return SupervisorFacts(
         daemon_root=str(layout.daemon_root),
         uid=os.getuid(),
         recorded_singleton=_recorded_singleton(layout),
         supervisor_running=False,
-        family_range=scan_range(),
+        family_range=settings.scan_range,
     )
 
 
@@ -518,7 +498,7 @@ async def standalone_doctor(
         )
     try:
         observations, result, planned = await _observe_and_sweep(
-            layout, standalone_facts(layout), request, settings, None
+            layout, standalone_facts(layout, settings), request, settings, None
         )
         return build_report(
             layout,

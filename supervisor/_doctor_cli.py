@@ -36,7 +36,6 @@ from ._doctor import (
     EXIT_DOCTOR_FAILED,
     DoctorUnavailable,
     doctor_exit_code,
-    scan_range,
     standalone_doctor,
 )
 from ._layout import RootLayout
@@ -126,15 +125,14 @@ def _confirm_each(report: DoctorReport, ask: Ask) -> list[int]:
 
 def _doctor(args: argparse.Namespace, request: ResetRequest | None) -> DoctorReport:
     """Ask the running supervisor; without one, act here under its lock."""
-    scan_range()  # a bad SPEC_KITTY_SUPERVISOR_SCAN_RANGE fails before anything acts
     with SupervisorClient(args.root, autostart=False) as client:
         try:
             return _ask_supervisor(client, request)
         except SupervisorUnavailable:
             pass
     layout = RootLayout(resolve_daemon_root(args.root))
+    settings = load_settings(layout.config)  # a bad setting fails before anything is created
     layout.prepare()
-    settings = load_settings(layout.config)
     try:
         return anyio.run(standalone_doctor, layout, settings, request)
     except DoctorUnavailable:

@@ -15,6 +15,8 @@ from spec_kitty_supervisor_client._models import Settings
 __all__ = ["ENV_PREFIX", "SettingsError", "load_settings", "parse_port_range"]
 
 ENV_PREFIX = "SPEC_KITTY_SUPERVISOR_"
+#: Settings written as "LO-HI" in the environment and in config.toml.
+_RANGES = ("port_range", "scan_range")
 
 
 class SettingsError(ValueError):
@@ -38,7 +40,7 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
         raw = environ.get(ENV_PREFIX + field_name.upper())
         if raw is None or raw == "":
             continue
-        values[field_name] = parse_port_range(raw) if field_name == "port_range" else raw
+        values[field_name] = parse_port_range(raw) if field_name in _RANGES else raw
     return values
 
 
@@ -53,8 +55,9 @@ def _from_toml(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:
         raise SettingsError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    if isinstance(data.get("port_range"), str):
-        data["port_range"] = parse_port_range(data["port_range"])
+    for field_name in _RANGES:
+        if isinstance(data.get(field_name), str):
+            data[field_name] = parse_port_range(data[field_name])
     return data
 
 

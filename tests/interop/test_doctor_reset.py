@@ -438,4 +438,5 @@ def test_the_scan_range_setting_must_stay_in_the_family() -> None:
         check=False,
     )
     assert result.returncode == 2
-    assert "SCAN_RANGE" in result.stderr
+    assert "scan_range" in result.stderr
+    assert not Path("/nonexistent/sks-root").exists()

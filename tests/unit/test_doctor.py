@@ -22,7 +22,6 @@ from spec_kitty_supervisor._doctor import (
     build_report,
     doctor_exit_code,
     doctor_routes,
-    scan_range,
     standalone_doctor,
     supervisor_facts,
     sweep_root,
@@ -31,6 +30,7 @@ from spec_kitty_supervisor._identity import ProcessIdentity
 from spec_kitty_supervisor._layout import RootLayout
 from spec_kitty_supervisor._legacy_state import write_legacy_state
 from spec_kitty_supervisor._lock import SupervisorLock
+from spec_kitty_supervisor._settings import SettingsError, load_settings
 from spec_kitty_supervisor._signals import SignalTarget
 from spec_kitty_supervisor._table import DaemonRecord
 from spec_kitty_supervisor_client import _upstream
@@ -233,14 +233,15 @@ def test_an_unresponsive_supervised_daemon_and_a_quarantine_are_reported(
 
 
 def test_the_scan_range_is_the_whole_family_by_default() -> None:
-    assert scan_range({}) == (9400, 9450)
-    assert scan_range({"SPEC_KITTY_SUPERVISOR_SCAN_RANGE": "9400-9425"}) == (9400, 9425)
+    assert load_settings(None, environ={}).scan_range == (9400, 9450)
+    narrowed = {"SPEC_KITTY_SUPERVISOR_SCAN_RANGE": "9400-9425"}
+    assert load_settings(None, environ=narrowed).scan_range == (9400, 9425)
 
 
 @pytest.mark.parametrize("value", ["9300-9420", "9440-9460", "9420-9420", "nine"])
 def test_the_scan_range_never_leaves_the_family(value: str) -> None:
-    with pytest.raises(ValueError, match=r"SCAN_RANGE|port range"):
-        scan_range({"SPEC_KITTY_SUPERVISOR_SCAN_RANGE": value})
+    with pytest.raises(SettingsError, match=r"scan_range|port range"):
+        load_settings(None, environ={"SPEC_KITTY_SUPERVISOR_SCAN_RANGE": value})
 
 
 # --------------------------------------------------------------------------------------------
