@@ -126,7 +126,6 @@ class Supervisor:
         auto_started: bool = False,
         service_manager: str | None = None,
         clock: Callable[[], float] = time.time,
-        on_tick: Callable[[], None] | None = None,
     ) -> None:
         self.layout = layout
         self.settings = settings
@@ -141,7 +140,6 @@ class Supervisor:
         self.open_connections = 0
         self.requests_in_flight = 0
         self.last_activity = clock()
-        self._on_tick = on_tick
         self._lifecycle = anyio.Lock()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._pidfds: dict[int, int] = {}
@@ -498,7 +496,6 @@ class Supervisor:
             except SpawnError as exc:
                 raise LifecycleError(exc.code, str(exc), status=503) from None
             tried.add(port)
-            log_offset = _file_size(self.layout.daemon_log)
             spawn = functools.partial(
                 spawn_daemon,
                 self.layout,
@@ -523,7 +520,7 @@ class Supervisor:
             health = await self._wait_healthy(spawned.process, spawned.port, spawned.token)
             if health is None:
                 await self._abandon_spawn(spawned.process, spawned.identity, spawned.port)
-                tail = _tail_since(self.layout.daemon_log, log_offset)
+                tail = log_tail(self.layout.daemon_log, since=spawned.log_offset)
                 last_error = SpawnError(
                     "spawn_failed",
                     f"the {package_version} daemon on port {port} did not become healthy "
@@ -612,8 +609,7 @@ class Supervisor:
             self._retiring_now.discard(record.pid)
 
     async def _retire_once(self, record: DaemonRecord, reason: str) -> StopPath:
-        async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
-            self._write_legacy_state_locked()
+        await self._sync_legacy_state()
         target = SignalTarget(record.identity, record.port, self._pidfds.get(record.pid))
         try:
             stop_path = await stop_gracefully(
@@ -666,8 +662,7 @@ class Supervisor:
             async with anyio.create_task_group() as group:
                 for record in list(self.table.daemons):
                     group.start_soon(stop_one, record)
-            async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
-                self._write_legacy_state_locked()
+            await self._sync_legacy_state()
             return stopped
 
     # ------------------------------------------------------------------ exits
@@ -720,8 +715,7 @@ class Supervisor:
             if record is None or record.role == "retiring":
                 return  # a retirement we started; _retire records it
             self._forget(record)
-            async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
-                self._write_legacy_state_locked()
+            await self._sync_legacy_state()
             # An unmodified CLI of another version kills our daemon and records its own; that
             # is a hand-over to adopt, not a crash to restart (no spawn/kill thrash).
             replacement = await self._adopt_recorded_singleton()
@@ -840,8 +834,6 @@ class Supervisor:
                 if record.unresponsive_since is None:
                     record.unresponsive_since = now
         await self._apply_lifecycle_rules(now)
-        if self._on_tick is not None:
-            self._on_tick()
         if supervisor_idle_exit_due(
             auto_started=self.auto_started,
             daemons=len(self.table.daemons),
@@ -891,8 +883,7 @@ class Supervisor:
         current = self.table.current
         if recorded is None:
             if current is not None and current.state == "healthy":
-                async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
-                    self._write_legacy_state_locked()
+                await self._sync_legacy_state()
             return
         if self.table.by_pid(recorded.pid) is not None:
             return
@@ -901,8 +892,7 @@ class Supervisor:
             adopted = await self._adopt_recorded_singleton(replacing=superseded)
             if adopted is None:
                 # It names something we cannot verify: never leave that for upstream to kill.
-                async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
-                    self._write_legacy_state_locked()
+                await self._sync_legacy_state()
                 return
             self.ledger.record(
                 "version_skew"
@@ -1002,22 +992,6 @@ def _port_is_free(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _tail_since(path: Path, offset: int) -> str:
-    text = log_tail(path)
-    size = _file_size(path)
-    new_bytes = size - offset
-    if new_bytes <= 0:
-        return ""
-    return text[-new_bytes:] if new_bytes < len(text) else text
 
 
 def _owner_json_names(owner_json: Path, record: DaemonRecord) -> bool:

@@ -50,6 +50,7 @@ class SpawnedDaemon:
     token: str
     python: str
     resolved_python: str
+    log_offset: int
 
 
 def new_token() -> str:
@@ -168,6 +169,8 @@ def spawn_daemon(
         open(os.devnull, "rb") as stdin,
         open(layout.daemon_log, "ab") as log,
     ):
+        # Where this daemon's output starts: only that part explains a failure of this spawn.
+        log_offset = log.seek(0, os.SEEK_END)
         try:
             process = subprocess.Popen(
                 argv,
@@ -190,7 +193,7 @@ def spawn_daemon(
         raise SpawnError(
             "spawn_failed",
             f"the daemon exited at once (exit code {process.returncode})",
-            log_tail=log_tail(layout.daemon_log),
+            log_tail=log_tail(layout.daemon_log, since=log_offset),
         )
     return SpawnedDaemon(
         process=process,
@@ -199,15 +202,16 @@ def spawn_daemon(
         token=token,
         python=python,
         resolved_python=resolved_python,
+        log_offset=log_offset,
     )
 
 
-def log_tail(path: Path, max_bytes: int = 4000) -> str:
+def log_tail(path: Path, *, since: int = 0, max_bytes: int = 4000) -> str:
+    """The last ``max_bytes`` of the daemon log written after byte ``since``."""
     try:
         with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(since, size - max_bytes))
             return handle.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
