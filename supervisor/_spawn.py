@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spec_kitty_supervisor_client._environment import passed_environment
+from spec_kitty_supervisor_client._releases import ignores_spec_kitty_home, without_daemon_reason
 
 from ._daemon_shape import build_daemon_argv
 from ._identity import ProcessIdentity, read_identity
@@ -140,15 +141,29 @@ def child_environment(
 
 
 def check_root_supported(python_home: str, daemon_root: Path, package_version: str) -> None:
-    """3.2.2 ignores ``SPEC_KITTY_HOME``: it can only serve ``$HOME/.spec-kitty``."""
-    if package_version != "3.2.2":
+    """Refuse, before any spawn, a release that cannot serve ``daemon_root``.
+
+    Releases without a daemon (2.x, 3.0.x, 4.0) have nothing to spawn: every attempt would
+    only leave a traceback in ``R/sync-daemon.log``. Releases that ignore ``SPEC_KITTY_HOME``
+    (3.1.x, 3.2.0-3.2.2) always use ``$HOME/.spec-kitty``: for any other root their daemon
+    would write another root's queue, and a CLI of that release would start a second one.
+    """
+    no_daemon = without_daemon_reason(package_version)
+    if no_daemon is not None:
+        raise SpawnError(
+            "no_sync_daemon",
+            f"{no_daemon}. Use a spec-kitty-cli 3.1 to 3.2 interpreter, or none at all.",
+        )
+    if not ignores_spec_kitty_home(package_version):
         return
     expected = (Path(python_home) / ".spec-kitty").resolve()
     if expected != daemon_root:
         raise SpawnError(
             "unsupported_root",
-            f"spec-kitty 3.2.2 ignores SPEC_KITTY_HOME and always uses {expected}; it cannot "
-            f"serve the root {daemon_root}. Upgrade spec-kitty-cli or use that root.",
+            f"spec-kitty-cli {package_version} ignores SPEC_KITTY_HOME and always uses "
+            f"{expected}; it cannot serve the root {daemon_root}. Use that root (unset "
+            "SPEC_KITTY_HOME, or pass --root to match), or upgrade to spec-kitty-cli 3.2.3 or "
+            "later, which honours SPEC_KITTY_HOME.",
         )
 
 

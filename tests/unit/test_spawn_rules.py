@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -80,9 +81,31 @@ def test_working_directory_is_the_clients_when_usable(tmp_path: Path) -> None:
         resolve_working_directory(str(tmp_path / "missing"), tmp_path)
 
 
-def test_spec_kitty_3_2_2_can_only_serve_home_dot_spec_kitty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", ["3.1.0", "3.1.10", "3.2.0", "3.2.1", "3.2.2"])
+def test_releases_ignoring_spec_kitty_home_serve_only_home_dot_spec_kitty(
+    tmp_path: Path, version: str
+) -> None:
     home_root = (tmp_path / ".spec-kitty").resolve()
-    check_root_supported(str(tmp_path), home_root, "3.2.2")
-    check_root_supported(str(tmp_path), tmp_path / "other-root", "3.2.4")
-    with pytest.raises(SpawnError, match=r"3\.2\.2 ignores SPEC_KITTY_HOME"):
-        check_root_supported(str(tmp_path), tmp_path / "other-root", "3.2.2")
+    check_root_supported(str(tmp_path), home_root, version)
+    with pytest.raises(
+        SpawnError, match=rf"{re.escape(version)} ignores SPEC_KITTY_HOME"
+    ) as raised:
+        check_root_supported(str(tmp_path), tmp_path / "other-root", version)
+    assert raised.value.code == "unsupported_root"
+    assert "upgrade to spec-kitty-cli 3.2.3" in str(raised.value)  # the way out
+
+
+@pytest.mark.parametrize("version", ["3.2.3", "3.2.4", "3.2.5", "3.2.6", "3.2.6.2", "3.2.7"])
+def test_releases_honouring_spec_kitty_home_serve_any_root(tmp_path: Path, version: str) -> None:
+    check_root_supported(str(tmp_path), tmp_path / "other-root", version)
+
+
+@pytest.mark.parametrize("version", ["2.0.4", "3.0.3", "4.0.0rc7", "4.0.0"])
+def test_releases_without_a_daemon_are_refused_before_any_spawn(
+    tmp_path: Path, version: str
+) -> None:
+    with pytest.raises(
+        SpawnError, match=rf"spec-kitty-cli {re.escape(version)} has no sync daemon"
+    ) as raised:
+        check_root_supported(str(tmp_path), (tmp_path / ".spec-kitty").resolve(), version)
+    assert raised.value.code == "no_sync_daemon"
