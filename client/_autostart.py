@@ -22,7 +22,7 @@ from pathlib import Path
 from ._errors import SupervisorStartFailed
 from ._paths import ensure_private_dir, socket_path_for_root, supervisor_dir
 
-__all__ = ["socket_accepts", "start_supervisor", "supervisor_command"]
+__all__ = ["replace_exiting_supervisor", "socket_accepts", "start_supervisor", "supervisor_command"]
 
 COMMAND_ENV = "SPEC_KITTY_SUPERVISOR_COMMAND"
 
@@ -79,6 +79,20 @@ def start_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
         _spawn_and_wait(daemon_root, socket_path, deadline)
     finally:
         os.close(fd)
+
+
+def replace_exiting_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
+    """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one.
+
+    It stops accepting first, then finishes the requests in flight, unlinks its socket and
+    releases the root; a newcomer started before that would find the root still held. The
+    wait is bounded: a supervisor that died on its way out leaves a socket file behind.
+    """
+    socket_path = socket_path_for_root(daemon_root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (socket_accepts(socket_path) or socket_path.exists()):
+        time.sleep(0.01)
+    start_supervisor(daemon_root)
 
 
 def _spawn_and_wait(daemon_root: Path, socket_path: Path, deadline: float) -> None:

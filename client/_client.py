@@ -15,9 +15,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._autostart import start_supervisor
+from ._autostart import replace_exiting_supervisor, start_supervisor
 from ._environment import passed_environment
-from ._errors import InvalidRequest, SupervisorUnavailable
+from ._errors import InvalidRequest, SupervisorExiting, SupervisorUnavailable
 from ._models import (
     DoctorReport,
     EnsureRequest,
@@ -102,12 +102,17 @@ class SupervisorClient:
     ) -> _R:
         try:
             reply = self._transport.request(method, path, _body(body))
-        except SupervisorUnavailable:
+            raise_for_reply(reply)
+        except SupervisorUnavailable as exc:
             if not (may_start and self.autostart):
                 raise
-            start_supervisor(self.daemon_root)
+            if isinstance(exc, SupervisorExiting):
+                self._transport.close()
+                replace_exiting_supervisor(self.daemon_root)
+            else:
+                start_supervisor(self.daemon_root)
             reply = self._transport.request(method, path, _body(body))
-        raise_for_reply(reply)
+            raise_for_reply(reply)
         return response_model.model_validate_json(reply.body)
 
     def start(self) -> SupervisorHealth:
@@ -201,14 +206,17 @@ class AsyncSupervisorClient:
     ) -> _R:
         try:
             reply = await self._transport.request(method, path, _body(body))
-        except SupervisorUnavailable:
+            raise_for_reply(reply)
+        except SupervisorUnavailable as exc:
             if not (may_start and self.autostart):
                 raise
             import anyio.to_thread
 
-            await anyio.to_thread.run_sync(start_supervisor, self.daemon_root)
+            exiting = isinstance(exc, SupervisorExiting)
+            restart = replace_exiting_supervisor if exiting else start_supervisor
+            await anyio.to_thread.run_sync(restart, self.daemon_root)
             reply = await self._transport.request(method, path, _body(body))
-        raise_for_reply(reply)
+            raise_for_reply(reply)
         return response_model.model_validate_json(reply.body)
 
     async def start(self) -> SupervisorHealth:

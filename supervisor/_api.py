@@ -30,6 +30,7 @@ __all__ = [
     "ApiError",
     "ApiRequest",
     "ConnectionTracker",
+    "Handler",
     "Route",
     "Router",
     "peer_uid",

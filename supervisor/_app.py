@@ -20,11 +20,57 @@ from spec_kitty_supervisor_client._models import (
     SupervisorView,
 )
 
-from ._api import ApiError, ApiRequest, Route, Router
-from ._core import LifecycleError, Supervisor
-from ._signals import SignalRefused
+from ._api import ApiError, ApiRequest, Handler, Route, Router
+from ._core import Supervisor
+from ._errors import ErrorCode, LifecycleError
 
-__all__ = ["build_router", "supervisor_view"]
+__all__ = [
+    "STATUS_BY_CODE",
+    "api_error",
+    "build_router",
+    "refuse_while_exiting",
+    "supervisor_view",
+]
+
+#: The one map from the core's error codes to HTTP statuses (see :mod:`._errors`).
+STATUS_BY_CODE: dict[ErrorCode, int] = {
+    "invalid_python": 400,
+    "invalid_cwd": 400,
+    "invalid_env": 400,
+    "unsupported_root": 400,
+    "no_such_daemon": 404,
+    "already_retiring": 409,
+    "retire_failed": 409,
+    "legacy_lock_busy": 409,
+    "spawn_failed": 502,
+    "no_free_port": 503,
+    "root_quarantined": 503,
+    "state_not_writable": 503,
+    "supervisor_exiting": 503,
+}
+
+
+def api_error(exc: LifecycleError) -> ApiError:
+    """The error document for a refusal of the core."""
+    return ApiError(STATUS_BY_CODE[exc.code], exc.code, str(exc), exc.details or None)
+
+
+def refuse_while_exiting(supervisor: Supervisor) -> None:
+    """A request that would change what runs is refused once the supervisor is leaving."""
+    if supervisor.exiting:
+        raise LifecycleError("supervisor_exiting", "the supervisor is shutting down; retry")
+
+
+def _answering_errors(handler: Handler) -> Handler:
+    """The route layer: a refusal of the core becomes its error document, with its status."""
+
+    async def handle(request: ApiRequest) -> BaseModel:
+        try:
+            return await handler(request)
+        except LifecycleError as exc:
+            raise api_error(exc) from None
+
+    return handle
 
 
 def supervisor_view(supervisor: Supervisor) -> SupervisorView:
@@ -67,25 +113,18 @@ def build_router(
 
     async def ensure(request: ApiRequest) -> BaseModel:
         body = request.parse(EnsureRequest)
-        if supervisor.exiting:
-            raise ApiError(503, "supervisor_exiting", "the supervisor is shutting down; retry")
-        try:
-            return await supervisor.ensure(body)
-        except LifecycleError as exc:
-            raise ApiError(exc.status, exc.code, str(exc), exc.details) from None
+        refuse_while_exiting(supervisor)
+        return await supervisor.ensure(body)
 
     async def retire(request: ApiRequest) -> BaseModel:
         body = request.parse(RetireRequest)
         record = supervisor.find(body.pid, body.port)
         if record is None:
-            raise ApiError(
-                404, "no_such_daemon", f"no supervised daemon with pid={body.pid} port={body.port}"
+            raise LifecycleError(
+                "no_such_daemon", f"no supervised daemon with pid={body.pid} port={body.port}"
             )
         view = record.view()
-        try:
-            stop_path = await supervisor.retire(record, body.reason)
-        except (SignalRefused, TimeoutError) as exc:
-            raise ApiError(409, "retire_failed", str(exc)) from None
+        stop_path = await supervisor.retire(record, body.reason)
         return RetireResponse(retired=view, stop_path=stop_path)
 
     async def events(request: ApiRequest) -> BaseModel:
@@ -125,4 +164,4 @@ def build_router(
     ]
     if extra_routes is not None:
         routes += extra_routes(supervisor)
-    return Router(routes)
+    return Router([Route(r.method, r.path, _answering_errors(r.handler)) for r in routes])

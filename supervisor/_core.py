@@ -9,12 +9,13 @@ under upstream's ``R/sync-daemon.lock`` when an unmodified spec-kitty CLI could 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,10 +35,12 @@ from spec_kitty_supervisor_client._models import (
 )
 
 from . import __version__
+from ._errors import LifecycleError
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
 from ._ledger import Ledger
 from ._legacy_state import (
+    LegacyLockTimeout,
     hold_legacy_lock,
     read_legacy_state,
     remove_legacy_state,
@@ -83,18 +86,6 @@ _SPAWN_ACTIONS: dict[str, EnsureAction] = {
     "upgrade": "upgraded",
     "replace": "replaced",
 }
-
-
-class LifecycleError(RuntimeError):
-    """Raised for a request the lifecycle cannot satisfy; ``code`` is the API error code."""
-
-    def __init__(
-        self, code: str, message: str, status: int = 409, details: dict[str, object] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.status = status
-        self.details = details or {}
 
 
 @dataclass
@@ -155,6 +146,7 @@ class Supervisor:
         self.exit_reason = ""
         #: The umask daemons get: the user's, not the supervisor's private 077.
         self.child_umask = -1
+        self.legacy_lock_wait = LEGACY_LOCK_WAIT
 
     # ------------------------------------------------------------------ running
 
@@ -317,9 +309,20 @@ class Supervisor:
         if context is not None:
             self._contexts[pid] = SpawnContext(env=context[0], cwd=context[1])
 
+    @contextlib.asynccontextmanager
+    async def _legacy_lock(self) -> AsyncIterator[None]:
+        """Upstream's ``R/sync-daemon.lock``; a CLI holding it too long is a conflict."""
+        try:
+            async with hold_legacy_lock(self.layout.legacy_lock, self.legacy_lock_wait):
+                yield
+        except LegacyLockTimeout as exc:
+            raise LifecycleError(
+                "legacy_lock_busy", f"an upstream spec-kitty CLI is busy: {exc}; retry"
+            ) from None
+
     async def _sync_legacy_state(self) -> None:
         """Make ``R/sync-daemon`` name the current daemon, or nothing (DESIGN rule 6)."""
-        async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
+        async with self._legacy_lock():
             self._write_legacy_state_locked()
 
     def _write_legacy_state_locked(self) -> None:
@@ -359,10 +362,7 @@ class Supervisor:
             return await self._ensure_locked(request)
 
     def _resolve_interpreter(self, python: str) -> str:
-        try:
-            return self._interpreters.resolve(python)
-        except SpawnError as exc:
-            raise LifecycleError(exc.code, str(exc), status=400) from None
+        return self._interpreters.resolve(python)
 
     def _answer_from_table(self, request: EnsureRequest) -> EnsureResponse | None:
         """The answer when the current daemon serves this request as it is; else None."""
@@ -411,14 +411,10 @@ class Supervisor:
                 "root_quarantined",
                 f"the root is quarantined: {self.table.quarantine_reason}. Run "
                 "`spec-kitty-supervisor restart` or ensure with another interpreter.",
-                status=503,
             )
-        try:
-            env = child_environment(request.env, self.layout.daemon_root, request.package_version)
-            check_root_supported(env["HOME"], self.layout.daemon_root, request.package_version)
-            cwd = resolve_working_directory(request.cwd, self.layout.daemon_root)
-        except SpawnError as exc:
-            raise LifecycleError(exc.code, str(exc), status=400) from None
+        env = child_environment(request.env, self.layout.daemon_root, request.package_version)
+        check_root_supported(env["HOME"], self.layout.daemon_root, request.package_version)
+        cwd = resolve_working_directory(request.cwd, self.layout.daemon_root)
         new = await self._start_current(
             request.python,
             resolved_python,
@@ -457,7 +453,7 @@ class Supervisor:
         reason: str,
     ) -> DaemonRecord:
         """Make-before-break: spawn, wait healthy, switch table and state file, retire the old."""
-        async with hold_legacy_lock(self.layout.legacy_lock, LEGACY_LOCK_WAIT):
+        async with self._legacy_lock():
             new = await self._spawn_healthy(python, resolved_python, package_version, context)
             old = self.table.current
             if old is not None:
@@ -491,10 +487,7 @@ class Supervisor:
         tried: set[int] = set()
         last_error: SpawnError | None = None
         for _ in range(SPAWN_PORT_ATTEMPTS):
-            try:
-                port = self._pick_port(tried)
-            except SpawnError as exc:
-                raise LifecycleError(exc.code, str(exc), status=503) from None
+            port = self._pick_port(tried)
             tried.add(port)
             spawn = functools.partial(
                 spawn_daemon,
@@ -556,12 +549,7 @@ class Supervisor:
             self._watch(record.pid)
             return record
         assert last_error is not None
-        raise LifecycleError(
-            last_error.code,
-            str(last_error),
-            status=502,
-            details={"log_tail": last_error.log_tail},
-        )
+        raise last_error
 
     async def _wait_healthy(
         self, process: subprocess.Popen[bytes], port: int, token: str
@@ -620,10 +608,10 @@ class Supervisor:
             # stop, and no longer ours to track.
             self._forget(record)
             self._record_event("retire_abandoned", record, str(exc))
-            raise
+            raise LifecycleError("retire_failed", str(exc)) from None
         except TimeoutError as exc:
             self._record_event("retire_failed", record, str(exc))
-            raise
+            raise LifecycleError("retire_failed", str(exc)) from None
         self._forget(record)
         self._record_event("retired", record, f"{reason}; stopped by {stop_path}")
         return stop_path
@@ -656,8 +644,8 @@ class Supervisor:
                 try:
                     await self._retire(record, reason)
                     stopped.append(record.pid)
-                except (SignalRefused, TimeoutError):
-                    pass
+                except LifecycleError:
+                    pass  # the ledger says why; the others are still stopped
 
             async with anyio.create_task_group() as group:
                 for record in list(self.table.daemons):

@@ -34,9 +34,10 @@ from spec_kitty_supervisor_client._models import (
     SupervisorView,
 )
 
-from ._api import ApiError, ApiRequest, Route
+from ._api import ApiRequest, Route
 from ._classification import RecordedSingleton, SupervisedDaemon, SupervisorFacts
 from ._discovery import Observation, observe
+from ._errors import LifecycleError
 from ._identity import read_identity
 from ._layout import RootLayout
 from ._legacy_state import (
@@ -467,12 +468,12 @@ def doctor_routes(supervisor: Supervisor) -> list[Route]:
     async def reset(request: ApiRequest) -> BaseModel:
         body = request.parse(ResetRequest)
         if supervisor.exiting:
-            raise ApiError(503, "supervisor_exiting", "the supervisor is shutting down; retry")
+            raise LifecycleError("supervisor_exiting", "the supervisor is shutting down; retry")
         try:
             return await supervisor_doctor(supervisor, body)
         except LegacyLockTimeout as exc:
-            raise ApiError(
-                409, "legacy_lock_busy", f"an upstream spec-kitty CLI is busy: {exc}; retry"
+            raise LifecycleError(
+                "legacy_lock_busy", f"an upstream spec-kitty CLI is busy: {exc}; retry"
             ) from None
 
     return [Route("GET", "/v1/doctor", doctor), Route("POST", "/v1/reset", reset)]

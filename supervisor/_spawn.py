@@ -19,6 +19,7 @@ from spec_kitty_supervisor_client._environment import passed_environment
 from spec_kitty_supervisor_client._releases import ignores_spec_kitty_home, without_daemon_reason
 
 from ._daemon_shape import build_daemon_argv
+from ._errors import ErrorCode, LifecycleError
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
 from ._sd_notify import child_environment_scrub
@@ -34,12 +35,11 @@ __all__ = [
 ]
 
 
-class SpawnError(RuntimeError):
+class SpawnError(LifecycleError):
     """Raised when a daemon cannot be spawned; ``code`` is the API error code."""
 
-    def __init__(self, code: str, message: str, log_tail: str = "") -> None:
-        super().__init__(message)
-        self.code = code
+    def __init__(self, code: ErrorCode, message: str, log_tail: str = "") -> None:
+        super().__init__(code, message, {"log_tail": log_tail} if log_tail else None)
         self.log_tail = log_tail
 
 
@@ -66,6 +66,9 @@ def validate_interpreter(python: str) -> str:
     """
     if not os.path.isabs(python):
         raise SpawnError("invalid_python", f"python must be an absolute path, got {python!r}")
+    if "\0" in python:
+        # os.stat would raise ValueError, not OSError: refuse it here, with the reason.
+        raise SpawnError("invalid_python", f"python {python!r} contains a NUL byte")
     try:
         info = os.stat(python)
     except FileNotFoundError:
@@ -102,7 +105,7 @@ class ValidatedInterpreters:
     def resolve(self, python: str) -> str:
         try:
             info = os.stat(python)
-        except OSError:
+        except (OSError, ValueError):
             return validate_interpreter(python)  # raises with the precise reason
         key = (info.st_dev, info.st_ino, info.st_mode, info.st_uid, info.st_mtime_ns)
         known = self._known.get(python)
@@ -117,7 +120,7 @@ def resolve_working_directory(cwd: str | None, fallback: Path) -> str:
     """The client's directory (3.2.7 finds its project from it), when it is a usable directory."""
     if cwd is None:
         return str(fallback)
-    if not os.path.isabs(cwd):
+    if not os.path.isabs(cwd) or "\0" in cwd:
         raise SpawnError("invalid_cwd", f"cwd must be an absolute path, got {cwd!r}")
     if not os.path.isdir(cwd) or not os.access(cwd, os.X_OK):
         raise SpawnError("invalid_cwd", f"cwd {cwd} is not an accessible directory")
@@ -137,6 +140,10 @@ def child_environment(
     env.setdefault("HOME", os.path.expanduser("~"))
     env["SPEC_KITTY_HOME"] = str(daemon_root)
     env["SPEC_KITTY_CLI_VERSION"] = package_version
+    for name, value in env.items():
+        if "\0" in value:
+            # exec cannot pass it: refuse the request instead of failing inside Popen.
+            raise SpawnError("invalid_env", f"{name} contains a NUL byte")
     return env
 
 

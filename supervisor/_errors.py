@@ -1,0 +1,53 @@
+"""Every refusal the supervisor's core gives a request, named by a machine-readable code.
+
+The core (the lifecycle, spawning, retiring) raises :class:`LifecycleError` with a code and a
+sentence; it knows nothing of HTTP. Only the routes (:mod:`._app`) turn a code into a status,
+through one table, so that no request can end in a 500 because some step raised something
+the route did not expect. The client maps the same codes back to its exceptions
+(``client/_errors.py``), by code and never by status.
+
+```
+LifecycleError (RuntimeError)   code, message, details
+  invalid_python, invalid_cwd, invalid_env, unsupported_root    the request cannot be served
+  no_such_daemon                                                it names no supervised daemon
+  already_retiring, retire_failed, legacy_lock_busy              it conflicts with what runs now
+  spawn_failed                                                  the daemon never became healthy
+  no_free_port, root_quarantined, state_not_writable,           the root cannot serve now
+  supervisor_exiting
+```
+
+Standard library only: pure modules of the lifecycle import it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+__all__ = ["ErrorCode", "LifecycleError"]
+
+ErrorCode = Literal[
+    "invalid_python",
+    "invalid_cwd",
+    "invalid_env",
+    "unsupported_root",
+    "no_such_daemon",
+    "already_retiring",
+    "retire_failed",
+    "legacy_lock_busy",
+    "spawn_failed",
+    "no_free_port",
+    "root_quarantined",
+    "state_not_writable",
+    "supervisor_exiting",
+]
+
+
+class LifecycleError(RuntimeError):
+    """Raised for a request the lifecycle cannot satisfy; ``code`` is the API error code."""
+
+    def __init__(
+        self, code: ErrorCode, message: str, details: dict[str, object] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.details = details or {}
