@@ -118,6 +118,7 @@ _BY_CODE: dict[str, type[RequestFailed]] = {
     "invalid_cwd": InvalidRequest,
     "invalid_env": InvalidRequest,
     "unsupported_root": InvalidRequest,
+    "no_sync_daemon": InvalidRequest,
     "no_such_daemon": InvalidRequest,
     "not_found": InvalidRequest,
     "method_not_allowed": InvalidRequest,

@@ -38,6 +38,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     "invalid_cwd": 400,
     "invalid_env": 400,
     "unsupported_root": 400,
+    "no_sync_daemon": 400,
     "no_such_daemon": 404,
     "already_retiring": 409,
     "retire_failed": 409,

@@ -137,6 +137,8 @@ def _ensure_cases(tmp: Path) -> list[tuple[str, dict[str, object], int, str]]:
          "invalid_env"),
         ("3.2.2 for a root it cannot serve", _ensure_body(tmp, package_version="3.2.2"), 400,
          "unsupported_root"),
+        ("a release without a sync daemon", _ensure_body(tmp, package_version="4.0.0"), 400,
+         "no_sync_daemon"),
         ("empty version", _ensure_body(tmp, package_version=""), 400, "invalid_request"),
     ]  # fmt: skip
 
@@ -202,6 +204,7 @@ def test_every_error_code_of_the_core_has_a_status_and_none_is_500() -> None:
         ("already_retiring", 409, RequestConflict),
         ("retire_failed", 409, RequestConflict),
         ("invalid_python", 400, InvalidRequest),
+        ("no_sync_daemon", 400, InvalidRequest),
         ("no_such_daemon", 404, InvalidRequest),
         ("a_code_of_a_newer_supervisor", 400, RequestFailed),
     ],
