@@ -20,6 +20,13 @@ The identity contract
     daemon, so instead the port and token in the listener's own argv must equal the
     listening port and the health answer's ``token`` (``identity_source="argv_token"``).
 
+* **Daemons without the marker (3.1.x) are proven this root's by the kernel, never by their
+  word** (:func:`prove_root_by_kernel`): their standard output (``/proc/PID/fd/1``) is the same
+  file, by ``(st_dev, st_ino)``, as ``R/sync-daemon.log``, and the ``HOME`` of their environment
+  is, as a directory, the parent of R (a 3.1 daemon's root is always ``$HOME/.spec-kitty``).
+  Both facts come from the kernel; where it does not give them (macOS), such a daemon stays
+  ``operator_required``. The self-report proof (``argv_token``) still applies.
+
 * **Version or interpreter mismatch is staleness evidence, never a reason to skip.**
 
 Classes
@@ -53,15 +60,20 @@ from ._probe import HealthAnswer
 
 __all__ = [
     "DASHBOARD_PORT_RANGE",
+    "FileId",
     "IdentitySource",
+    "KernelRootFacts",
+    "KernelRootProof",
     "ListenerFacts",
     "RecordedSingleton",
+    "RootFiles",
     "SelfReportProof",
     "SkipReason",
     "SupervisedDaemon",
     "SupervisorFacts",
     "classify",
     "port_boundary_reason",
+    "prove_root_by_kernel",
     "prove_self_report",
     "records_to_sweep",
 ]
@@ -86,7 +98,12 @@ SkipReason = Literal[
 ]
 
 #: How a listener's identity was established (or, with a failed proof, attempted).
-IdentitySource = Literal["supervisor_table", "owner_block", "argv_token", "root_marker"]
+IdentitySource = Literal[
+    "supervisor_table", "owner_block", "argv_token", "root_marker", "kernel_root"
+]
+
+#: A file as the kernel names it, ``(st_dev, st_ino)``: two paths are one file when these agree.
+FileId = tuple[int, int]
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,6 +120,26 @@ class ListenerFacts:
     process_start: str | None  # ProcessIdentity.start; None when the process could not be read
     cmdline: CmdlineFacts | None  # None when the argv could not be read
     health: HealthAnswer | None  # None: did not answer ``GET /api/health`` in time
+    #: Read only for spawn-shaped processes without a root marker; None: not read or unreadable.
+    kernel_root: KernelRootFacts | None = None
+
+
+@dataclass(frozen=True)
+class KernelRootFacts:
+    """What the kernel says about a process, to prove a root its argv does not name."""
+
+    stdout_file: FileId | None  # the file ``/proc/PID/fd/1`` is open on
+    home_dir: FileId | None  # the directory ``HOME`` names in ``/proc/PID/environ``
+
+
+@dataclass(frozen=True)
+class RootFiles:
+    """The supervisor's root as files, to compare with :class:`KernelRootFacts`."""
+
+    daemon_log: FileId | None  # ``R/sync-daemon.log``; None when it does not exist
+    #: R's parent directory when R is named ``.spec-kitty`` (the only root a 3.1 daemon has),
+    #: else None: no markerless daemon can belong to such a root.
+    home_dir: FileId | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +172,8 @@ class SupervisorFacts:
     #: The current daemon's version and interpreter, only to name staleness in ``why``.
     current_package_version: str | None = None
     current_python: str | None = None
+    #: This root as files, for the kernel's proof of markerless daemons; None: not read.
+    root_files: RootFiles | None = None
 
     def __post_init__(self) -> None:
         low, high = self.family_range
@@ -223,6 +262,40 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+@dataclass(frozen=True)
+class KernelRootProof:
+    """Whether the kernel's facts tie a markerless daemon to this root."""
+
+    matches: bool
+    detail: str  # one clause for ``why``
+
+
+def prove_root_by_kernel(
+    kernel: KernelRootFacts | None, root_files: RootFiles | None
+) -> KernelRootProof:
+    """Prove that a daemon without a root marker serves this root, from files, not words.
+
+    A 3.1 daemon's root is ``$HOME/.spec-kitty`` and its output goes to that root's
+    ``sync-daemon.log``; both are compared as files (device and inode), so no spelling of a
+    path, symlink or bind mount can make another HOME's daemon look like this root's::
+
+        proof = prove_root_by_kernel(listener.kernel_root, supervisor.root_files)
+    """
+    if kernel is None or root_files is None:
+        return KernelRootProof(False, "the kernel's facts about its root could not be read")
+    if root_files.home_dir is None:
+        return KernelRootProof(
+            False, "this root is no $HOME/.spec-kitty, the only root a daemon without marker has"
+        )
+    if kernel.home_dir is None or kernel.home_dir != root_files.home_dir:
+        return KernelRootProof(False, "its HOME is not the directory holding this root")
+    if root_files.daemon_log is None or kernel.stdout_file != root_files.daemon_log:
+        return KernelRootProof(False, "its output is not this root's sync-daemon.log")
+    return KernelRootProof(
+        True, "the kernel shows its HOME holds this root and its output is R/sync-daemon.log"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # The decision table
 
@@ -245,6 +318,7 @@ class _Evidence:
     is_recorded_singleton: bool
     is_supervised: bool
     proof: SelfReportProof | None  # None when there was no health answer or no pid
+    kernel_proof: KernelRootProof | None  # only for spawn-shaped listeners without a marker
 
 
 _Row = Callable[[_Evidence], _Verdict | None]
@@ -335,9 +409,14 @@ def _row_missing_pid(e: _Evidence) -> _Verdict | None:
 
 
 def _row_pre_marker(e: _Evidence) -> _Verdict | None:
-    if e.root_marker is None:
-        return _Verdict("operator_required", "pre_marker", "its argv carries no daemon-root marker")
-    return None
+    if e.root_marker is not None:
+        return None
+    if e.kernel_proof is not None and e.kernel_proof.matches:
+        return None  # the root is proven from the kernel; the self-report rows still apply
+    detail = f" and {e.kernel_proof.detail}" if e.kernel_proof is not None else ""
+    return _Verdict(
+        "operator_required", "pre_marker", f"its argv carries no daemon-root marker{detail}"
+    )
 
 
 def _row_cross_root(e: _Evidence) -> _Verdict | None:
@@ -365,7 +444,12 @@ def _row_unproven_self_report(e: _Evidence) -> _Verdict | None:
 def _row_safe_auto(e: _Evidence) -> _Verdict | None:
     # Rows 4 and 7 guarantee a proof exists here.
     assert e.proof is not None
-    return _Verdict("safe_auto", None, f"a daemon of this root{_staleness(e)}; {e.proof.detail}")
+    root = ""
+    if e.root_marker is None and e.kernel_proof is not None:
+        root = f"; {e.kernel_proof.detail}"
+    return _Verdict(
+        "safe_auto", None, f"a daemon of this root{_staleness(e)}{root}; {e.proof.detail}"
+    )
 
 
 #: First match wins. Numbers are the rows of upstream's table (3.2.4+); unnumbered rows are
@@ -403,16 +487,22 @@ def _gather_evidence(listener: ListenerFacts, supervisor: SupervisorFacts) -> _E
             listener.health, pid=listener.pid, port=listener.port, cmdline=cmdline
         )
     recorded = supervisor.recorded_singleton
+    spawn_shape_ok = cmdline is not None and cmdline.spawn_shape
+    root_marker = cmdline.root_marker if cmdline is not None else None
+    kernel_proof: KernelRootProof | None = None
+    if spawn_shape_ok and root_marker is None:
+        kernel_proof = prove_root_by_kernel(listener.kernel_root, supervisor.root_files)
     return _Evidence(
         listener=listener,
         supervisor=supervisor,
-        spawn_shape_ok=cmdline is not None and cmdline.spawn_shape,
-        root_marker=cmdline.root_marker if cmdline is not None else None,
+        spawn_shape_ok=spawn_shape_ok,
+        root_marker=root_marker,
         is_recorded_singleton=(
             recorded is not None and listener.pid == recorded.pid and listener.port == recorded.port
         ),
         is_supervised=_in_table(listener, supervisor.supervised),
         proof=proof,
+        kernel_proof=kernel_proof,
     )
 
 
@@ -454,6 +544,8 @@ def _staleness(e: _Evidence) -> str:
 def _identity_source(e: _Evidence, verdict: _Verdict) -> IdentitySource | None:
     if verdict.cleanup_class == "supervised":
         return "supervisor_table"
+    if e.kernel_proof is not None and e.kernel_proof.matches:
+        return "kernel_root"
     if e.proof is not None and e.spawn_shape_ok:
         return e.proof.identity_source
     if e.root_marker is not None and e.spawn_shape_ok:
@@ -463,6 +555,9 @@ def _identity_source(e: _Evidence, verdict: _Verdict) -> IdentitySource | None:
 
 def _record(e: _Evidence, verdict: _Verdict) -> ListenerRecord:
     listener = e.listener
+    daemon_root = e.root_marker
+    if daemon_root is None and e.kernel_proof is not None and e.kernel_proof.matches:
+        daemon_root = e.supervisor.daemon_root
     health = listener.health
     cmdline = listener.cmdline
     owner = health.owner if health is not None else None
@@ -484,9 +579,9 @@ def _record(e: _Evidence, verdict: _Verdict) -> ListenerRecord:
         singleton_scope_id=(
             health.singleton_scope_id
             if health is not None and health.singleton_scope_id is not None
-            else e.root_marker
+            else daemon_root
         ),
-        daemon_root=e.root_marker,
+        daemon_root=daemon_root,
         # These live in the ``owner`` block; upstream reads them from the top level, where
         # they never are.
         queue_db_path=_owner_str(own_owner, "queue_db_path"),

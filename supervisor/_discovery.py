@@ -8,6 +8,7 @@ this module only observes.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import sys
@@ -22,7 +23,15 @@ import psutil
 
 from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, ListenerRecord
 
-from ._classification import ListenerFacts, SupervisorFacts, classify, port_boundary_reason
+from ._classification import (
+    FileId,
+    KernelRootFacts,
+    ListenerFacts,
+    RootFiles,
+    SupervisorFacts,
+    classify,
+    port_boundary_reason,
+)
 from ._daemon_shape import CmdlineFacts, parse_cmdline
 from ._identity import ProcessIdentity, read_identity
 from ._probe import HealthAnswer, probe_health
@@ -33,7 +42,9 @@ __all__ = [
     "find_family_listeners",
     "observe",
     "observe_listeners",
+    "read_kernel_root",
     "read_process_facts",
+    "read_root_files",
 ]
 
 _LINUX_TCP_LISTEN = "0A"
@@ -165,11 +176,60 @@ def read_process_facts(pid: int) -> tuple[ProcessIdentity | None, CmdlineFacts |
     return identity, parse_cmdline(argv)
 
 
+def _file_id(path: str) -> FileId | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
+
+
+def _environ_home(pid: int) -> str | None:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for entry in environ.split(b"\0"):
+        if entry.startswith(b"HOME="):
+            return os.fsdecode(entry[len(b"HOME=") :])
+    return None
+
+
+def read_kernel_root(identity: ProcessIdentity) -> KernelRootFacts | None:
+    """What the kernel says of a process's root: its stdout's file and its HOME's directory.
+
+    Linux only: ``/proc/PID/fd/1`` names the open file itself (a deleted log included), and
+    ``/proc/PID/environ`` is the environment the process was started with. macOS has neither
+    without privileges, so there a daemon without a root marker stays unproven.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    pid = identity.pid
+    stdout_file = _file_id(f"/proc/{pid}/fd/1")
+    home = _environ_home(pid)
+    home_dir = _file_id(os.path.realpath(home)) if home else None
+    # The pid may have been reused while we read; the facts are only this identity's if the
+    # same process is still there afterwards.
+    if not identity.same_process(read_identity(pid)):
+        return None
+    return KernelRootFacts(stdout_file=stdout_file, home_dir=home_dir)
+
+
+def read_root_files(daemon_root: str) -> RootFiles:
+    """The root as files: its ``sync-daemon.log`` and, for a ``$HOME/.spec-kitty``, its HOME."""
+    root = Path(daemon_root)
+    return RootFiles(
+        daemon_log=_file_id(str(root / "sync-daemon.log")),
+        home_dir=_file_id(str(root.parent)) if root.name == ".spec-kitty" else None,
+    )
+
+
 @dataclass(frozen=True)
 class _Observed:
     listener: Listener
     identity: ProcessIdentity | None
     cmdline: CmdlineFacts | None
+    kernel_root: KernelRootFacts | None
 
 
 def _observe_processes(family_range: tuple[int, int]) -> list[_Observed]:
@@ -178,7 +238,11 @@ def _observe_processes(family_range: tuple[int, int]) -> list[_Observed]:
         identity, cmdline = (
             read_process_facts(listener.pid) if listener.pid is not None else (None, None)
         )
-        observed.append(_Observed(listener, identity, cmdline))
+        kernel_root = None
+        # Only a daemon without a root marker needs the kernel's word for its root.
+        if identity is not None and cmdline is not None and cmdline.spawn_shape:
+            kernel_root = read_kernel_root(identity) if cmdline.root_marker is None else None
+        observed.append(_Observed(listener, identity, cmdline, kernel_root))
     return observed
 
 
@@ -204,6 +268,9 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
     """Find, probe (all at once) and classify every listener in the supervisor's range."""
     # psutil and /proc reads block; keep them off the event loop.
     observed = await anyio.to_thread.run_sync(_observe_processes, supervisor.family_range)
+    if supervisor.root_files is None and any(item.kernel_root for item in observed):
+        root_files = await anyio.to_thread.run_sync(read_root_files, supervisor.daemon_root)
+        supervisor = dataclasses.replace(supervisor, root_files=root_files)
     answers: dict[int, HealthAnswer | None] = {}
 
     async def probe(port: int) -> None:
@@ -223,6 +290,7 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
                 process_start=item.identity.start if item.identity is not None else None,
                 cmdline=item.cmdline,
                 health=health,
+                kernel_root=item.kernel_root,
             ),
             supervisor,
         )

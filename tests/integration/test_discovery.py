@@ -147,6 +147,33 @@ class Processes:
         if process.stdout is not None:
             process.stdout.close()
 
+    def start_with_output(
+        self, argv_for: Callable[[list[int]], list[str]], *, output: Path, home: Path
+    ) -> tuple[subprocess.Popen[str], int]:
+        """As :meth:`start`, but the way upstream spawns: output appended to ``output``,
+        ``HOME`` set, and readiness read from that file."""
+        for _ in range(3):
+            chosen = TEST_PORTS.free(1, exclude=self._promised)
+            offset = output.stat().st_size if output.exists() else 0
+            with output.open("ab") as log:
+                process = subprocess.Popen(
+                    argv_for(chosen),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "HOME": str(home)},
+                    text=True,
+                )
+            self._started.append(process)
+            deadline = time.monotonic() + READY_TIMEOUT
+            while process.poll() is None and time.monotonic() < deadline:
+                if b"ready" in output.read_bytes()[offset:]:
+                    self._promised.update(chosen)
+                    return process, chosen[0]
+                time.sleep(0.02)  # polling a file for a condition, with a deadline
+            self._end(process)
+        raise NoFreePortsError(f"no process could bind a port in {TEST_PORTS}")
+
     def stop_all(self) -> None:
         for process in self._started:
             self._end(process)
@@ -179,6 +206,15 @@ def fake_daemon_argv(
             f"{DAEMON_ROOT_MARKER}{root}",
             f"{DAEMON_EXEC_MARKER}{sys.executable}",
         ]
+
+    return argv
+
+
+def first_daemon_argv(token: str) -> Callable[[list[int]], list[str]]:
+    """A stand-in for a 3.1.x daemon as its CLI spawns it: ``-c`` and no marker at all."""
+
+    def argv(ports: list[int]) -> list[str]:
+        return [sys.executable, "-c", FAKE_DAEMON_SCRIPT.format(port=ports[0], token=token)]
 
     return argv
 
@@ -334,3 +370,44 @@ async def test_silent_listeners_are_probed_in_parallel(
     assert set(ports) <= {record.port for record in records}
     # One after another these would take count * timeout; together, about one timeout.
     assert elapsed < timeout * 2.5, f"{elapsed:.2f}s for {len(records)} listeners"
+
+
+@pytest.mark.anyio
+async def test_a_daemon_without_marker_is_this_roots_only_by_the_kernels_word(
+    processes: Processes, tmp_path: Path
+) -> None:
+    # Two HOMEs, each with a markerless daemon writing to its own root's log, as 3.1.x CLIs
+    # leave them. Only the one whose HOME holds this root, and whose output is this root's
+    # log (compared as files), is this root's.
+    ours_home, their_home = tmp_path / "ada", tmp_path / "bob"
+    for home in (ours_home, their_home):
+        (home / ".spec-kitty").mkdir(parents=True)
+    root = (ours_home / ".spec-kitty").resolve()
+    ours, our_port = processes.start_with_output(
+        first_daemon_argv("0123456789abcdef0123456789abcdef"),
+        output=root / "sync-daemon.log",
+        home=ours_home,
+    )
+    theirs, their_port = processes.start_with_output(
+        first_daemon_argv("fedcba9876543210fedcba9876543210"),
+        output=their_home / ".spec-kitty" / "sync-daemon.log",
+        home=their_home,
+    )
+    supervisor = SupervisorFacts(daemon_root=str(root), uid=os.getuid())
+
+    records = {record.port: record for record in await observe_listeners(supervisor)}
+
+    if sys.platform.startswith("linux"):
+        assert (records[our_port].pid, records[our_port].cleanup_class) == (ours.pid, "safe_auto")
+        assert records[our_port].identity_source == "kernel_root"
+        assert records[our_port].daemon_root == str(root)
+    else:
+        # No /proc: the kernel's facts are not read, so no daemon without marker is proven.
+        assert records[our_port].skip_reason == "pre_marker"
+    assert (records[their_port].pid, records[their_port].cleanup_class) == (
+        theirs.pid,
+        "operator_required",
+    )
+    assert records[their_port].skip_reason == "pre_marker"
+    if sys.platform.startswith("linux"):
+        assert "its HOME is not" in records[their_port].why

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
 
 from spec_kitty_supervisor._classification import (
+    KernelRootFacts,
     ListenerFacts,
     RecordedSingleton,
+    RootFiles,
     SupervisedDaemon,
     SupervisorFacts,
     classify,
@@ -361,6 +364,102 @@ def test_pre_marker_daemon_is_operator_required() -> None:
 
     assert verdict(record) == ("operator_required", "pre_marker")
     assert record.daemon_root is None
+
+
+# --------------------------------------------------------------------------------------------
+# Row 5 for the first daemons (3.1.x): no marker, so the kernel proves the root, as files
+
+ADA_HOME = (64769, 1310721)  # (st_dev, st_ino) of /home/ada
+ADA_LOG = (64769, 1312001)  # of /home/ada/.spec-kitty/sync-daemon.log
+ADA = RootFiles(daemon_log=ADA_LOG, home_dir=ADA_HOME)
+
+# What a 3.1.10 daemon answers: no owner block, no family, and a version it cannot find.
+HEALTH_3_1: dict[str, Any] = {
+    "status": "ok",
+    "protocol_version": 1,
+    "package_version": "unknown",
+    "sync": {"running": False, "last_sync": None, "consecutive_failures": 0},
+    "websocket_status": "Offline",
+}
+
+
+def first_daemon(
+    kernel: KernelRootFacts | None, port: int = 9405, *, token: str | None = None
+) -> ListenerFacts:
+    """A 3.1.x daemon as its own CLI spawns it: a two-line script, no marker, no owner."""
+    argv_token = token_for(port)
+    script = (
+        "from specify_cli.sync.daemon import run_sync_daemon\n"
+        f"run_sync_daemon({port}, {argv_token!r})\n"
+    )
+    return ListenerFacts(
+        port=port,
+        pid=6100,
+        uid=UID,
+        process_start=START,
+        cmdline=parse_cmdline([PYTHON, "-c", script]),
+        health=HealthAnswer.from_payload({**HEALTH_3_1, "token": token or argv_token}),
+        kernel_root=kernel,
+    )
+
+
+def test_first_daemon_proven_by_the_kernel_is_safe_auto() -> None:
+    listener = first_daemon(KernelRootFacts(stdout_file=ADA_LOG, home_dir=ADA_HOME))
+
+    record = classify(listener, supervisor(root_files=ADA))
+
+    assert verdict(record) == ("safe_auto", None)
+    assert record.identity_source == "kernel_root"
+    assert record.daemon_root == ROOT
+    assert "R/sync-daemon.log" in record.why
+
+
+@pytest.mark.parametrize(
+    ("kernel", "root_files", "why"),
+    [
+        # Another HOME: its own .spec-kitty, its own log.
+        (KernelRootFacts((64769, 2000001), (64769, 2000000)), ADA, "its HOME is not"),
+        # Same HOME directory but its output goes elsewhere (a copy, another log).
+        (KernelRootFacts((64769, 1312002), ADA_HOME), ADA, "its output is not"),
+        # The same inode number on another device is another file.
+        (KernelRootFacts(ADA_LOG, (64770, ADA_HOME[1])), ADA, "its HOME is not"),
+        # macOS, or /proc unreadable: nothing the kernel said.
+        (None, ADA, "could not be read"),
+        (KernelRootFacts(None, None), ADA, "its HOME is not"),
+        # A root under SPEC_KITTY_HOME is no $HOME/.spec-kitty: no 3.1 daemon serves it.
+        (KernelRootFacts(ADA_LOG, ADA_HOME), RootFiles(ADA_LOG, None), "no $HOME/.spec-kitty"),
+        # The root's log does not exist (any more): nothing to compare with.
+        (KernelRootFacts(ADA_LOG, ADA_HOME), RootFiles(None, ADA_HOME), "its output is not"),
+    ],
+)
+def test_first_daemon_without_the_kernels_proof_stays_operator_required(
+    kernel: KernelRootFacts | None, root_files: RootFiles, why: str
+) -> None:
+    record = classify(first_daemon(kernel), supervisor(root_files=root_files))
+
+    assert verdict(record) == ("operator_required", "pre_marker")
+    assert why in record.why
+    assert record.identity_source != "kernel_root"
+
+
+def test_first_daemon_of_this_root_still_needs_its_own_token_in_its_answer() -> None:
+    listener = first_daemon(
+        KernelRootFacts(stdout_file=ADA_LOG, home_dir=ADA_HOME), token=token_for(9999)
+    )
+
+    record = classify(listener, supervisor(root_files=ADA))
+
+    assert verdict(record) == ("operator_required", "token_mismatch")
+
+
+def test_kernel_facts_never_override_a_marker_naming_another_root() -> None:
+    listener = dataclasses.replace(
+        daemon(root=OTHER_ROOT), kernel_root=KernelRootFacts(ADA_LOG, ADA_HOME)
+    )
+
+    record = classify(listener, supervisor(root_files=ADA))
+
+    assert verdict(record) == ("operator_required", "cross_root")
 
 
 def test_cross_root_daemon_is_operator_required() -> None:

@@ -14,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec_kitty_supervisor._classification import (
+    FileId,
+    KernelRootFacts,
     ListenerFacts,
     RecordedSingleton,
+    RootFiles,
     SupervisedDaemon,
     SupervisorFacts,
     classify,
@@ -54,14 +57,34 @@ roots = st.sampled_from(
     [ROOT, ROOT, ROOT, ROOT + "/", None, "/home/bob/.spec-kitty", "/tmp/x/.spec-kitty"]
 )
 tokens = st.sampled_from([*TOKENS, None])
+
+# Files as the kernel names them, (st_dev, st_ino). The root's HOME and log, and look-alikes:
+# another HOME's, the same inode on another device, the root's log seen as a HOME.
+ROOT_HOME: FileId = (1, 20)
+ROOT_LOG: FileId = (1, 10)
+OTHER_HOMES: list[FileId | None] = [(1, 21), (2, 20), ROOT_LOG, None]
+OTHER_LOGS: list[FileId | None] = [(1, 11), (2, 10), ROOT_HOME, None]
 versions = st.sampled_from(["3.2.2", "3.2.3", "3.2.4", "3.2.7"])
+
+
+def first_daemon_argv(port: int, token: str) -> list[str]:
+    """How a 3.1.x CLI spawns its daemon: a two-line script and no marker at all."""
+    script = (
+        f"from specify_cli.sync.daemon import run_sync_daemon\nrun_sync_daemon({port}, {token!r})\n"
+    )
+    return [PYTHON, "-c", script]
 
 
 @st.composite
 def cmdlines(draw: st.DrawFn, port: int) -> CmdlineFacts | None:
-    kind = draw(st.sampled_from(["unreadable", "daemon", "daemon", "daemon", "stranger"]))
+    kind = draw(
+        st.sampled_from(["unreadable", "daemon", "daemon", "daemon", "first_daemon", "stranger"])
+    )
     if kind == "unreadable":
         return None
+    if kind == "first_daemon":
+        argv_port = draw(mostly(st.just(port), ports))
+        return parse_cmdline(first_daemon_argv(argv_port, draw(st.sampled_from(TOKENS))))
     root = draw(roots)
     if kind == "stranger":
         argv = ["/usr/bin/python3", "-m", "http.server", str(port)]
@@ -108,6 +131,20 @@ def healths(draw: st.DrawFn, pid: int | None, port: int) -> HealthAnswer | None:
     return HealthAnswer.from_payload(payload)
 
 
+kernel_roots = st.one_of(
+    st.none(),
+    st.builds(
+        KernelRootFacts,
+        stdout_file=mostly(st.just(ROOT_LOG), st.sampled_from(OTHER_LOGS)),
+        home_dir=mostly(st.just(ROOT_HOME), st.sampled_from(OTHER_HOMES)),
+    ),
+)
+root_files = st.sampled_from(
+    [RootFiles(ROOT_LOG, ROOT_HOME)] * 4
+    + [RootFiles(None, ROOT_HOME), RootFiles(ROOT_LOG, None), None]
+)
+
+
 @st.composite
 def listeners(draw: st.DrawFn) -> ListenerFacts:
     port = draw(ports)
@@ -119,6 +156,7 @@ def listeners(draw: st.DrawFn) -> ListenerFacts:
         process_start=draw(starts),
         cmdline=draw(cmdlines(port)),
         health=draw(healths(pid, port)),
+        kernel_root=draw(kernel_roots),
     )
 
 
@@ -154,6 +192,7 @@ def supervisors(draw: st.DrawFn, listener: ListenerFacts) -> SupervisorFacts:
         family_range=family_range,
         current_package_version=draw(st.one_of(st.none(), versions)),
         current_python=draw(st.sampled_from([None, PYTHON, "/opt/py312/bin/python3.12"])),
+        root_files=draw(root_files),
     )
 
 
@@ -201,6 +240,22 @@ def _same_root(listener: ListenerFacts) -> bool:
     return marker is not None and posixpath.normpath(marker) == ROOT
 
 
+def _kernel_says_this_root(listener: ListenerFacts, supervisor: SupervisorFacts) -> bool:
+    """A daemon without marker is this root's when the kernel shows its HOME holds the root
+    and its output open on the root's log, compared as files, and both were read."""
+    marker = listener.cmdline.root_marker if listener.cmdline is not None else None
+    kernel, files = listener.kernel_root, supervisor.root_files
+    return (
+        marker is None
+        and kernel is not None
+        and files is not None
+        and files.home_dir is not None
+        and files.daemon_log is not None
+        and kernel.home_dir == files.home_dir
+        and kernel.stdout_file == files.daemon_log
+    )
+
+
 situation = situations()
 
 
@@ -224,6 +279,7 @@ EVERY_ROW = {
 
 def test_safe_auto_exactly_when_every_condition_of_the_contract_holds() -> None:
     reached: set[tuple[str, str | None]] = set()
+    safe_auto_by: set[str | None] = set()
 
     @settings(max_examples=1500)
     @given(situation)
@@ -242,13 +298,15 @@ def test_safe_auto_exactly_when_every_condition_of_the_contract_holds() -> None:
             and listener.process_start is not None
             and listener.cmdline is not None
             and listener.cmdline.spawn_shape
-            and _same_root(listener)
+            and (_same_root(listener) or _kernel_says_this_root(listener, supervisor))
             and _self_report_is_proven(listener)
             and not spared_as_singleton
         )
 
         record = classify(listener, supervisor)
         reached.add((record.cleanup_class, record.skip_reason))
+        if record.cleanup_class == "safe_auto":
+            safe_auto_by.add(record.identity_source)
 
         if record.cleanup_class == "safe_auto":
             assert provably_ours
@@ -259,8 +317,10 @@ def test_safe_auto_exactly_when_every_condition_of_the_contract_holds() -> None:
 
     check()
 
-    # Every row was exercised, so the property above did not hold vacuously.
+    # Every row was exercised, so the property above did not hold vacuously; and daemons
+    # with and without a marker were both proven.
     assert reached == EVERY_ROW
+    assert {"owner_block", "argv_token", "kernel_root"} <= safe_auto_by
 
 
 @given(situation)
@@ -307,8 +367,29 @@ def test_another_roots_daemon_is_never_safe_auto(
 
     record = classify(listener, supervisor)
 
-    if not _same_root(listener):
+    if not _same_root(listener) and not _kernel_says_this_root(listener, supervisor):
         assert record.cleanup_class != "safe_auto"
+
+
+@settings(max_examples=1000)
+@given(situation)
+def test_no_combination_of_facts_makes_another_homes_daemon_safe_auto(
+    case: tuple[ListenerFacts, SupervisorFacts],
+) -> None:
+    listener, supervisor = case
+    marker = listener.cmdline.root_marker if listener.cmdline is not None else None
+    kernel = listener.kernel_root
+    # Another HOME's daemon: its marker names another root, or it has none and the kernel
+    # does not show this root's HOME (another directory, or nothing readable).
+    another_homes = (marker is not None and posixpath.normpath(marker) != ROOT) or (
+        marker is None and (kernel is None or kernel.home_dir != ROOT_HOME)
+    )
+
+    record = classify(listener, supervisor)
+
+    if another_homes:
+        assert record.cleanup_class != "safe_auto"
+        assert record.identity_source != "kernel_root"
 
 
 @given(situation)
@@ -414,6 +495,7 @@ def test_version_and_interpreter_never_change_the_verdict(
         recorded_singleton=supervisor.recorded_singleton,
         supervisor_running=supervisor.supervisor_running,
         family_range=supervisor.family_range,
+        root_files=supervisor.root_files,
     )
 
     aware_record = classify(listener, supervisor)
