@@ -1,0 +1,447 @@
+"""The ``/v1`` wire, standard library only: paths, one kept-alive connection, auto-start.
+
+Two users share this file. The client library's synchronous hot path speaks through
+:class:`Connection`, and ``spec-kitty-supervisor integrate`` copies the file, byte for byte, as
+the transport of the hook it installs into spec-kitty's own environment, where nothing of this
+project may be imported and no dependency may be added. So it imports the standard library
+only, and everything it knows about the protocol (the header, the socket's place, the
+allow-listed environment, the auto-start lock) is written here once.
+
+HTTP/1.1 over the root's Unix socket is small enough to speak by hand: the supervisor always
+answers with ``content-length`` (it never chunks), and a request is one ``sendall``.
+
+Failures, flat::
+
+    WireError
+    ├── Unavailable        nothing answers on the socket, or the connection broke mid-reply
+    ├── StartFailed        no supervisor could be started for the root
+    └── UnsafeDirectory    a folder we would trust belongs to someone else or is writable by others
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "PASSED_ENV_NAMES",
+    "PASSED_ENV_PREFIXES",
+    "PROTOCOL_HEADER",
+    "PROTOCOL_VERSION",
+    "SOCKET_PATH_LIMIT",
+    "Connection",
+    "Reply",
+    "StartFailed",
+    "UnsafeDirectory",
+    "Unavailable",
+    "WireError",
+    "ensure_private_dir",
+    "passed_environment",
+    "resolve_daemon_root",
+    "socket_accepts",
+    "socket_path_for_root",
+    "start_supervisor",
+    "supervisor_dir",
+]
+
+#: The protocol this wire speaks. A supervisor refuses a client of another major version.
+PROTOCOL_VERSION = 1
+PROTOCOL_HEADER = "spec-kitty-supervisor-protocol"
+
+#: ``sizeof(sockaddr_un.sun_path)`` minus the terminating NUL byte.
+SOCKET_PATH_LIMIT = 103 if sys.platform == "darwin" else 107
+
+# connect() on a Unix socket whose listen queue is full fails at once with EAGAIN (Linux) instead
+# of waiting: under a burst of clients that is "busy", not "absent", so it is retried briefly.
+_CONNECT_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
+_CONNECT_BUSY_SECONDS = 2.0
+
+
+class WireError(Exception):
+    """The base of every failure this module reports."""
+
+
+class Unavailable(WireError, ConnectionError):
+    """Raised when no supervisor answers on the socket, or it closed the connection mid-reply."""
+
+
+class StartFailed(WireError, RuntimeError):
+    """Raised when no supervisor could be started for a root."""
+
+
+class UnsafeDirectory(WireError, PermissionError):
+    """Raised when a folder belongs to another user or is writable by group or others."""
+
+
+# Paths
+
+
+def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return the daemon root exactly as spec-kitty (3.2.3+) derives it.
+
+    An explicit ``root`` wins; else ``$SPEC_KITTY_HOME`` when set and non-empty; else
+    ``~/.spec-kitty``. The result is ``Path.resolve()``d, as upstream does, so that the
+    ``--spec-kitty-daemon-root=`` marker we write and compare is byte-identical to theirs.
+    """
+    if root is not None and str(root) != "":
+        return Path(root).expanduser().resolve()
+    from_env = os.environ.get("SPEC_KITTY_HOME", "")
+    if from_env:
+        return Path(from_env).expanduser().resolve()
+    return (Path.home() / ".spec-kitty").resolve()
+
+
+def supervisor_dir(daemon_root: Path) -> Path:
+    """The supervisor's own folder inside a daemon root (mode 0700)."""
+    return daemon_root / "supervisor"
+
+
+def _short_socket_dirs() -> list[Path]:
+    candidates = []
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR", "")
+    if runtime_dir and Path(runtime_dir).is_dir():
+        candidates.append(Path(runtime_dir) / "spec-kitty-supervisor")
+    candidates.append(Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}")
+    return candidates
+
+
+def socket_path_for_root(daemon_root: Path) -> Path:
+    """The control socket of the supervisor that owns ``daemon_root``.
+
+    Normally ``R/supervisor/supervisor.sock``. A Unix socket path longer than the platform
+    limit cannot be bound, so a deep root falls back to a short per-user path, under
+    ``$XDG_RUNTIME_DIR`` when there is one, named by a digest of the root so that two roots
+    never share a socket. The caller that creates the fallback folder makes it 0700 and checks
+    that it owns it (:func:`ensure_private_dir`).
+    """
+    preferred = supervisor_dir(daemon_root) / "supervisor.sock"
+    if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT:
+        return preferred
+    name = f"{hashlib.sha256(os.fsencode(daemon_root)).hexdigest()[:16]}.sock"
+    for folder in _short_socket_dirs():
+        if len(os.fsencode(folder / name)) <= SOCKET_PATH_LIMIT:
+            return folder / name
+    return _short_socket_dirs()[-1] / name
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) if needed and prove it is private to this user.
+
+    A supervisor or client that trusted a folder of someone else, or one others can write,
+    could be handed a socket or lock file by them: :class:`UnsafeDirectory` then.
+    """
+    # mkdir's mode applies to the last folder only: create the parent (a new daemon root)
+    # private too, rather than with the umask's 0755.
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeDirectory(f"{path} is not a directory")
+    if info.st_uid != os.getuid():
+        raise UnsafeDirectory(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "
+            "refusing to use it"
+        )
+    if info.st_mode & 0o022:
+        raise UnsafeDirectory(
+            f"{path} is writable by group or others (mode {info.st_mode & 0o777:04o}); "
+            f"run `chmod 700 {path}`"
+        )
+    return path
+
+
+# The environment a daemon inherits
+
+PASSED_ENV_NAMES = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "TMPDIR",
+        "TZ",
+        "LANG",
+        "LANGUAGE",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "all_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "ALL_PROXY",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_STATE_HOME",
+        "VIRTUAL_ENV",
+    }
+)
+PASSED_ENV_PREFIXES = ("LC_", "SPEC_KITTY_")
+#: Set by the supervisor itself for each daemon; never taken from a client.
+_SET_BY_SUPERVISOR = frozenset({"SPEC_KITTY_HOME", "SPEC_KITTY_CLI_VERSION"})
+
+
+def passed_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of ``env``: what a client sends and what a daemon inherits.
+
+    The supervisor applies the same list again before it spawns: it never trusts what it was
+    sent.
+    """
+    # Keys first, values only for the few that pass: reading os.environ decodes each value,
+    # and this runs on every warm ensure.
+    return {
+        key: env[key]
+        for key in env
+        if key not in _SET_BY_SUPERVISOR
+        and (key in PASSED_ENV_NAMES or key.startswith(PASSED_ENV_PREFIXES))
+    }
+
+
+# One connection
+
+
+class Reply:
+    """An answer: status, the supervisor's protocol header (None when absent), the body."""
+
+    __slots__ = ("body", "protocol", "status")
+
+    def __init__(self, status: int, protocol: str | None, body: bytes) -> None:
+        self.status = status
+        self.protocol = protocol
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class _ClosedBeforeReply(Exception):
+    pass
+
+
+_REQUEST_HEADERS = (
+    f"host: supervisor\r\naccept: application/json\r\n{PROTOCOL_HEADER}: {PROTOCOL_VERSION}\r\n"
+)
+
+
+def _connect_unix(path: Path, timeout: float) -> socket.socket:
+    """A connected socket, retrying a full listen queue (EAGAIN) for up to two seconds."""
+    deadline = time.monotonic() + min(timeout, _CONNECT_BUSY_SECONDS)
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(os.fsencode(path))
+        except OSError as exc:
+            sock.close()
+            if exc.errno in _CONNECT_BUSY and time.monotonic() < deadline:
+                time.sleep(0.005)
+                continue
+            raise Unavailable(f"no supervisor answers on {path} ({exc.strerror or exc})") from None
+        return sock
+
+
+class Connection:
+    """One kept-alive HTTP/1.1 connection to a supervisor's socket.
+
+    A request on a connection the supervisor closed meanwhile (idle timeout, restart) never
+    reached it, so it is retried once on a new connection; a fresh connection is not retried.
+    """
+
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._buffer = b""
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._buffer = b""
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        fresh = self._sock is None
+        if fresh:
+            self._sock = _connect_unix(self.socket_path, self.timeout)
+        try:
+            return self._exchange(method, path, body)
+        except (OSError, ValueError, _ClosedBeforeReply) as exc:
+            self.close()
+            if fresh or isinstance(exc, TimeoutError):
+                raise Unavailable(
+                    f"the supervisor on {self.socket_path} did not answer: {exc}"
+                ) from None
+        self._sock = _connect_unix(self.socket_path, self.timeout)
+        try:
+            return self._exchange(method, path, body)
+        except (OSError, ValueError, _ClosedBeforeReply) as exc:
+            self.close()
+            raise Unavailable(
+                f"the supervisor on {self.socket_path} did not answer: {exc}"
+            ) from None
+
+    def _exchange(self, method: str, path: str, body: bytes | None) -> Reply:
+        assert self._sock is not None
+        head = f"{method} {path} HTTP/1.1\r\n{_REQUEST_HEADERS}"
+        if body is not None:
+            head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        self._sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))
+        status_line, headers = self._read_head()
+        parts = status_line.split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
+        status = int(parts[1])
+        length = headers.get(b"content-length")
+        if length is None or not length.isdigit():
+            raise ValueError("an answer without content-length")
+        payload = self._read_exactly(int(length))
+        closing = headers.get(b"connection", b"").lower() == b"close" or parts[0] == b"HTTP/1.0"
+        if closing:
+            self.close()
+        protocol = headers.get(PROTOCOL_HEADER.encode("ascii"))
+        return Reply(
+            status=status,
+            protocol=None if protocol is None else protocol.decode("ascii", errors="replace"),
+            body=payload,
+        )
+
+    def _fill(self) -> None:
+        assert self._sock is not None
+        received = self._sock.recv(65536)
+        if not received:
+            raise _ClosedBeforeReply("connection closed before a complete reply")
+        self._buffer += received
+
+    def _read_head(self) -> tuple[bytes, dict[bytes, bytes]]:
+        while b"\r\n\r\n" not in self._buffer:
+            if len(self._buffer) > 65536:
+                raise ValueError("an answer whose head exceeds 64 KiB")
+            self._fill()
+        head, self._buffer = self._buffer.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.split(b"\r\n")
+        headers: dict[bytes, bytes] = {}
+        for line in lines:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        return status_line, headers
+
+    def _read_exactly(self, length: int) -> bytes:
+        while len(self._buffer) < length:
+            self._fill()
+        payload, self._buffer = self._buffer[:length], self._buffer[length:]
+        return payload
+
+
+# Starting a supervisor
+
+
+def socket_accepts(path: Path) -> bool:
+    """A socket that accepts connections means a supervisor is present (and is never unlinked)."""
+    try:
+        _connect_unix(path, 1.0).close()
+    except Unavailable:
+        return False
+    return True
+
+
+def start_supervisor(
+    daemon_root: Path, command: Callable[[], Sequence[str]], timeout: float = 15.0
+) -> None:
+    """Make sure a supervisor answers for ``daemon_root``, starting ``command() run`` if needed.
+
+    ``command`` is asked only when a supervisor must really be started, under the lock.
+
+    Thirty clients that find no supervisor at once must end with exactly one. They serialise
+    on ``R/supervisor/autostart.lock``: the first starts a supervisor and waits until its
+    socket answers; the others, once they get the lock, find it answering and start nothing.
+    The supervisor's own flock is the second line of defence: a redundant one exits at once.
+    """
+    socket_path = socket_path_for_root(daemon_root)
+    if socket_accepts(socket_path):
+        return
+    folder = ensure_private_dir(supervisor_dir(daemon_root))
+    deadline = time.monotonic() + timeout
+    fd = os.open(folder / "autostart.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StartFailed(
+                        f"another client has been starting the supervisor of {daemon_root} "
+                        f"for over {timeout:.0f} s"
+                    ) from None
+                time.sleep(0.01)
+        if socket_accepts(socket_path):
+            return
+        _spawn_and_wait(daemon_root, socket_path, list(command()), deadline)
+    finally:
+        os.close(fd)
+
+
+def _spawn_and_wait(
+    daemon_root: Path, socket_path: Path, command: list[str], deadline: float
+) -> None:
+    argv = [*command, "run", "--root", str(daemon_root), "--auto-started"]
+    stderr_path = supervisor_dir(daemon_root) / "autostart.stderr"
+    for attempt in range(1, 4):
+        with open(stderr_path, "wb") as stderr:
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except OSError as exc:
+                raise StartFailed(f"could not run {argv[0]}: {exc}") from None
+        while time.monotonic() < deadline:
+            if socket_accepts(socket_path):
+                _let_go(process)
+                return
+            if process.poll() is not None:
+                break
+            time.sleep(0.01)
+        else:
+            _let_go(process)
+            raise StartFailed(
+                f"the supervisor for {daemon_root} did not answer on {socket_path} in time; "
+                f"see {stderr_path}"
+            )
+        if process.returncode != 0 or attempt == 3:
+            message = stderr_path.read_text(errors="replace").strip()
+            raise StartFailed(
+                f"the supervisor for {daemon_root} exited with code {process.returncode}: {message}"
+            )
+        # Exit 0 without a socket: a supervisor that was shutting down still held the root.
+        time.sleep(0.1)
+
+
+def _let_go(process: subprocess.Popen[bytes]) -> None:
+    """The supervisor is its own session and outlives us; this object must not warn about it.
+
+    Its exit status is of no interest here (it reports through its socket and logs), so the
+    Popen is marked finished instead of being kept around to be waited for.
+    """
+    if process.poll() is None:
+        process.returncode = 0

@@ -1,0 +1,155 @@
+"""The standard-library wire: HTTP/1.1 over a Unix socket, and what the hook sends and reads.
+
+The hook that ``integrate`` installs carries this file verbatim, so what it sends must be what
+``docs/protocol.schema.json`` accepts, and what it reads must be what the schema promises.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec_kitty_supervisor_client._wire import Connection, Unavailable
+
+
+class _FakeSupervisor:
+    """Answers each request with the next canned reply; records what it received."""
+
+    def __init__(self, path: Path, replies: list[bytes], close_after: int | None = None) -> None:
+        self.path = path
+        self.replies = replies
+        self.close_after = close_after
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(path))
+        self._listener.listen(8)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                served = 0
+                buffer = b""
+                while self.replies:
+                    while b"\r\n\r\n" not in buffer:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        buffer += chunk
+                    if b"\r\n\r\n" not in buffer:
+                        break
+                    head, buffer = buffer.split(b"\r\n\r\n", 1)
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(buffer) < length:
+                        buffer += conn.recv(65536)
+                    self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                    buffer = buffer[length:]
+                    conn.sendall(self.replies.pop(0))
+                    served += 1
+                    if self.close_after is not None and served >= self.close_after:
+                        break
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def _reply(status: int, body: dict[str, Any], *, extra: str = "") -> bytes:
+    payload = json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(payload)}\r\nspec-kitty-supervisor-protocol: 1\r\n{extra}\r\n"
+    )
+    return head.encode() + payload
+
+
+@pytest.fixture
+def socket_path() -> Iterator[Path]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="wire-", dir="/tmp") as folder:
+        yield Path(folder) / "s.sock"
+
+
+def test_a_kept_alive_connection_serves_many_requests(socket_path: Path) -> None:
+    server = _FakeSupervisor(socket_path, [_reply(200, {"n": n}) for n in range(3)])
+    connection = Connection(socket_path, 5.0)
+    try:
+        answers = [connection.request("GET", "/v1/health").json()["n"] for _ in range(3)]
+    finally:
+        connection.close()
+        server.close()
+    assert answers == [0, 1, 2]
+    assert server.connections == 1
+
+
+def test_a_connection_the_supervisor_closed_is_retried_once(socket_path: Path) -> None:
+    server = _FakeSupervisor(socket_path, [_reply(200, {"n": 0}), _reply(200, {"n": 1})], 1)
+    connection = Connection(socket_path, 5.0)
+    try:
+        first = connection.request("GET", "/v1/health")
+        second = connection.request("GET", "/v1/health")
+    finally:
+        connection.close()
+        server.close()
+    assert (first.json(), second.json()) == ({"n": 0}, {"n": 1})
+    assert server.connections == 2
+
+
+def test_connection_close_is_honoured(socket_path: Path) -> None:
+    server = _FakeSupervisor(
+        socket_path, [_reply(200, {}, extra="connection: close\r\n"), _reply(200, {})], 1
+    )
+    connection = Connection(socket_path, 5.0)
+    try:
+        connection.request("GET", "/v1/health")
+        connection.request("GET", "/v1/health")
+    finally:
+        connection.close()
+        server.close()
+    assert server.connections == 2
+
+
+def test_the_protocol_header_and_status_are_read(socket_path: Path) -> None:
+    server = _FakeSupervisor(socket_path, [_reply(404, {"error": {"code": "x", "message": "m"}})])
+    connection = Connection(socket_path, 5.0)
+    try:
+        reply = connection.request("POST", "/v1/sync/retire", b'{"pid": 1}')
+    finally:
+        connection.close()
+        server.close()
+    assert (reply.status, reply.protocol) == (404, "1")
+    request = server.requests[0]
+    assert request.startswith(b"POST /v1/sync/retire HTTP/1.1\r\n")
+    assert b"\r\nspec-kitty-supervisor-protocol: 1\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"pid": 1}')
+
+
+def test_nothing_listening_is_unavailable(socket_path: Path) -> None:
+    with pytest.raises(Unavailable, match="no supervisor answers"):
+        Connection(socket_path, 1.0).request("GET", "/v1/health")
+
+
+def test_a_reply_that_is_not_http_is_unavailable(socket_path: Path) -> None:
+    server = _FakeSupervisor(socket_path, [b"SSH-2.0-OpenSSH\r\n\r\n"])
+    try:
+        with pytest.raises(Unavailable, match="not an HTTP answer"):
+            Connection(socket_path, 5.0).request("GET", "/v1/health")
+    finally:
+        server.close()
