@@ -15,9 +15,7 @@ from spec_kitty_supervisor_client._models import (
     RetireResponse,
     ShutdownRequest,
     ShutdownResponse,
-    StatusResponse,
     SupervisorHealth,
-    SupervisorView,
 )
 
 from ._api import ApiError, ApiRequest, Handler, Route, Router
@@ -29,7 +27,6 @@ __all__ = [
     "api_error",
     "build_router",
     "refuse_while_exiting",
-    "supervisor_view",
 ]
 
 #: The one map from the core's error codes to HTTP statuses (see :mod:`._errors`).
@@ -74,30 +71,6 @@ def _answering_errors(handler: Handler) -> Handler:
     return handle
 
 
-def supervisor_view(supervisor: Supervisor) -> SupervisorView:
-    return SupervisorView(
-        pid=supervisor.pid,
-        version=supervisor.version,
-        protocol_version=PROTOCOL_VERSION,
-        root=str(supervisor.layout.daemon_root),
-        socket=str(supervisor.layout.socket),
-        started_at=supervisor.started_at,
-        auto_started=supervisor.auto_started,
-        service_manager=supervisor.service_manager,
-        settings=supervisor.settings,
-    )
-
-
-def status_of(supervisor: Supervisor) -> StatusResponse:
-    reason = supervisor.table.quarantine_reason
-    return StatusResponse(
-        supervisor=supervisor_view(supervisor),
-        root_state="quarantined" if reason is not None else "ok",
-        root_state_reason=reason,
-        daemons=supervisor.daemon_views(),
-    )
-
-
 def build_router(
     supervisor: Supervisor, extra_routes: Callable[[Supervisor], list[Route]] | None = None
 ) -> Router:
@@ -110,7 +83,7 @@ def build_router(
         )
 
     async def status(request: ApiRequest) -> BaseModel:
-        return status_of(supervisor)
+        return supervisor.status()
 
     async def ensure(request: ApiRequest) -> BaseModel:
         body = request.parse(EnsureRequest)
@@ -151,7 +124,7 @@ def build_router(
 
     async def restart(request: ApiRequest) -> BaseModel:
         supervisor.lift_quarantine("spec-kitty-supervisor restart")
-        return status_of(supervisor)
+        return supervisor.status()
 
     routes = [
         Route("GET", "/v1/health", health),

@@ -26,15 +26,19 @@ from anyio.abc import TaskGroup
 
 from spec_kitty_supervisor_client._models import (
     FAMILY_PORT_RANGE,
+    PROTOCOL_VERSION,
     DaemonView,
     EnsureAction,
     EnsureRequest,
     EnsureResponse,
     Settings,
+    StatusResponse,
     StopPath,
+    SupervisorView,
 )
 
 from . import __version__
+from ._doctor import sweep_root, sweep_would_act
 from ._errors import LifecycleError
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
@@ -934,8 +938,6 @@ class Supervisor:
 
     async def sweep_orphans(self) -> None:
         """Stop this root's ``safe_auto`` orphans; never the supervisor's own daemons."""
-        from ._doctor import sweep_root, sweep_would_act
-
         try:
             # Look first without any lock: the usual sweep finds nothing, and then an ensure
             # never waits for it. What it does find is observed again under the locks.
@@ -952,6 +954,29 @@ class Supervisor:
             await anyio.sleep(self.settings.sweep_seconds)
 
     # ------------------------------------------------------------------ views
+
+    def view(self) -> SupervisorView:
+        """Who this supervisor is, for ``status`` and ``doctor``."""
+        return SupervisorView(
+            pid=self.pid,
+            version=self.version,
+            protocol_version=PROTOCOL_VERSION,
+            root=str(self.layout.daemon_root),
+            socket=str(self.layout.socket),
+            started_at=self.started_at,
+            auto_started=self.auto_started,
+            service_manager=self.service_manager,
+            settings=self.settings,
+        )
+
+    def status(self) -> StatusResponse:
+        reason = self.table.quarantine_reason
+        return StatusResponse(
+            supervisor=self.view(),
+            root_state="quarantined" if reason is not None else "ok",
+            root_state_reason=reason,
+            daemons=self.daemon_views(),
+        )
 
     def daemon_views(self) -> list[DaemonView]:
         return [record.view() for record in self.table.daemons]

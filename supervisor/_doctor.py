@@ -18,7 +18,7 @@ import os
 import shlex
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 from pydantic import BaseModel
@@ -40,6 +40,7 @@ from ._discovery import Observation, observe
 from ._errors import LifecycleError
 from ._identity import read_identity
 from ._layout import RootLayout
+from ._ledger import Ledger
 from ._legacy_state import (
     LegacyLockTimeout,
     LegacyRecord,
@@ -49,13 +50,12 @@ from ._legacy_state import (
 )
 from ._lock import SupervisorLock
 from ._sweep import plan_sweep, sweep
+from ._table import Table
 from ._units import is_default_root
-
-if TYPE_CHECKING:
-    from ._core import Supervisor
 
 __all__ = [
     "DoctorUnavailable",
+    "RunningSupervisor",
     "build_report",
     "doctor_exit_code",
     "doctor_routes",
@@ -78,6 +78,29 @@ class DoctorUnavailable(RuntimeError):
     """Raised when doctor can neither ask a supervisor nor act itself (its lock is held)."""
 
 
+class RunningSupervisor(Protocol):
+    """What doctor needs of the running supervisor (:class:`._core.Supervisor` is one).
+
+    A protocol rather than an import: the supervisor schedules doctor's sweeps, so doctor
+    must not import the supervisor back.
+    """
+
+    @property
+    def layout(self) -> RootLayout: ...
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def table(self) -> Table: ...
+    @property
+    def ledger(self) -> Ledger: ...
+    @property
+    def lifecycle_lock(self) -> anyio.Lock: ...
+    @property
+    def exiting(self) -> bool: ...
+    def view(self) -> SupervisorView: ...
+    def daemon_views(self) -> list[DaemonView]: ...
+
+
 # --------------------------------------------------------------------------------------------
 # Facts: who asks
 
@@ -87,7 +110,7 @@ def _recorded_singleton(layout: RootLayout) -> RecordedSingleton | None:
     return RecordedSingleton(recorded.pid, recorded.port) if recorded is not None else None
 
 
-def supervisor_facts(supervisor: Supervisor) -> SupervisorFacts:
+def supervisor_facts(supervisor: RunningSupervisor) -> SupervisorFacts:
     """The running supervisor's table as classification facts (read under the legacy lock)."""
     current = supervisor.table.current
     return SupervisorFacts(
@@ -116,7 +139,7 @@ def standalone_facts(layout: RootLayout, settings: Settings) -> SupervisorFacts:
     )
 
 
-def _current_as_state(supervisor: Supervisor) -> LegacyRecord | None:
+def _current_as_state(supervisor: RunningSupervisor) -> LegacyRecord | None:
     current = supervisor.table.current
     if current is None or current.state == "exited":
         return None
@@ -387,7 +410,7 @@ def _drop_dead_state_file(layout: RootLayout) -> None:
         remove_legacy_state(layout.legacy_state)
 
 
-async def sweep_would_act(supervisor: Supervisor) -> bool:
+async def sweep_would_act(supervisor: RunningSupervisor) -> bool:
     """Whether a sweep would stop anything now (observes; takes no lock, acts on nothing)."""
     observations = await observe(
         supervisor_facts(supervisor), supervisor.settings.health_timeout_seconds
@@ -395,7 +418,7 @@ async def sweep_would_act(supervisor: Supervisor) -> bool:
     return bool(plan_sweep(observations, ResetRequest()).to_stop)
 
 
-async def sweep_root(supervisor: Supervisor) -> ResetResult:
+async def sweep_root(supervisor: RunningSupervisor) -> ResetResult:
     """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
 
     The caller holds the supervisor's lifecycle lock, so the table cannot change meanwhile
@@ -428,10 +451,9 @@ async def sweep_root(supervisor: Supervisor) -> ResetResult:
 
 
 async def supervisor_doctor(
-    supervisor: Supervisor, request: ResetRequest | None = None
+    supervisor: RunningSupervisor, request: ResetRequest | None = None
 ) -> DoctorReport:
     """The running supervisor's report; with ``request``, after a reset sweep."""
-    from ._app import supervisor_view
 
     async def run() -> DoctorReport:
         observations, result, planned = await _observe_and_sweep(
@@ -444,7 +466,7 @@ async def supervisor_doctor(
         return build_report(
             supervisor.layout,
             observations,
-            supervisor=supervisor_view(supervisor),
+            supervisor=supervisor.view(),
             daemons=supervisor.daemon_views(),
             quarantine_reason=supervisor.table.quarantine_reason,
             reset_result=result,
@@ -459,7 +481,7 @@ async def supervisor_doctor(
         return await run()
 
 
-def doctor_routes(supervisor: Supervisor) -> list[Route]:
+def doctor_routes(supervisor: RunningSupervisor) -> list[Route]:
     """``GET /v1/doctor`` and ``POST /v1/reset`` for :func:`._app.build_router`."""
 
     async def doctor(request: ApiRequest) -> BaseModel:
