@@ -17,19 +17,20 @@ spec-kitty-venvs:
 	scripts/spec-kitty-venvs.sh
 
 demo: venv spec-kitty-venvs
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m scripts.demo
 
 lint: venv
-	$(BIN)/ruff check supervisor client tests bench scripts
-	$(BIN)/ruff format --check supervisor client tests bench scripts
+	$(BIN)/ruff check supervisor client sks_harness tests bench scripts
+	$(BIN)/ruff format --check supervisor client sks_harness tests bench scripts
 
 # mypy has no package-dir mapping, so it reads the packages through a tree of links that
-# carries their import names.
+# carries their import names. The test harness (sks_harness) is held to the same strictness.
 typecheck: venv
 	@mkdir -p .typecheck
 	@ln -sfn ../supervisor .typecheck/spec_kitty_supervisor
 	@ln -sfn ../client .typecheck/spec_kitty_supervisor_client
-	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p spec_kitty_supervisor -p spec_kitty_supervisor_client
+	@ln -sfn ../sks_harness .typecheck/sks_harness
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p spec_kitty_supervisor -p spec_kitty_supervisor_client -p sks_harness
 
 pytest: venv spec-kitty-venvs
 	$(BIN)/pytest

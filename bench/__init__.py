@@ -7,7 +7,7 @@ against the targets of DESIGN.md ("Performance the design must reach"). These ar
 measurements, not tests: a missed target is reported, never retried until it passes.
 
 Every benchmark runs in a throwaway HOME (never the real ``~/.spec-kitty``) and stops every
-process it started by pid (through ``tests.support``'s ``DaemonFleet`` and
+process it started by pid (through the harness ``sks_harness``: ``DaemonFleet`` and
 ``SupervisorUnderTest``), never by name. Orphans are placed in ``9400-9425``; supervisors
 spawn in ``9425-9450``.
 """

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.real_daemons import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
-from tests.support.real_daemons import spec_kitty_venv as _venv
+from sks_harness import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
+from sks_harness import spec_kitty_venv as _venv
 
 from . import cold_start, doctor, footprint, reset, warm_ensure
 from ._common import BenchContext, Row, busy_family_ports

@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sks_harness import DaemonFleet, HarnessError, PortRange, Sandbox, SupervisorUnderTest
 from spec_kitty_supervisor_client import SupervisorClient, SupervisorUnavailable
-from tests.support.ports import PortRange
-from tests.support.real_daemons import DaemonFleet, HarnessError, Sandbox
-from tests.support.supervisors import SupervisorUnderTest
 
 __all__ = [
     "CLIENT_VERSION",

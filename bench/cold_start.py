@@ -11,7 +11,7 @@ supervisors are stopped by pid after each sample.
 
 from __future__ import annotations
 
-from tests.support.real_daemons import run_upstream_ensure, spec_kitty_python
+from sks_harness import run_upstream_ensure, spec_kitty_python
 
 from ._common import (
     CLIENT_VERSION,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.support.real_daemons import (
+from sks_harness import (
     DEFAULT_ORPHAN_VERSIONS,
     RealDaemon,
     Sandbox,

@@ -14,7 +14,7 @@ import time
 
 import psutil
 
-from tests.support.real_daemons import spec_kitty_python
+from sks_harness import spec_kitty_python
 
 from ._common import CLIENT_VERSION, BenchContext, BenchError, Row, run_ours_ensure
 

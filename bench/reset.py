@@ -26,16 +26,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from spec_kitty_supervisor._identity import read_identity
-from tests.support.real_daemons import (
+from sks_harness import (
     DEFAULT_ORPHAN_VERSIONS,
+    SUPERVISOR,
     RealDaemon,
     Sandbox,
     make_orphans,
+    read_identity,
     run_blocking,
     spec_kitty_cli,
 )
-from tests.support.supervisors import SUPERVISOR
 
 from ._common import (
     ORPHAN_RANGE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from tests.support.real_daemons import read_state_file, run_upstream_ensure, spec_kitty_python
+from sks_harness import read_state_file, run_upstream_ensure, spec_kitty_python
 
 from ._common import (
     CLIENT_VERSION,

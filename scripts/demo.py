@@ -16,6 +16,9 @@ Nothing outside the sandbox is touched: the real ``~/.spec-kitty`` never appears
 process the demo started is stopped by pid (its identity re-checked first) in a ``finally``,
 on success, failure, Ctrl-C or SIGTERM. Exits 0 when every step did what it should, 1 when one
 failed, 130 when interrupted.
+
+Run it from the repository root as a module, ``python -m scripts.demo`` (which ``make demo``
+does), so that the harness package ``sks_harness`` is importable.
 """
 
 from __future__ import annotations
@@ -35,26 +38,25 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+import anyio
+import psutil
 
-import anyio  # noqa: E402
-import psutil  # noqa: E402
-
-from spec_kitty_supervisor._daemon_shape import parse_cmdline  # noqa: E402
-from spec_kitty_supervisor._identity import ProcessIdentity, read_identity  # noqa: E402
-from tests.support.ports import PortRange  # noqa: E402
-from tests.support.real_daemons import (  # noqa: E402
+from sks_harness import (
     DEFAULT_ORPHAN_VERSIONS,
     KNOWN_VERSIONS,
     DaemonFleet,
     HarnessError,
+    PortRange,
+    ProcessIdentity,
     RealDaemon,
     Sandbox,
+    is_alive,
     make_orphans,
+    parse_daemon_argv,
+    read_identity,
     read_state_file,
     run_upstream_cli,
+    signal_if_same,
     spec_kitty_python,
     venvs_dir,
 )
@@ -175,32 +177,9 @@ class Cli:
 # Processes, by pid and proven identity only
 
 
-def _signal_if_same(identity: ProcessIdentity, signum: int) -> bool:
-    """Signal only the recorded process (pid and start re-checked, through a pidfd if any)."""
-    try:
-        pidfd = os.pidfd_open(identity.pid)
-    except ProcessLookupError:
-        return False
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        if not identity.same_process(read_identity(identity.pid)):
-            return False
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(identity.pid, signum)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
 def _wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
-    while identity.same_process(read_identity(identity.pid)):
+    while is_alive(identity):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
@@ -231,7 +210,7 @@ def supervisor_of(root: Path) -> ProcessIdentity | None:
 def stop_supervisor_by_pid(identity: ProcessIdentity) -> None:
     """SIGTERM (it exits and leaves its daemons, which the fleet then stops), then SIGKILL."""
     for signum in (signal.SIGTERM, signal.SIGKILL):
-        if not _signal_if_same(identity, signum) or _wait_gone(identity, 10.0):
+        if not signal_if_same(identity, signum) or _wait_gone(identity, 10.0):
             return
 
 
@@ -242,10 +221,10 @@ def daemons_of(root: Path) -> list[tuple[int, int | None, str | None]]:
         argv = process.info["cmdline"]
         if not argv or process.info["uids"] is None or process.info["uids"].real != os.getuid():
             continue
-        facts = parse_cmdline(argv)
+        shape = parse_daemon_argv(argv)
         alive = read_identity(process.info["pid"]) is not None  # zombies are dead
-        if facts.spawn_shape and facts.root_marker == str(root) and alive:
-            found.append((int(process.info["pid"]), facts.argv_port, facts.executable))
+        if shape is not None and shape.root == str(root) and alive:
+            found.append((int(process.info["pid"]), shape.port, argv[0]))
     return sorted(found, key=lambda item: item[1] or 0)
 
 

@@ -13,10 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sks_harness import SPAWN_PORTS, DaemonFleet, SupervisorUnderTest, spec_kitty_python
 from spec_kitty_supervisor_client import SupervisorClient, socket_path_for_root
-from tests.support.ports import SPAWN_PORTS
-from tests.support.real_daemons import DaemonFleet, spec_kitty_python
-from tests.support.supervisors import SupervisorUnderTest
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 

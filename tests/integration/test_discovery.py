@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sks_harness import NoFreePortsError, PortRange, port_is_free
 from spec_kitty_supervisor._classification import SupervisorFacts
 from spec_kitty_supervisor._daemon_shape import DAEMON_EXEC_MARKER, DAEMON_ROOT_MARKER
 from spec_kitty_supervisor._discovery import (
@@ -26,7 +27,6 @@ from spec_kitty_supervisor._discovery import (
     observe_listeners,
     read_process_facts,
 )
-from tests.support.ports import NoFreePortsError, PortRange, port_is_free
 
 pytestmark = [
     pytest.mark.real_ports,

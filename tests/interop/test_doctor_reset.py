@@ -21,25 +21,25 @@ from typing import Any
 
 import pytest
 
-from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
-from tests.support.ports import (
+from sks_harness import (
     ORPHAN_PORTS,
+    DaemonFleet,
     NoFreePortsError,
     PortRange,
-    free_ports,
-    port_is_free,
-)
-from tests.support.real_daemons import (
-    DaemonFleet,
+    ProcessIdentity,
     RealDaemon,
     Sandbox,
+    SupervisorUnderTest,
+    daemon_pids,
+    free_ports,
     make_orphans,
+    port_is_free,
+    read_identity,
     read_state_file,
     run_blocking,
     spawn_orphan,
     wait_healthy,
 )
-from tests.support.supervisors import SupervisorUnderTest, daemon_pids
 
 pytestmark = [
     pytest.mark.real_ports,
@@ -79,12 +79,6 @@ http.server.HTTPServer(("127.0.0.1", port), Dashboard).serve_forever()
 
 # --------------------------------------------------------------------------------------------
 # Helpers
-
-
-@pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet() as daemons:
-        yield daemons
 
 
 class Strangers:

@@ -16,7 +16,6 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,21 @@ import anyio
 import psutil
 import pytest
 
-from spec_kitty_supervisor._daemon_shape import parse_cmdline
-from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
-from spec_kitty_supervisor._probe import probe_health
-from tests.support.ports import (
+from sks_harness import (
     ORPHAN_PORTS,
-    PortRange,
-    free_ports,
-    parse_port_range,
-    port_is_free,
-)
-from tests.support.real_daemons import (
     DaemonFleet,
     MissingVenvError,
+    PortRange,
+    ProcessIdentity,
     RealDaemon,
     Sandbox,
     StateRecord,
     StopOutcome,
+    free_ports,
+    parse_port_range,
+    port_is_free,
+    probe_health,
+    read_identity,
     read_state_file,
     run_upstream_cli,
     run_upstream_ensure,
@@ -54,18 +51,6 @@ from tests.support.real_daemons import (
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
 REPO = Path(__file__).resolve().parents[2]
-MAKE_ORPHANS = REPO / "scripts" / "make_orphans.py"
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet() as daemons:
-        yield daemons
 
 
 def _gone(identity: ProcessIdentity) -> bool:
@@ -82,10 +67,13 @@ async def _port_freed(port: int, within: float = 5.0) -> bool:
 
 
 async def _make_orphans_cli(sandbox: Sandbox, *args: str) -> dict[str, Any]:
-    """Runs scripts/make_orphans.py: its daemons outlive it, re-parented as in the real world."""
-    argv = [sys.executable, str(MAKE_ORPHANS), "--home", str(sandbox.home)]
+    """Runs ``python -m sks_harness.orphans``: its daemons outlive it, re-parented as in the
+    real world."""
+    argv = [sys.executable, "-m", "sks_harness.orphans", "--home", str(sandbox.home)]
     with anyio.fail_after(60):
-        made = await anyio.run_process([*argv, *args, "--ports", str(ORPHAN_PORTS), "--json"])
+        made = await anyio.run_process(
+            [*argv, *args, "--ports", str(ORPHAN_PORTS), "--json"], cwd=REPO
+        )
     report: dict[str, Any] = json.loads(made.stdout)
     return report
 
@@ -108,7 +96,7 @@ def test_free_ports_skips_a_port_that_is_listening() -> None:
 def test_port_sub_ranges_are_overridable_from_the_environment() -> None:
     env = {**os.environ, "SKS_TEST_ORPHAN_PORTS": "9410-9412", "SKS_TEST_SPAWN_PORTS": ""}
     shown = subprocess.run(
-        [sys.executable, "-c", "from tests.support.ports import ORPHAN_PORTS as r; print(r)"],
+        [sys.executable, "-c", "from sks_harness import ORPHAN_PORTS as r; print(r)"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -117,7 +105,7 @@ def test_port_sub_ranges_are_overridable_from_the_environment() -> None:
     )
     assert shown.stdout.strip() == "9410-9412"
     outside = subprocess.run(
-        [sys.executable, "-c", "import tests.support.ports"],
+        [sys.executable, "-c", "import sks_harness"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -173,12 +161,17 @@ async def test_daemons_are_spawned_in_the_production_shape(fleet: DaemonFleet) -
     resolved = str(await anyio.Path(python).resolve())
 
     argv = psutil.Process(daemon.pid).cmdline()
-    facts = parse_cmdline(argv)
-    assert argv[0] == str(python)  # unresolved, as upstream's sys.executable
-    assert facts.spawn_shape
-    assert (facts.argv_port, facts.argv_token) == (daemon.port, daemon.token)
-    assert facts.root_marker == str(sandbox.root)
-    assert facts.exec_marker == resolved
+    # Spelled out from the contract document rather than built by the harness under test.
+    assert argv == [
+        str(python),  # unresolved, as upstream's sys.executable
+        "-c",
+        "import os\n"
+        'os.environ["SPEC_KITTY_SYNC_MINIMAL_IMPORT"] = "1"\n'
+        "from specify_cli.sync.daemon import run_sync_daemon\n"
+        f"run_sync_daemon({daemon.port}, '{daemon.token}')\n",
+        f"--spec-kitty-daemon-root={sandbox.root}",
+        f"--spec-kitty-daemon-exec={resolved}",
+    ]
     assert os.getsid(daemon.pid) == daemon.pid  # its own session
     environ = psutil.Process(daemon.pid).environ()
     assert environ["HOME"] == str(sandbox.home)
@@ -313,11 +306,12 @@ async def test_make_orphans_leaves_healthy_orphans_of_mixed_versions(fleet: Daem
 
 def test_make_orphans_refuses_the_real_home() -> None:
     refused = subprocess.run(
-        [sys.executable, str(MAKE_ORPHANS), "--home", str(Path.home()), "--count", "1"],
+        [sys.executable, "-m", "sks_harness.orphans", "--home", str(Path.home()), "--count", "1"],
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
+        cwd=REPO,
     )
     assert refused.returncode == 2
     assert "real HOME" in refused.stderr

@@ -9,36 +9,31 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from spec_kitty_supervisor._identity import read_identity
-from spec_kitty_supervisor._probe import post_shutdown
-from tests.support.ports import SPAWN_PORTS
-from tests.support.real_daemons import (
-    DaemonFleet,
+from sks_harness import (
+    SPAWN_PORTS,
+    PortRange,
     Sandbox,
+    SupervisorUnderTest,
+    daemon_pids,
+    post_shutdown,
+    read_identity,
     run_blocking,
     run_upstream_ensure,
     spec_kitty_python,
 )
-from tests.support.supervisors import SupervisorUnderTest, daemon_pids
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
 
 @pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
-        yield daemons
-
-
-@pytest.fixture
-def sandbox(fleet: DaemonFleet) -> Sandbox:
-    return fleet.sandbox()
+def fleet_ports() -> PortRange:
+    return SPAWN_PORTS
 
 
 def _supervisor(sandbox: Sandbox, **settings: str) -> SupervisorUnderTest:

@@ -15,11 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from spec_kitty_supervisor._identity import read_identity
+from sks_harness import (
+    SPAWN_PORTS,
+    SUPERVISOR,
+    DaemonFleet,
+    PortRange,
+    SupervisorUnderTest,
+    daemon_pids,
+    read_identity,
+    spec_kitty_python,
+)
 from spec_kitty_supervisor_client import SupervisorClient, socket_path_for_root
-from tests.support.ports import SPAWN_PORTS
-from tests.support.real_daemons import DaemonFleet, spec_kitty_python
-from tests.support.supervisors import SUPERVISOR, SupervisorUnderTest, daemon_pids
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
@@ -27,9 +33,8 @@ SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 
 
 @pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
-        yield daemons
+def fleet_ports() -> PortRange:
+    return SPAWN_PORTS
 
 
 @pytest.fixture

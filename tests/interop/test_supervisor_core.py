@@ -20,25 +20,26 @@ from pathlib import Path
 
 import pytest
 
-from spec_kitty_supervisor._identity import read_identity
-from spec_kitty_supervisor._probe import probe_health
+from sks_harness import (
+    SPAWN_PORTS,
+    DaemonFleet,
+    PortRange,
+    Sandbox,
+    SupervisorUnderTest,
+    daemon_pids,
+    probe_health,
+    read_identity,
+    run_blocking,
+    spec_kitty_python,
+)
 from spec_kitty_supervisor_client import SpawnFailed, SupervisorClient, socket_path_for_root
-from tests.support.ports import SPAWN_PORTS
-from tests.support.real_daemons import DaemonFleet, Sandbox, run_blocking, spec_kitty_python
-from tests.support.supervisors import SupervisorUnderTest, daemon_pids
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
 
 @pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
-        yield daemons
-
-
-@pytest.fixture
-def sandbox(fleet: DaemonFleet) -> Sandbox:
-    return fleet.sandbox()
+def fleet_ports() -> PortRange:
+    return SPAWN_PORTS
 
 
 @pytest.fixture

@@ -1,40 +1,26 @@
-"""Real spec-kitty sync daemons for tests, benchmarks and the demo: start, watch, stop.
+"""Real spec-kitty sync daemons: start them as upstream does, watch them, stop them by pid.
 
-Everything here drives the published ``spec-kitty-cli`` releases installed by
-``scripts/spec-kitty-venvs.sh`` into ``$SPEC_KITTY_VENVS/spec-kitty-<version>``. Daemons are
-started exactly the way upstream CLIs start them (the production argv, a new session, stdin
-``/dev/null``, output appended to ``R/sync-daemon.log``), inside a throwaway HOME, so that what
-the supervisor sees in a test is what it sees on a user's machine.
+Daemons are started exactly the way upstream CLIs start them (the production argv, a new
+session, stdin ``/dev/null``, output appended to ``R/sync-daemon.log``), inside a throwaway
+HOME, so that what the supervisor sees in a test is what it sees on a user's machine.
 
 The harness is held to the rules it tests: it signals only processes whose identity (pid and
 process start) it recorded, re-checks that identity right before each signal (through a pidfd
 where the OS has one), stops gracefully first (token shutdown, SIGTERM, SIGKILL), confirms death
-by pid, never by port, and never looks a process up by name. It does not use the supervisor's
-own signalling code: a harness that shared the code under test could not catch its bugs.
-
-Errors::
-
-    HarnessError (RuntimeError)
-    ├── MissingVenvError      a spec-kitty-cli venv is not installed: run the install script
-    └── DaemonStartError      a daemon exited, or did not answer its health check in time
+by pid, never by port, and never looks a process up by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import json
 import os
 import re
-import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -44,228 +30,34 @@ from typing import Any, Self, TypeVar
 import anyio
 import psutil
 
-from spec_kitty_supervisor._daemon_shape import build_daemon_argv, parse_cmdline
-from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
-from spec_kitty_supervisor._probe import HealthAnswer, post_shutdown, probe_health
-
-from .ports import ORPHAN_PORTS, PortRange
+from ._contract import DaemonHealth, daemon_argv, parse_daemon_argv, post_shutdown, probe_health
+from ._errors import DaemonStartError, HarnessError
+from ._ports import ORPHAN_PORTS, PortRange
+from ._process import ProcessIdentity, is_alive, read_identity, signal_if_same
+from ._sandbox import Sandbox
+from ._state_file import write_state_file
+from ._venvs import (
+    DEFAULT_ORPHAN_VERSIONS,
+    SAAS_SYNC_ENV,
+    honours_spec_kitty_home,
+    new_token,
+    spec_kitty_python,
+)
 
 __all__ = [
-    "DEFAULT_ORPHAN_VERSIONS",
-    "KNOWN_VERSIONS",
     "DaemonFleet",
-    "DaemonStartError",
-    "HarnessError",
-    "MissingVenvError",
     "RealDaemon",
-    "Sandbox",
-    "StateRecord",
     "StopOutcome",
-    "UpstreamEnsure",
     "make_orphans",
-    "new_token",
-    "read_state_file",
     "run_blocking",
-    "run_upstream_cli",
-    "run_upstream_ensure",
     "spawn_orphan",
-    "spec_kitty_cli",
-    "spec_kitty_python",
-    "spec_kitty_venv",
     "stop",
-    "venvs_dir",
     "wait_healthy",
-    "write_state_file",
 ]
 
-#: The releases ``scripts/spec-kitty-venvs.sh`` installs by default.
-KNOWN_VERSIONS: tuple[str, ...] = ("3.2.2", "3.2.3", "3.2.4", "3.2.7")
-#: The versions of the real-world "18 orphans" machine.
-DEFAULT_ORPHAN_VERSIONS: tuple[str, ...] = ("3.2.2", "3.2.3", "3.2.4")
-
-SAAS_SYNC_ENV = "SPEC_KITTY_ENABLE_SAAS_SYNC"
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _POLL = 0.02
 _T = TypeVar("_T")
-
-
-class HarnessError(RuntimeError):
-    """The test harness could not do what it was asked; the message says what to fix."""
-
-
-class MissingVenvError(HarnessError):
-    """A real spec-kitty-cli venv is missing. Tests fail on it, never skip: CI installs them."""
-
-
-class DaemonStartError(HarnessError):
-    """A real daemon exited or stayed silent while it should have become healthy."""
-
-
-# --------------------------------------------------------------------------------------------
-# The real spec-kitty-cli venvs
-
-
-def venvs_dir() -> Path:
-    """Where the venvs live: ``$SPEC_KITTY_VENVS``, else the install script's own default."""
-    configured = os.environ.get("SPEC_KITTY_VENVS", "")
-    if configured:
-        base = Path(configured).expanduser()
-    else:
-        cache = os.environ.get("XDG_CACHE_HOME", "") or str(Path.home() / ".cache")
-        base = Path(cache) / "spec-kitty-supervisor" / "venvs"
-    # Absolute but not resolved: upstream puts the venv's own bin/python path in argv[0].
-    return Path(os.path.abspath(base))
-
-
-def spec_kitty_venv(version: str) -> Path:
-    """``$SPEC_KITTY_VENVS/spec-kitty-<version>``, or MissingVenvError naming the fix."""
-    venv = venvs_dir() / f"spec-kitty-{version}"
-    if not (venv / ".installed").is_file() or not (venv / "bin" / "python").exists():
-        raise MissingVenvError(
-            f"spec-kitty-cli {version} is not installed at {venv}. Install the real releases "
-            f"with `SPEC_KITTY_VENVS={venvs_dir()} scripts/spec-kitty-venvs.sh {version}` "
-            "(`make test` and `make spec-kitty-venvs` run it for every known version)."
-        )
-    return venv
-
-
-def spec_kitty_python(version: str) -> Path:
-    """The venv's ``bin/python``, unresolved, as upstream spawners put it in argv[0]."""
-    return spec_kitty_venv(version) / "bin" / "python"
-
-
-def spec_kitty_cli(version: str) -> Path:
-    """The venv's real ``spec-kitty`` command."""
-    cli = spec_kitty_venv(version) / "bin" / "spec-kitty"
-    if not cli.exists():
-        raise MissingVenvError(f"{cli} is missing: reinstall with scripts/spec-kitty-venvs.sh")
-    return cli
-
-
-def _version_key(version: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
-
-
-def _honours_spec_kitty_home(version: str) -> bool:
-    """3.2.2 ignores ``SPEC_KITTY_HOME`` and always serves ``$HOME/.spec-kitty``."""
-    return _version_key(version) >= (3, 2, 3)
-
-
-def new_token() -> str:
-    """A daemon token the way upstream makes one: 32 lowercase hex characters."""
-    return secrets.token_hex(16)
-
-
-# --------------------------------------------------------------------------------------------
-# Sandboxes
-
-
-def _sandbox_parent() -> Path:
-    configured = os.environ.get("SKS_TEST_TMPDIR", "")
-    if configured:
-        return Path(configured)
-    parent = Path(tempfile.gettempdir())
-    # The supervisor's socket lives in R/supervisor/; a short base keeps it bindable.
-    if len(str(parent)) > 40 and Path("/tmp").is_dir():
-        return Path("/tmp")
-    return parent
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    """A throwaway HOME and the daemon root R that spec-kitty derives from it.
-
-    ``base`` holds everything the sandbox owns; ``home`` is ``base/home``; the root is
-    ``home/.spec-kitty`` (which every version, 3.2.2 included, serves), or ``base/root`` when
-    the sandbox was created with ``separate_root`` (passed to 3.2.3+ as ``SPEC_KITTY_HOME``).
-    Paths are resolved, as upstream resolves the root it writes into the argv marker.
-    """
-
-    base: Path
-    home: Path
-    root: Path
-    owned: bool = True
-
-    @classmethod
-    def create(cls, *, separate_root: bool = False, parent: Path | None = None) -> Sandbox:
-        base = Path(tempfile.mkdtemp(prefix="sks-", dir=parent or _sandbox_parent())).resolve()
-        home = base / "home"
-        root = base / "root" if separate_root else home / ".spec-kitty"
-        home.mkdir(mode=0o700)
-        root.mkdir(mode=0o700, parents=True)
-        return cls(base=base, home=home, root=root.resolve(), owned=True)
-
-    @classmethod
-    def at(cls, home: Path, *, root: Path | None = None) -> Sandbox:
-        """A sandbox in a folder the caller owns (created if missing, never removed)."""
-        home = Path(home).expanduser()
-        home.mkdir(mode=0o700, parents=True, exist_ok=True)
-        home = home.resolve()
-        chosen = Path(root).expanduser() if root is not None else home / ".spec-kitty"
-        chosen.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return cls(base=home, home=home, root=chosen.resolve(), owned=False)
-
-    @property
-    def root_is_home_default(self) -> bool:
-        """True when R is ``$HOME/.spec-kitty``: the only root a 3.2.2 daemon can serve."""
-        return self.root == self.home / ".spec-kitty"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "sync-daemon"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "sync-daemon.lock"
-
-    @property
-    def log_file(self) -> Path:
-        return self.root / "sync-daemon.log"
-
-    @property
-    def owner_file(self) -> Path:
-        return self.root / "sync" / "daemon" / "owner.json"
-
-    def env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        """An environment that keeps every spec-kitty write inside the sandbox.
-
-        Built from scratch rather than copied: the outer ``XDG_*``, ``PYTHONPATH``,
-        ``VIRTUAL_ENV`` or ``SPEC_KITTY_*`` of the machine running the tests must not leak in.
-        ``SPEC_KITTY_ENABLE_SAAS_SYNC`` is absent, so upstream CLIs spawn no daemon unless a
-        test asks for one.
-        """
-        env = {
-            "HOME": str(self.home),
-            "SPEC_KITTY_HOME": str(self.root),
-            "PATH": os.environ.get("PATH", os.defpath),
-        }
-        for name in ("LANG", "LC_ALL", "LC_CTYPE", "TMPDIR"):
-            value = os.environ.get(name)
-            if value:
-                env[name] = value
-        if extra:
-            env.update(extra)
-        return env
-
-    def cleanup(self) -> None:
-        """Remove the sandbox (only one this object created). Stop its daemons first."""
-        if self.owned:
-            shutil.rmtree(self.base, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
-
-
-# --------------------------------------------------------------------------------------------
-# One real daemon
 
 
 @dataclass
@@ -298,7 +90,7 @@ class RealDaemon:
         """True once the recorded process is gone, judged by pid alone (reaping our child)."""
         if self.popen is not None:
             return self.popen.poll() is not None
-        return not self.identity.same_process(read_identity(self.pid))
+        return not is_alive(self.identity)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -353,7 +145,7 @@ def spawn_orphan(
     Returns at once; :func:`wait_healthy` waits for the answer. The caller stops it with
     :func:`stop` (or lets a :class:`DaemonFleet` do it).
     """
-    if not _honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
+    if not honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
         raise ValueError(
             f"spec-kitty {version} ignores SPEC_KITTY_HOME and serves only $HOME/.spec-kitty; "
             f"this sandbox's root is {sandbox.root}: use Sandbox.create(separate_root=False)"
@@ -362,7 +154,7 @@ def spawn_orphan(
     if not _TOKEN.fullmatch(token):
         raise ValueError(f"a daemon token is 32 lowercase hex characters, not {token!r}")
     python = spec_kitty_python(version)
-    argv = build_daemon_argv(str(python), os.path.realpath(python), str(sandbox.root), port, token)
+    argv = daemon_argv(str(python), os.path.realpath(python), str(sandbox.root), port, token)
     env = sandbox.env({"SPEC_KITTY_CLI_VERSION": report_version or version})
     if sync:
         env[SAAS_SYNC_ENV] = "1"
@@ -415,7 +207,7 @@ async def wait_healthy(
     timeout: float = 15.0,
     *,
     sync_running: bool = False,
-) -> HealthAnswer:
+) -> DaemonHealth:
     """Wait until ``daemon`` answers ``GET /api/health`` with its own token.
 
     The token check matters: when another process already held the port, our daemon dies
@@ -424,7 +216,7 @@ async def wait_healthy(
     its sync service about a second after it answers).
     """
     deadline = time.monotonic() + timeout
-    last: HealthAnswer | None = None
+    last: DaemonHealth | None = None
     while True:
         if daemon.exited():
             code = daemon.returncode
@@ -465,39 +257,6 @@ class StopOutcome(StrEnum):
     SIGKILL = "sigkill"
 
 
-def _signal_if_same(daemon: RealDaemon, signum: int) -> bool:
-    """Send ``signum`` only if the pid still is the recorded process; False when it is gone.
-
-    The pidfd is opened *before* the identity is re-read, so if the identity matches the fd
-    names that very process and the signal cannot reach a successor that reused the pid.
-    """
-    pidfd: int | None = None
-    if hasattr(os, "pidfd_open"):
-        try:
-            pidfd = os.pidfd_open(daemon.pid)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pidfd = None  # kernel without pidfds
-    try:
-        now = read_identity(daemon.pid)
-        if not daemon.identity.same_process(now):
-            return False
-        assert now is not None
-        if now.uid != os.getuid():
-            raise HarnessError(f"pid {now.pid} belongs to uid {now.uid}: not signalling it")
-        if pidfd is not None:
-            signal.pidfd_send_signal(pidfd, signum)
-        else:
-            os.kill(daemon.pid, signum)
-        return True
-    except ProcessLookupError:
-        return False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
 async def _wait_gone(daemon: RealDaemon, within: float) -> bool:
     deadline = time.monotonic() + within
     while not daemon.exited():
@@ -526,15 +285,15 @@ async def stop(
     accepted = await post_shutdown(daemon.port, daemon.token, timeout=1.0)
     if accepted and await _wait_gone(daemon, shutdown_wait):
         return StopOutcome.SHUTDOWN
-    if not _signal_if_same(daemon, signal.SIGTERM):
+    if not signal_if_same(daemon.identity, signal.SIGTERM):
         # Gone (or a zombie) by the time we looked again: reap it if it is our child.
         await _wait_gone(daemon, kill_wait)
         return StopOutcome.SHUTDOWN if accepted else StopOutcome.ALREADY_GONE
     # A stopped (SIGSTOP) daemon handles SIGTERM only once continued.
-    _signal_if_same(daemon, signal.SIGCONT)
+    signal_if_same(daemon.identity, signal.SIGCONT)
     if await _wait_gone(daemon, term_wait):
         return StopOutcome.SIGTERM
-    killed = _signal_if_same(daemon, signal.SIGKILL)
+    killed = signal_if_same(daemon.identity, signal.SIGKILL)
     if not await _wait_gone(daemon, kill_wait):
         raise HarnessError(f"pid {daemon.pid} is still alive {kill_wait:.0f} s after SIGKILL")
     return StopOutcome.SIGKILL if killed else StopOutcome.SIGTERM
@@ -573,7 +332,7 @@ class DaemonFleet:
     Use as ``with DaemonFleet() as fleet`` (sync fixtures) or ``async with``. On exit it
     stops, in parallel and by pid, every tracked daemon still alive, plus every sync daemon
     found running for a sandbox it watches (spawn-shaped, our uid, a root marker inside the
-    sandbox): daemons started by upstream CLIs, by ``scripts/make_orphans.py`` or by the
+    sandbox): daemons started by upstream CLIs, by ``python -m sks_harness.orphans`` or by the
     supervisor under test, which this process never saw spawn. It never looks for processes
     by name. Sandboxes it created are removed after their daemons are gone.
     """
@@ -643,7 +402,7 @@ class DaemonFleet:
         *,
         timeout: float = 15.0,
         **options: Any,
-    ) -> tuple[RealDaemon, HealthAnswer]:
+    ) -> tuple[RealDaemon, DaemonHealth]:
         daemon = self.spawn(sandbox, version, port, token, **options)
         return daemon, await wait_healthy(daemon, timeout)
 
@@ -664,18 +423,18 @@ class DaemonFleet:
             argv = psutil.Process(pid).cmdline()
         except psutil.Error as exc:
             raise HarnessError(f"cannot read pid {pid}'s argv: {exc}") from exc
-        facts = parse_cmdline(argv)
-        if not facts.spawn_shape or facts.argv_port is None or facts.argv_token is None:
+        shape = parse_daemon_argv(argv)
+        if shape is None:
             raise HarnessError(f"pid {pid} is not a spawn-shaped sync daemon: {argv[:2]}")
-        if not identity.same_process(read_identity(pid)):
+        if not is_alive(identity):
             raise HarnessError(f"pid {pid} exited while it was being adopted")
         return self.add(
             RealDaemon(
                 pid=pid,
-                port=facts.argv_port,
-                token=facts.argv_token,
+                port=shape.port,
+                token=shape.token,
                 version=version,
-                root=Path(facts.root_marker or ""),
+                root=Path(shape.root or ""),
                 identity=identity,
                 argv=tuple(argv),
             )
@@ -695,12 +454,10 @@ class DaemonFleet:
             argv = process.info["cmdline"]
             if pid in known or not argv:
                 continue
-            facts = parse_cmdline(argv)
-            if not facts.spawn_shape or facts.root_marker is None:
+            shape = parse_daemon_argv(argv)
+            if shape is None or shape.root is None:
                 continue
-            if facts.argv_port is None or facts.argv_token is None:
-                continue
-            if not any(_is_within(Path(facts.root_marker), base) for base in bases):
+            if not any(_is_within(Path(shape.root), base) for base in bases):
                 continue
             identity = read_identity(pid)
             if identity is None or identity.uid != uid:
@@ -708,10 +465,10 @@ class DaemonFleet:
             found.append(
                 RealDaemon(
                     pid=pid,
-                    port=facts.argv_port,
-                    token=facts.argv_token,
+                    port=shape.port,
+                    token=shape.token,
                     version=None,
-                    root=Path(facts.root_marker),
+                    root=Path(shape.root),
                     identity=identity,
                     argv=tuple(argv),
                 )
@@ -793,214 +550,6 @@ def _is_within(path: Path, base: Path) -> bool:
     return True
 
 
-# --------------------------------------------------------------------------------------------
-# Upstream's state file R/sync-daemon
-
-
-@dataclass(frozen=True)
-class StateRecord:
-    """The four lines of ``R/sync-daemon``."""
-
-    url: str
-    port: int
-    token: str
-    pid: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "port": self.port, "token": self.token, "pid": self.pid}
-
-
-@contextlib.contextmanager
-def _legacy_lock(root: Path, timeout: float) -> Iterator[None]:
-    """Hold ``R/sync-daemon.lock`` as upstream spawners do (non-blocking tries, 0.1 s apart)."""
-    with open(root / "sync-daemon.lock", "w") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{root}/sync-daemon.lock held for {timeout} s") from None
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def write_state_file(
-    root: Path, port: int, token: str, pid: int, *, lock: bool = True, lock_timeout: float = 10.0
-) -> Path:
-    """Write ``R/sync-daemon`` as an upstream spawner does: 4 lines, atomic, mode 0600.
-
-    With ``lock`` (the default) it holds ``R/sync-daemon.lock`` meanwhile, as upstream does,
-    so it waits behind a supervisor that holds that lock.
-    """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    text = f"http://localhost:{port}\n{port}\n{token}\n{pid}\n"
-    target = root / "sync-daemon"
-    with _legacy_lock(root, lock_timeout) if lock else contextlib.nullcontext():
-        fd, temp = tempfile.mkstemp(prefix=".sync-daemon.", dir=root)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, target)
-    return target
-
-
-def read_state_file(root: Path) -> StateRecord | None:
-    """``R/sync-daemon`` parsed, or None when missing or not four valid lines."""
-    try:
-        lines = [line.strip() for line in (Path(root) / "sync-daemon").read_text().splitlines()]
-    except (OSError, UnicodeDecodeError):
-        return None
-    lines = [line for line in lines if line]
-    if len(lines) < 4:
-        return None
-    try:
-        return StateRecord(url=lines[0], port=int(lines[1]), token=lines[2], pid=int(lines[3]))
-    except ValueError:
-        return None
-
-
-# --------------------------------------------------------------------------------------------
-# Running the upstream CLI itself
-
-
-def run_upstream_cli(
-    sandbox: Sandbox,
-    version: str,
-    args: Sequence[str],
-    timeout: float = 120.0,
-    *,
-    saas_sync: bool = False,
-    extra_env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> subprocess.CompletedProcess[str]:
-    """Run that venv's real ``spec-kitty`` with the sandbox's HOME; never raises on exit codes.
-
-    It writes hundreds of agent files into HOME, which is why it gets only a sandbox's.
-    ``saas_sync=True`` lets it spawn daemons (which the fleet watching the sandbox stops).
-    """
-    env = sandbox.env({"NO_COLOR": "1", "COLUMNS": "200", "TERM": "dumb"})
-    if saas_sync:
-        env[SAAS_SYNC_ENV] = "1"
-    if extra_env:
-        env.update(extra_env)
-    return subprocess.run(
-        [str(spec_kitty_cli(version)), *args],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd or sandbox.home,
-        check=False,
-    )
-
-
-_ENSURE_MARK = "@@sks-ensure@@"
-# Runs inside the venv's python. ensure_sync_daemon_running has the same keyword-only shape in
-# 3.2.2, 3.2.3, 3.2.4 and 3.2.7 (``intent`` is mandatory; REMOTE_REQUIRED is the path that
-# starts a daemon); it returns DaemonStartOutcome(started, skipped_reason, pid), where
-# ``started`` is True on reuse too.
-_ENSURE_SCRIPT = f"""
-import json, sys, time
-from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running
-timings = []
-outcome = None
-for _ in range(int(sys.argv[1])):
-    began = time.perf_counter()
-    outcome = ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)
-    timings.append(time.perf_counter() - began)
-print({_ENSURE_MARK!r} + json.dumps({{
-    "started": outcome.started,
-    "skipped_reason": outcome.skipped_reason,
-    "pid": outcome.pid,
-    "timings_s": timings,
-}}), flush=True)
-"""
-
-
-@dataclass(frozen=True)
-class UpstreamEnsure:
-    """What upstream's ``ensure_sync_daemon_running()`` reported, and the state file after."""
-
-    version: str
-    started: bool
-    skipped_reason: str | None
-    pid: int | None
-    state: StateRecord | None
-    timings_s: tuple[float, ...]
-    completed: subprocess.CompletedProcess[str] = field(repr=False, compare=False)
-
-    @property
-    def port(self) -> int | None:
-        return self.state.port if self.state is not None else None
-
-    @property
-    def url(self) -> str | None:
-        return self.state.url if self.state is not None else None
-
-
-def run_upstream_ensure(
-    sandbox: Sandbox,
-    version: str,
-    timeout: float = 60.0,
-    *,
-    repeat: int = 1,
-    extra_env: Mapping[str, str] | None = None,
-    cwd: Path | None = None,
-) -> UpstreamEnsure:
-    """Call upstream's ``specify_cli.sync.daemon.ensure_sync_daemon_running`` in that venv.
-
-    Runs with the sandbox's environment plus ``SPEC_KITTY_ENABLE_SAAS_SYNC=1`` (without it
-    upstream skips with ``rollout_disabled``). ``repeat`` calls it that many times in one
-    process and reports each call's duration (the first is a cold start when no daemon
-    runs). A daemon it spawns outlives the call: watch the sandbox with a fleet.
-    """
-    env = sandbox.env({SAAS_SYNC_ENV: "1"})
-    if extra_env:
-        env.update(extra_env)
-    completed = subprocess.run(
-        [str(spec_kitty_python(version)), "-c", _ENSURE_SCRIPT, str(repeat)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=cwd or sandbox.home,
-        check=False,
-    )
-    report: dict[str, Any] | None = None
-    for line in completed.stdout.splitlines():
-        if line.startswith(_ENSURE_MARK):
-            report = json.loads(line[len(_ENSURE_MARK) :])
-    if completed.returncode != 0 or report is None:
-        raise HarnessError(
-            f"upstream ensure ({version}) failed with {completed.returncode}:\n"
-            f"{completed.stdout[-2000:]}\n{completed.stderr[-2000:]}"
-        )
-    return UpstreamEnsure(
-        version=version,
-        started=bool(report["started"]),
-        skipped_reason=report["skipped_reason"],
-        pid=report["pid"],
-        state=read_state_file(sandbox.root),
-        timings_s=tuple(float(t) for t in report["timings_s"]),
-        completed=completed,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# The orphan mess
-
-
 async def make_orphans(
     sandbox: Sandbox,
     *,
@@ -1028,7 +577,7 @@ async def make_orphans(
         raise ValueError("at least one version is needed")
     for version in versions:
         spec_kitty_python(version)  # a missing venv fails before anything starts
-        if not _honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
+        if not honours_spec_kitty_home(version) and not sandbox.root_is_home_default:
             raise ValueError(f"spec-kitty {version} cannot serve root {sandbox.root}")
     if fleet is not None:
         fleet.watch(sandbox)

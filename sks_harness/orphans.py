@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Create the "18 orphan sync daemons of mixed versions" mess in a sandbox HOME.
 
-    python scripts/make_orphans.py --home H --count 18 --versions 3.2.2,3.2.3,3.2.4 \\
+    python -m sks_harness.orphans --home H --count 18 --versions 3.2.2,3.2.3,3.2.4 \\
         --ports 9400-9425 [--json]
 
 Each orphan is a real spec-kitty daemon from ``$SPEC_KITTY_VENVS/spec-kitty-<version>``,
@@ -12,9 +11,8 @@ until every orphan is healthy (in parallel), prints pid/port/version (``--json``
 token and the process start, so that a test can adopt them by proven identity) and exits,
 leaving the daemons running: they are orphans. If any fails, it stops those it started.
 
-Used by ``make demo``, the tests and the benchmarks. The spawning code lives in one place,
-``tests/support/real_daemons.py``; this is a thin command line over it (it puts the
-repository root on ``sys.path`` to import it).
+Used by ``make demo``, the tests and the benchmarks: a thin command line over the harness's
+:func:`sks_harness.make_orphans`. Run it from the repository root as a module.
 """
 
 from __future__ import annotations
@@ -27,19 +25,17 @@ import time
 import warnings
 from pathlib import Path
 
-_REPO = Path(__file__).resolve().parent.parent
-if str(_REPO) not in sys.path:
-    sys.path.insert(0, str(_REPO))
+import anyio
 
-import anyio  # noqa: E402
-
-from tests.support.ports import ORPHAN_PORTS, PortRange, parse_port_range  # noqa: E402
-from tests.support.real_daemons import (  # noqa: E402
+from . import (
     DEFAULT_ORPHAN_VERSIONS,
+    ORPHAN_PORTS,
     HarnessError,
+    PortRange,
     RealDaemon,
     Sandbox,
     make_orphans,
+    parse_port_range,
     read_state_file,
 )
 

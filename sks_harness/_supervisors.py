@@ -8,12 +8,11 @@ left to the :class:`DaemonFleet` watching the same sandbox.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,12 @@ from typing import Any, Self
 
 import psutil
 
-from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
+from ._eventually import eventually
+from ._ports import SPAWN_PORTS
+from ._process import ProcessIdentity, is_alive, read_identity, signal_if_same
+from ._sandbox import Sandbox
 
-from .ports import SPAWN_PORTS
-from .real_daemons import Sandbox
+__all__ = ["SUPERVISOR", "SupervisorUnderTest", "daemon_pids", "supervisor_pids"]
 
 SUPERVISOR = [sys.executable, "-m", "spec_kitty_supervisor"]
 
@@ -53,6 +54,20 @@ def daemon_pids(root: Path) -> list[int]:
         if marker in (process.info["cmdline"] or []):
             found.append(process.info["pid"])
     return found
+
+
+def _stop_by_pid(identity: ProcessIdentity) -> None:
+    """SIGTERM, then SIGKILL, each only while the pid still is that supervisor."""
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if not signal_if_same(identity, signum):
+            return
+        with contextlib.suppress(AssertionError):
+            eventually(
+                lambda: not is_alive(identity),
+                what=f"supervisor pid {identity.pid} to exit",
+                timeout=10,
+            )
+            return
 
 
 @dataclass
@@ -111,13 +126,12 @@ class SupervisorUnderTest:
             self.seen[popen.pid] = identity
         return popen.pid
 
-    def wait_ready(self, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.cli("status").returncode == 0:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"no supervisor answered for {self.root}")
+    def wait_ready(self, timeout: float = 30) -> None:
+        eventually(
+            lambda: self.cli("status").returncode == 0,
+            what=f"a supervisor answering for {self.root}",
+            timeout=timeout,
+        )
 
     def remember(self) -> None:
         for pid in supervisor_pids(self.root):
@@ -132,16 +146,7 @@ class SupervisorUnderTest:
         """Stop every supervisor this harness saw, by pid and only if it is still that process."""
         self.remember()
         for identity in self.seen.values():
-            for signum in (signal.SIGTERM, signal.SIGKILL):
-                now = read_identity(identity.pid)
-                if not identity.same_process(now):
-                    break
-                os.kill(identity.pid, signum)
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline and identity.same_process(
-                    read_identity(identity.pid)
-                ):
-                    time.sleep(0.02)
+            _stop_by_pid(identity)
         for popen in self._popens:
             popen.poll()
 
