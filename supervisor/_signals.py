@@ -9,6 +9,7 @@ module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from dataclasses import dataclass
@@ -58,27 +59,49 @@ def _check_family_port(port: int) -> None:
         raise SignalRefused(f"port {port} is outside the sync family range [{low}, {high})")
 
 
-def send_signal(target: SignalTarget, signum: int) -> None:
-    """Signal ``target`` after proving, right now, that it is still the process we mean."""
-    _check_family_port(target.port)
-    now = read_identity(target.identity.pid)
-    if now is None:
-        raise ProcessGone(f"pid {target.identity.pid} has exited")
-    if not target.identity.same_process(now):
-        raise SignalRefused(
-            f"pid {target.identity.pid} now belongs to another process "
-            f"(started {now.start}, expected {target.identity.start})"
-        )
-    if now.uid != os.getuid():
-        raise SignalRefused(f"pid {now.pid} belongs to uid {now.uid}, not to us")
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for ``pid`` where the platform has them; None elsewhere."""
+    if not hasattr(os, "pidfd_open"):
+        return None
     try:
-        if target.pidfd is not None:
-            # Held since spawn: the kernel guarantees it still names the same process.
-            signal.pidfd_send_signal(target.pidfd, signum)
-        else:
-            os.kill(now.pid, signum)
+        return os.pidfd_open(pid)
     except ProcessLookupError:
-        raise ProcessGone(f"pid {now.pid} has exited") from None
+        raise ProcessGone(f"pid {pid} has exited") from None
+    except OSError:
+        return None  # a kernel without pidfds (ENOSYS) or a sandbox that forbids them
+
+
+def send_signal(target: SignalTarget, signum: int) -> None:
+    """Signal ``target`` after proving, right now, that it is still the process we mean.
+
+    The pidfd (held since spawn, or opened here) is taken *before* the identity is re-read:
+    when the identity then matches, the fd names that very process, and the signal cannot
+    reach a process that reused the pid between the check and the syscall. Only where the
+    platform has no pidfds does the signal go by pid.
+    """
+    _check_family_port(target.port)
+    pid = target.identity.pid
+    pidfd = target.pidfd if target.pidfd is not None else _open_pidfd(pid)
+    try:
+        now = read_identity(pid)
+        if now is None:
+            raise ProcessGone(f"pid {pid} has exited")
+        if not target.identity.same_process(now):
+            raise SignalRefused(
+                f"pid {pid} now belongs to another process "
+                f"(started {now.start}, expected {target.identity.start})"
+            )
+        if now.uid != os.getuid():
+            raise SignalRefused(f"pid {pid} belongs to uid {now.uid}, not to us")
+        if pidfd is not None:
+            signal.pidfd_send_signal(pidfd, signum)
+        else:
+            os.kill(pid, signum)
+    except ProcessLookupError:
+        raise ProcessGone(f"pid {pid} has exited") from None
+    finally:
+        if pidfd is not None and pidfd != target.pidfd:
+            os.close(pidfd)
 
 
 def is_gone(identity: ProcessIdentity) -> bool:
@@ -110,14 +133,21 @@ async def stop_gracefully(
         and await wait_gone(target.identity, grace)
     ):
         return "http_shutdown"
-    for signum, path in ((signal.SIGTERM, "terminate"), (signal.SIGKILL, "kill")):
-        try:
-            send_signal(target, signum)
-            if signum == signal.SIGTERM:
-                # A stopped (SIGSTOP) process holds SIGTERM pending until it runs again.
-                send_signal(target, signal.SIGCONT)
-        except ProcessGone:
-            return "already_gone" if path == "terminate" else "terminate"
-        if await wait_gone(target.identity, grace):
-            return "terminate" if path == "terminate" else "kill"
+    try:
+        send_signal(target, signal.SIGTERM)
+    except ProcessGone:
+        return "already_gone"
+    # A stopped (SIGSTOP) process holds SIGTERM pending until it runs again. A process that
+    # has already died of the SIGTERM needs no continuing: that is the SIGTERM's success,
+    # not a process that was gone before we acted.
+    with contextlib.suppress(ProcessGone):
+        send_signal(target, signal.SIGCONT)
+    if await wait_gone(target.identity, grace):
+        return "terminate"
+    try:
+        send_signal(target, signal.SIGKILL)
+    except ProcessGone:
+        return "terminate"  # it died of the SIGTERM right after the grace ran out
+    if await wait_gone(target.identity, grace):
+        return "kill"
     raise TimeoutError(f"pid {target.identity.pid} survived SIGKILL for {grace} s")

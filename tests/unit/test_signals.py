@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from sks_harness import eventually
+from spec_kitty_supervisor import _signals
 from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
 from spec_kitty_supervisor._signals import (
     ProcessGone,
@@ -90,9 +92,56 @@ def test_an_exited_process_is_gone_not_signalled(sleeper: subprocess.Popen[bytes
 async def test_without_a_token_the_stop_starts_with_sigterm(
     sleeper: subprocess.Popen[bytes],
 ) -> None:
-    path = await stop_gracefully(SignalTarget(_identity(sleeper), FAMILY_PORT), None, grace=3)
+    path = await stop_gracefully(SignalTarget(_identity(sleeper), FAMILY_PORT), None, grace=30)
     assert path == "terminate"
-    assert sleeper.wait(timeout=1) == -signal.SIGTERM
+    assert sleeper.wait() == -signal.SIGTERM
+
+
+@pytest.mark.anyio
+async def test_a_process_that_dies_of_sigterm_before_it_is_continued_was_terminated(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race a busy machine loses: the SIGTERM ends the process before the SIGCONT that
+    # follows it finds it. That is the SIGTERM's success, not a process gone before the stop.
+    real_send = _signals.send_signal
+
+    def send_then_let_it_die(target: SignalTarget, signum: int) -> None:
+        real_send(target, signum)
+        if signum == signal.SIGTERM:
+            eventually(lambda: read_identity(sleeper.pid) is None, what="sleep to die")
+
+    monkeypatch.setattr(_signals, "send_signal", send_then_let_it_die)
+    path = await stop_gracefully(SignalTarget(_identity(sleeper), FAMILY_PORT), None, grace=30)
+    assert path == "terminate"
+    assert sleeper.wait() == -signal.SIGTERM
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the platform has no pidfds")
+def test_the_pidfd_is_opened_before_the_identity_is_checked_and_carries_the_signal(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = _identity(sleeper)
+    calls: list[str] = []
+    real_open, real_read = os.pidfd_open, _signals.read_identity
+
+    def pidfd_open(pid: int, flags: int = 0) -> int:
+        calls.append("pidfd_open")
+        return real_open(pid, flags)
+
+    def read(pid: int) -> ProcessIdentity | None:
+        calls.append("read_identity")
+        return real_read(pid)
+
+    def kill_by_pid(pid: int, signum: int) -> None:
+        calls.append("os.kill")
+
+    monkeypatch.setattr(os, "pidfd_open", pidfd_open)
+    monkeypatch.setattr(_signals, "read_identity", read)
+    monkeypatch.setattr(os, "kill", kill_by_pid)
+    send_signal(SignalTarget(identity, FAMILY_PORT), signal.SIGTERM)
+    monkeypatch.undo()
+    assert calls == ["pidfd_open", "read_identity"]
+    assert sleeper.wait() == -signal.SIGTERM
 
 
 @pytest.mark.anyio
