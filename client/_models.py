@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ._terms import FAMILY_PORT_RANGE, CleanupClass, StopPath, family_sub_range_error
+
 __all__ = [
     "FAMILY_PORT_RANGE",
     "PROTOCOL_VERSION",
@@ -51,9 +53,6 @@ __all__ = [
 #: The protocol this package speaks. A supervisor refuses a client of another major version.
 PROTOCOL_VERSION = 1
 
-#: The sync daemon family's ports, half-open: every upstream tool scans exactly these.
-FAMILY_PORT_RANGE = (9400, 9450)
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -71,8 +70,6 @@ DaemonState = Literal["starting", "healthy", "unresponsive", "retiring", "exited
 DaemonRole = Literal["current", "retiring"]
 RootState = Literal["ok", "quarantined"]
 EnsureAction = Literal["reused", "spawned", "adopted", "upgraded", "kept_newer", "replaced"]
-StopPath = Literal["http_shutdown", "terminate", "kill", "already_gone"]
-CleanupClass = Literal["supervised", "safe_auto", "operator_required", "never_touch"]
 
 
 class Settings(_Model):
@@ -107,13 +104,9 @@ class Settings(_Model):
     @field_validator("port_range", "scan_range")
     @classmethod
     def _inside_family(cls, value: tuple[int, int]) -> tuple[int, int]:
-        low, high = value
-        family_low, family_high = FAMILY_PORT_RANGE
-        if not (family_low <= low < high <= family_high):
-            raise ValueError(
-                f"port range {low}-{high} must be a non-empty half-open range inside "
-                f"{family_low}-{family_high}"
-            )
+        error = family_sub_range_error(*value)
+        if error is not None:
+            raise ValueError(error)
         return value
 
 

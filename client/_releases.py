@@ -1,6 +1,8 @@
 """What every spec-kitty-cli release does with its sync daemon: the release table, in one place.
 
-Pure data and pure functions (standard library only, no I/O). It lives in the client package
+Pure: standard library and other pure modules only, no I/O (a wall: tests/unit/test_walls.py).
+
+Pure data and pure functions. It lives in the client package
 because the client must refuse a release without a daemon *before* it auto-starts a supervisor
 for it; the supervisor reads the same table (spawn refusals, the proof of "ours", versions).
 

@@ -3,6 +3,8 @@
 Pure decisions over facts gathered elsewhere (``_discovery``): no process, socket, file or
 clock is touched here, so every combination of facts can be tested without processes.
 
+Pure: standard library and other pure modules only, no I/O (a wall: tests/unit/test_walls.py).
+
 The identity contract
 ---------------------
 * **Family boundary.** Only ports in the sync family ``[9400, 9450)`` are ever candidates;
@@ -47,19 +49,21 @@ from __future__ import annotations
 import posixpath
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol, TypeVar
 
-from spec_kitty_supervisor_client._models import (
+from spec_kitty_supervisor_client._terms import (
     FAMILY_PORT_RANGE,
     CleanupClass,
-    ListenerRecord,
+    family_sub_range_error,
+    in_family_range,
 )
 
 from ._daemon_shape import CmdlineFacts
-from ._probe import HealthAnswer
+from ._health import HealthAnswer
 
 __all__ = [
     "DASHBOARD_PORT_RANGE",
+    "Classification",
     "FileId",
     "IdentitySource",
     "KernelRootFacts",
@@ -176,14 +180,11 @@ class SupervisorFacts:
     root_files: RootFiles | None = None
 
     def __post_init__(self) -> None:
-        low, high = self.family_range
-        family_low, family_high = FAMILY_PORT_RANGE
         # The family boundary is a hard invariant, not a setting: a wider range here would
         # let cleanup reach ports no sync daemon ever uses.
-        if not (family_low <= low < high <= family_high):
-            raise ValueError(
-                f"family_range {low}-{high} must lie inside {family_low}-{family_high}"
-            )
+        error = family_sub_range_error(*self.family_range)
+        if error is not None:
+            raise ValueError(f"family_range: {error}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -469,7 +470,38 @@ _DECISION_TABLE: tuple[_Row, ...] = (
 )
 
 
-def classify(listener: ListenerFacts, supervisor: SupervisorFacts) -> ListenerRecord:
+@dataclass(frozen=True)
+class Classification:
+    """One listener, classified: the fields of the wire's ``ListenerRecord``, which
+    ``_discovery`` builds from it (this module stays free of pydantic).
+
+    The first eighteen fields are upstream's ``auth doctor --json`` (schema 2) orphan keys.
+    """
+
+    daemon_family: str | None
+    pid: int | None
+    port: int
+    protocol_version: int | None
+    package_version: str | None
+    singleton_scope_id: str | None
+    daemon_root: str | None
+    queue_db_path: str | None
+    auth_scope: str | None
+    server_url: str | None
+    owner_present: bool
+    identity_source: str | None
+    executable_summary: str | None
+    spawn_shape_ok: bool
+    self_report_matches_listener: bool
+    is_recorded_singleton: bool
+    cleanup_class: CleanupClass
+    skip_reason: str | None
+    uid: int | None
+    process_start: str | None
+    why: str
+
+
+def classify(listener: ListenerFacts, supervisor: SupervisorFacts) -> Classification:
     """Classify one listener; the record says what cleanup may do to it and why."""
     evidence = _gather_evidence(listener, supervisor)
     for row in _DECISION_TABLE:
@@ -553,7 +585,7 @@ def _identity_source(e: _Evidence, verdict: _Verdict) -> IdentitySource | None:
     return None
 
 
-def _record(e: _Evidence, verdict: _Verdict) -> ListenerRecord:
+def _record(e: _Evidence, verdict: _Verdict) -> Classification:
     listener = e.listener
     daemon_root = e.root_marker
     if daemon_root is None and e.kernel_proof is not None and e.kernel_proof.matches:
@@ -570,7 +602,7 @@ def _record(e: _Evidence, verdict: _Verdict) -> ListenerRecord:
     ):
         # Daemons before 3.2.4 do not name their family; the spawn shape or protocol does.
         daemon_family = "sync"
-    return ListenerRecord(
+    return Classification(
         daemon_family=daemon_family,
         pid=listener.pid,
         port=listener.port,
@@ -625,20 +657,33 @@ def _sentence(clause: str) -> str:
 # What a sweep may act on
 
 
+class SweepCandidate(Protocol):
+    """What a sweep needs of a record: a classification and its wire form both have it."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def cleanup_class(self) -> CleanupClass: ...
+
+
+_Record = TypeVar("_Record", bound=SweepCandidate)
+
+
 def records_to_sweep(
-    records: Iterable[ListenerRecord],
+    records: Iterable[_Record],
     *,
     force: bool = False,
     confirmed_pids: Collection[int] = (),
-) -> list[ListenerRecord]:
+) -> list[_Record]:
     """The records a cleanup sweep may stop: ``safe_auto`` always, ``operator_required``
     only with ``force`` or when the operator confirmed that very pid; never the others."""
-    family_low, family_high = FAMILY_PORT_RANGE
-    chosen: list[ListenerRecord] = []
+    chosen: list[_Record] = []
     for record in records:
         # A record may have come over the wire; the family boundary and a pid to re-check
         # at signal time are required whatever its class says.
-        if record.pid is None or not family_low <= record.port < family_high:
+        if record.pid is None or not in_family_range(record.port):
             continue
         if record.cleanup_class == "safe_auto" or (
             record.cleanup_class == "operator_required" and (force or record.pid in confirmed_pids)

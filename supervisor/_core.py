@@ -25,7 +25,6 @@ import structlog
 from anyio.abc import TaskGroup
 
 from spec_kitty_supervisor_client._models import (
-    FAMILY_PORT_RANGE,
     PROTOCOL_VERSION,
     DaemonView,
     EnsureAction,
@@ -36,6 +35,7 @@ from spec_kitty_supervisor_client._models import (
     StopPath,
     SupervisorView,
 )
+from spec_kitty_supervisor_client._terms import in_family_range
 
 from . import __version__
 from ._doctor import sweep_root, sweep_would_act
@@ -990,8 +990,7 @@ class Supervisor:
 
 def _port_is_free(port: int) -> bool:
     """Upstream's test: nothing accepts a connect, and a bind succeeds (a race we retry)."""
-    low, high = FAMILY_PORT_RANGE
-    assert low <= port < high
+    assert in_family_range(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.2)
         if probe.connect_ex(("127.0.0.1", port)) == 0:

@@ -2,7 +2,9 @@
 
 Every upstream tool recognises a sync daemon by this argv (contract document, "How a daemon is
 started"), so the supervisor spawns exactly this shape and reads other processes' argv with
-the same rules. Pure functions: no process is touched here.
+the same rules.
+
+Pure: standard library and other pure modules only, no I/O (a wall: tests/unit/test_walls.py).
 """
 
 from __future__ import annotations

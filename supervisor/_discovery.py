@@ -21,7 +21,8 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, ListenerRecord
+from spec_kitty_supervisor_client._models import ListenerRecord
+from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE
 
 from ._classification import (
     FileId,
@@ -33,8 +34,9 @@ from ._classification import (
     port_boundary_reason,
 )
 from ._daemon_shape import CmdlineFacts, parse_cmdline
+from ._health import HealthAnswer
 from ._identity import ProcessIdentity, read_identity
-from ._probe import HealthAnswer, probe_health
+from ._probe import probe_health
 
 __all__ = [
     "Listener",
@@ -282,7 +284,7 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
     observations: list[Observation] = []
     for item in observed:
         health = answers.get(item.listener.port)
-        record = classify(
+        classified = classify(
             ListenerFacts(
                 port=item.listener.port,
                 pid=item.listener.pid,
@@ -296,7 +298,7 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
         )
         observations.append(
             Observation(
-                record=record,
+                record=ListenerRecord(**dataclasses.asdict(classified)),
                 identity=item.identity,
                 health_token=health.token if health is not None else None,
             )

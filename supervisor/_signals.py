@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, StopPath
+from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE, StopPath, in_family_range
 
 from ._identity import ProcessIdentity, read_identity
 from ._probe import post_shutdown
@@ -25,6 +25,7 @@ __all__ = [
     "ProcessGone",
     "SignalRefused",
     "SignalTarget",
+    "check_family_boundary",
     "is_gone",
     "send_signal",
     "stop_gracefully",
@@ -53,10 +54,12 @@ class SignalTarget:
     pidfd: int | None = None
 
 
-def _check_family_port(port: int) -> None:
-    low, high = FAMILY_PORT_RANGE
-    if not low <= port < high:
-        raise SignalRefused(f"port {port} is outside the sync family range [{low}, {high})")
+def check_family_boundary(port: int) -> None:
+    """Refuse (:class:`SignalRefused`) to act on a process not tied to a sync family port."""
+    if not in_family_range(port):
+        raise SignalRefused(
+            f"port {port} is outside the sync family range (half-open {FAMILY_PORT_RANGE})"
+        )
 
 
 def _open_pidfd(pid: int) -> int | None:
@@ -79,7 +82,7 @@ def send_signal(target: SignalTarget, signum: int) -> None:
     reach a process that reused the pid between the check and the syscall. Only where the
     platform has no pidfds does the signal go by pid.
     """
-    _check_family_port(target.port)
+    check_family_boundary(target.port)
     pid = target.identity.pid
     pidfd = target.pidfd if target.pidfd is not None else _open_pidfd(pid)
     try:
@@ -125,6 +128,8 @@ async def stop_gracefully(
     Returns the step that ended the process. Raises :class:`SignalRefused` when the target
     stops being provably ours part-way (it is then left alone).
     """
+    # Even the token shutdown is an act on the process: refused outside the family, too.
+    check_family_boundary(target.port)
     if is_gone(target.identity):
         return "already_gone"
     if (

@@ -26,7 +26,6 @@ from pathlib import Path
 import anyio
 
 from spec_kitty_supervisor_client._models import (
-    FAMILY_PORT_RANGE,
     FailedRecord,
     ResetRequest,
     ResetResult,
@@ -42,11 +41,10 @@ from ._legacy_state import (
     remove_legacy_state,
     write_legacy_state,
 )
-from ._signals import SignalRefused, SignalTarget, stop_gracefully
+from ._signals import SignalRefused, SignalTarget, check_family_boundary, stop_gracefully
 
 __all__ = [
     "SweepPlan",
-    "check_family_boundary",
     "plan_sweep",
     "release_state_file",
     "sweep",
@@ -59,13 +57,6 @@ class SweepPlan:
 
     to_stop: list[Observation] = field(default_factory=list)
     skipped: list[SkippedRecord] = field(default_factory=list)
-
-
-def check_family_boundary(port: int) -> None:
-    """Refuse (:class:`SignalRefused`) to act on a process not tied to a family port (NFR-001)."""
-    low, high = FAMILY_PORT_RANGE
-    if not low <= port < high:
-        raise SignalRefused(f"port {port} is outside the sync family range [{low}, {high})")
 
 
 def plan_sweep(observations: Iterable[Observation], request: ResetRequest) -> SweepPlan:

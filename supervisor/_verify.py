@@ -17,8 +17,9 @@ import psutil
 from ._classification import prove_self_report
 from ._daemon_shape import CmdlineFacts
 from ._discovery import read_process_facts
+from ._health import HealthAnswer
 from ._identity import ProcessIdentity
-from ._probe import HealthAnswer, probe_health
+from ._probe import probe_health
 
 __all__ = ["Verdict", "read_process_context", "verify_daemon"]
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from spec_kitty_supervisor._classification import (
+    Classification,
     KernelRootFacts,
     ListenerFacts,
     RecordedSingleton,
@@ -24,7 +25,7 @@ from spec_kitty_supervisor._daemon_shape import (
     build_daemon_argv,
     parse_cmdline,
 )
-from spec_kitty_supervisor._probe import HealthAnswer
+from spec_kitty_supervisor._health import HealthAnswer
 from spec_kitty_supervisor_client._models import ListenerRecord
 
 ROOT = "/home/ada/.spec-kitty"
@@ -142,7 +143,7 @@ def supervisor(**overrides: Any) -> SupervisorFacts:
     return SupervisorFacts(daemon_root=ROOT, uid=UID, **overrides)
 
 
-def verdict(record: ListenerRecord) -> tuple[str, str | None]:
+def verdict(record: Classification) -> tuple[str, str | None]:
     return record.cleanup_class, record.skip_reason
 
 
@@ -166,7 +167,7 @@ def test_dashboard_port_is_never_touch_even_when_it_looks_like_our_daemon(port: 
 
 
 def test_supervisor_refuses_a_family_range_wider_than_the_sync_family() -> None:
-    with pytest.raises(ValueError, match="must lie inside 9400-9450"):
+    with pytest.raises(ValueError, match="inside 9400-9450"):
         supervisor(family_range=(9300, 9450))
 
 
@@ -625,7 +626,7 @@ def test_interpreter_mismatch_is_staleness_evidence_not_a_reason_to_skip() -> No
 def test_record_carries_upstream_schema_2_keys_with_owner_fields_from_the_owner_block() -> None:
     record = classify(daemon(), supervisor())
 
-    assert record.model_dump() == {
+    assert dataclasses.asdict(record) == {
         "daemon_family": "sync",
         "pid": 5612,
         "port": 9401,

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spec_kitty_supervisor._classification import (
+    Classification,
     FileId,
     KernelRootFacts,
     ListenerFacts,
@@ -26,8 +27,8 @@ from spec_kitty_supervisor._classification import (
     records_to_sweep,
 )
 from spec_kitty_supervisor._daemon_shape import CmdlineFacts, build_daemon_argv, parse_cmdline
-from spec_kitty_supervisor._probe import HealthAnswer
-from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, ListenerRecord
+from spec_kitty_supervisor._health import HealthAnswer
+from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE
 
 T = TypeVar("T")
 
@@ -515,7 +516,7 @@ def test_version_and_interpreter_never_change_the_verdict(
 def test_sweep_acts_only_on_safe_auto_and_forced_or_confirmed_operator_required(
     cases: list[tuple[ListenerFacts, SupervisorFacts]], force: bool, confirmed: list[int]
 ) -> None:
-    records: list[ListenerRecord] = [classify(listener, sup) for listener, sup in cases]
+    records: list[Classification] = [classify(listener, sup) for listener, sup in cases]
 
     chosen = records_to_sweep(records, force=force, confirmed_pids=confirmed)
 

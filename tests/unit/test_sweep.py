@@ -19,8 +19,13 @@ from spec_kitty_supervisor import _sweep
 from spec_kitty_supervisor._discovery import Observation
 from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
 from spec_kitty_supervisor._legacy_state import LegacyRecord, read_legacy_state, write_legacy_state
-from spec_kitty_supervisor._signals import SignalRefused, SignalTarget, send_signal
-from spec_kitty_supervisor._sweep import check_family_boundary, plan_sweep, sweep
+from spec_kitty_supervisor._signals import (
+    SignalRefused,
+    SignalTarget,
+    check_family_boundary,
+    send_signal,
+)
+from spec_kitty_supervisor._sweep import plan_sweep, sweep
 from spec_kitty_supervisor_client._models import CleanupClass, ListenerRecord, ResetRequest
 
 TOKEN = "5bd2a7e6c1f04d3e9a8b7c6d5e4f3a2b"
