@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from sks_harness import (
     Sandbox,
     SupervisorUnderTest,
     daemon_pids,
+    eventually,
     free_ports,
     make_orphans,
     port_is_free,
@@ -116,19 +117,15 @@ def strangers() -> Iterator[Strangers]:
         started.stop_all()
 
 
-def _wait_listening(port: int, popen: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_listening(port: int, popen: subprocess.Popen[bytes]) -> None:
+    def listening() -> bool:
         if popen.poll() is not None:
             raise RuntimeError(f"{popen.args!r} exited with {popen.returncode}")
         with socket.socket() as probe:
             probe.settimeout(0.2)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout} s")
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    eventually(listening, what=f"a listener on port {port}")
 
 
 def _doctor(
@@ -146,16 +143,6 @@ def _doctor(
     )
     assert result.returncode in (0, 1), f"doctor failed ({result.returncode}): {result.stderr}"
     return result.returncode, json.loads(result.stdout)
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> float:
-    """Poll ``condition``; return how long it took (the start-up sweep runs beside serving)."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not true within {timeout} s")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def _alive(identity: ProcessIdentity) -> bool:
@@ -183,11 +170,10 @@ def test_starting_the_supervisor_stops_18_mixed_version_orphans(fleet: DaemonFle
     assert {d.version for d in orphans} == {"3.2.2", "3.2.3", "3.2.4"}
 
     with _supervisor(sandbox) as supervisor:
-        started = time.monotonic()
         supervisor.start()
-        ready_after = time.monotonic() - started
-        # The start-up sweep runs beside serving and confirms each death by pid.
-        swept_after = ready_after + _wait_until(lambda: all(d.exited() for d in orphans))
+        # The start-up sweep runs beside serving and confirms each death by pid. How fast it
+        # is is measured by bench/reset.py, never asserted here.
+        eventually(lambda: all(d.exited() for d in orphans), what="the 18 orphans to be gone")
         code, report = _doctor(sandbox)
         events = supervisor.cli_json("events")["events"]
 
@@ -196,16 +182,13 @@ def test_starting_the_supervisor_stops_18_mixed_version_orphans(fleet: DaemonFle
     assert code == 0, report["findings"]
     swept = [e for e in events if e["kind"] == "orphan_swept"]
     assert sorted(e["pid"] for e in swept) == sorted(d.pid for d in orphans)
-    print(f"supervisor ready after {ready_after:.2f} s, 18 orphans swept after {swept_after:.2f} s")
 
 
 def test_reset_without_supervisor_stops_all_18_in_parallel(fleet: DaemonFleet) -> None:
     sandbox = fleet.sandbox()
     orphans = run_blocking(_make, sandbox, fleet, 18)
 
-    started = time.monotonic()
     code, report = _doctor(sandbox, "--reset")
-    elapsed = time.monotonic() - started
 
     assert [d.pid for d in orphans if not d.exited()] == []
     result = report["reset_result"]
@@ -222,10 +205,8 @@ def test_reset_without_supervisor_stops_all_18_in_parallel(fleet: DaemonFleet) -
     assert result["failed"] == []
     assert report["orphans"] == []
     assert code == 0
-    # Upstream needs 56.5 s for 18 daemons of one version (and leaves 12 of 18 mixed ones);
-    # this is the whole CLI process, interpreter start-up included.
-    assert elapsed < 3.0, f"--reset of 18 orphans took {elapsed:.2f} s"
-    print(f"doctor --reset stopped 18 orphans in {elapsed:.2f} s (whole CLI)")
+    # How long it takes (upstream needs 56.5 s for 18 daemons of one version, and leaves 12
+    # of 18 mixed ones) is bench/reset.py's to measure: a busy machine must not fail a test.
 
 
 async def _make(sandbox: Sandbox, fleet: DaemonFleet, count: int) -> list[RealDaemon]:
@@ -280,7 +261,7 @@ def test_strangers_survive_the_startup_sweep_and_reset_without_force(
 
     with _supervisor(sandbox) as supervisor:
         supervisor.start()
-        _wait_until(lambda: all(d.exited() for d in orphans))
+        eventually(lambda: all(d.exited() for d in orphans), what="the orphans to be gone")
         assert {name for name, who in survivors.items() if not _alive(who)} == set()
 
         code, report = _doctor(sandbox, "--reset")
@@ -361,7 +342,10 @@ def test_same_home_singleton_leak_ends_with_exactly_one_daemon(fleet: DaemonFlee
 
     with _supervisor(sandbox) as supervisor:
         supervisor.start()
-        _wait_until(lambda: daemon_pids(sandbox.root) == [recorded.pid])
+        eventually(
+            lambda: daemon_pids(sandbox.root) == [recorded.pid],
+            what="only the recorded daemon left",
+        )
         status = supervisor.cli_json("status")
         code, report = _doctor(sandbox)
 
