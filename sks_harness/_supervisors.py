@@ -38,7 +38,10 @@ def supervisor_pids(root: Path) -> list[int]:
         cmdline = process.info["cmdline"] or []
         if process.info["status"] == psutil.STATUS_ZOMBIE:
             continue
-        is_supervisor = "spec_kitty_supervisor" in " ".join(cmdline[:3]) and "run" in cmdline
+        launcher = " ".join(cmdline[:3])
+        is_supervisor = (
+            "spec_kitty_supervisor" in launcher or "spec-kitty-supervisor" in launcher
+        ) and "run" in cmdline
         if is_supervisor and str(root) in cmdline:
             found.append(process.info["pid"])
     return found

@@ -35,6 +35,7 @@ from spec_kitty_supervisor_client._discover import (
 from . import __version__
 from ._doctor_cli import add_doctor_parser, cmd_doctor
 from ._identity import read_identity
+from ._integrate_cli import add_integrate_parser, cmd_integrate
 from ._layout import RootLayout
 from ._logging import configure_logging
 from ._service_cli import add_service_parsers, cmd_install_service, cmd_uninstall_service
@@ -121,6 +122,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_doctor_parser(commands)
     add_service_parsers(commands)
+    add_integrate_parser(commands)
     return parser
 
 
@@ -298,6 +300,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "doctor": cmd_doctor,
     "install-service": cmd_install_service,
     "uninstall-service": cmd_uninstall_service,
+    "integrate": cmd_integrate,
 }
 
 

@@ -15,7 +15,10 @@ from typing import Any
 
 import pytest
 
-from spec_kitty_supervisor_client._wire import Connection, Unavailable
+from spec_kitty_supervisor_client import EnsureRequest, RetireRequest
+from spec_kitty_supervisor_client._wire import Connection, Unavailable, passed_environment
+
+SCHEMA = json.loads(Path("docs/protocol.schema.json").read_text())["models"]
 
 
 class _FakeSupervisor:
@@ -153,3 +156,84 @@ def test_a_reply_that_is_not_http_is_unavailable(socket_path: Path) -> None:
             Connection(socket_path, 5.0).request("GET", "/v1/health")
     finally:
         server.close()
+
+
+# What the hook sends and reads, against the published schema
+
+
+def _ensure_body(monkeypatch: pytest.MonkeyPatch, socket_path: Path) -> dict[str, Any]:
+    from spec_kitty_supervisor_client import _hook
+
+    daemon = {"pid": 4242, "port": 9401, "url": "http://127.0.0.1:9401"}
+    server = _FakeSupervisor(socket_path, [_reply(200, {"action": "spawned", "daemon": daemon})])
+    monkeypatch.setattr(_hook, "socket_path_for_root", lambda root: socket_path)
+    monkeypatch.setenv("SPEC_KITTY_ENABLE_SAAS_SYNC", "1")
+    try:
+        pid = _hook.supervised_daemon_pid(Path("/r"), "3.2.7", 5.0, may_start=False)
+    finally:
+        server.close()
+    assert pid == 4242
+    head, _, body = server.requests[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/sync/ensure HTTP/1.1")
+    return dict(json.loads(body))
+
+
+def test_the_hooks_ensure_request_follows_the_schema(
+    monkeypatch: pytest.MonkeyPatch, socket_path: Path
+) -> None:
+    body = _ensure_body(monkeypatch, socket_path)
+    schema = SCHEMA["EnsureRequest"]
+    assert set(body) <= set(schema["properties"])
+    assert set(schema.get("required", [])) <= set(body)
+    EnsureRequest.model_validate(body)  # the model the schema is generated from
+    assert body["env"] == passed_environment(body["env"])
+    assert body["env"]["SPEC_KITTY_ENABLE_SAAS_SYNC"] == "1"
+
+
+def _schema_type(model: str, *path: str) -> Any:
+    node = SCHEMA[model]
+    defs = node.get("$defs", {})
+    for key in path:
+        if "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[-1]]
+        node = node["items"] if key == "[]" else node["properties"][key]
+    if "$ref" in node:
+        node = defs[node["$ref"].rsplit("/", 1)[-1]]
+    return node.get("type") or [option.get("type") for option in node.get("anyOf", [])]
+
+
+def test_what_the_hook_reads_is_what_the_schema_promises() -> None:
+    assert _schema_type("EnsureResponse", "daemon", "pid") == "integer"
+    assert _schema_type("StatusResponse", "daemons", "[]", "pid") == "integer"
+    assert _schema_type("StatusResponse", "daemons", "[]", "role") == "string"
+    assert (
+        "current" in SCHEMA["StatusResponse"]["$defs"]["DaemonView"]["properties"]["role"]["enum"]
+    )
+    assert _schema_type("RetireResponse", "retired") == "object"
+    assert _schema_type("ErrorBody", "error", "code") == "string"
+    assert _schema_type("ErrorBody", "error", "message") == "string"
+
+
+def test_the_hooks_retire_request_follows_the_schema(
+    monkeypatch: pytest.MonkeyPatch, socket_path: Path
+) -> None:
+    from spec_kitty_supervisor_client import _hook
+
+    current = {"pid": 77, "port": 9401, "role": "current"}
+    server = _FakeSupervisor(
+        socket_path,
+        [
+            _reply(200, {"supervisor": None, "daemons": [current]}),
+            _reply(200, {"retired": current, "stop_path": "http_shutdown"}),
+        ],
+    )
+    monkeypatch.setattr(_hook, "socket_path_for_root", lambda root: socket_path)
+    try:
+        assert _hook.retire_current_daemon(Path("/r"), 5.0) is True
+    finally:
+        server.close()
+    assert server.requests[0].startswith(b"GET /v1/status HTTP/1.1")
+    body = json.loads(server.requests[1].partition(b"\r\n\r\n")[2])
+    assert set(body) <= set(SCHEMA["RetireRequest"]["properties"])
+    RetireRequest.model_validate(body)
+    assert body["pid"] == 77

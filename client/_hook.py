@@ -1,0 +1,438 @@
+"""The hook ``integrate`` installs into spec-kitty's own environment (standard library only).
+
+``spec-kitty-supervisor integrate`` writes one module into the site-packages of spec-kitty's
+interpreter: :mod:`._wire` byte for byte, followed by everything below the ``HOOK BODY`` line
+of this file, followed by the command that starts the supervisor installation that wrote it.
+A one-line ``.pth`` file registers a tiny finder that imports that module only when
+``specify_cli.sync.daemon`` is being imported.
+
+When that module has executed, its own ``ensure_sync_daemon_running`` and ``stop_sync_daemon``
+are replaced (and every binding of them that ``from ... import`` made meanwhile):
+
+- ``ensure_sync_daemon_running(...)``: the release's own skip decision first (rollout flag,
+  disable variables, ``LOCAL_ONLY``, the ``manual`` policy); when it skips, upstream runs
+  unchanged. Otherwise the supervisor of upstream's own root is asked for the daemon of
+  ``sys.executable`` and the CLI's own version, without ``R/sync-daemon.lock`` (the supervisor
+  takes that lock to spawn), and the answer is upstream's ``DaemonStartOutcome``.
+- ``stop_sync_daemon(...)``: a running supervisor retires its current daemon.
+
+A supervisor is started only from the ``spec-kitty`` command's own process; elsewhere (the
+dashboard, other tools importing ``specify_cli``) a running one is asked. Whenever no supervisor
+answers, or anything at all goes wrong, upstream's own function runs as if the hook were not
+there, and the failure is counted in ``R/supervisor/integration.json`` for ``doctor``.
+"""
+
+from __future__ import annotations
+
+from ._wire import (
+    Connection,
+    StartFailed,
+    Unavailable,
+    WireError,
+    ensure_private_dir,
+    passed_environment,
+    resolve_daemon_root,
+    socket_path_for_root,
+    start_supervisor,
+    supervisor_dir,
+)
+
+__all__ = [
+    "DISABLE_ENV",
+    "HOOK_MARKER",
+    "INTEGRATION_FILE",
+    "SUPERVISOR_COMMAND",
+    "TARGET_MODULE",
+    "HookFinder",
+    "Refused",
+    "WireError",
+    "ensure_private_dir",
+    "inert_reason",
+    "is_spec_kitty_command",
+    "patch_module",
+    "shape_problem",
+    "start_supervisor",
+    "supervised_daemon_pid",
+]
+
+# ---- HOOK BODY: `integrate` installs the wire, then everything below this line ----
+import contextlib
+import functools
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FunctionType, ModuleType
+from typing import Any
+
+#: The command that starts the supervisor installation that installed this hook. The installed
+#: copy redefines it at its very end; here (the repository's copy) there is none.
+SUPERVISOR_COMMAND: tuple[str, ...] = ()
+
+TARGET_MODULE = "specify_cli.sync.daemon"
+DISABLE_ENV = "SPEC_KITTY_SUPERVISOR_DISABLE"
+#: Set on the patched module: which names were wrapped, or why none was.
+HOOK_MARKER = "__spec_kitty_supervisor_hook__"
+INTEGRATION_FILE = "integration.json"
+
+#: Upstream's default health wait after a spawn: ``[0.1] * 10 + [0.25] * 40 + [0.5] * 20``
+#: seconds in every release from 3.2.0 to 3.2.7. A call bounded by it is never slower than
+#: upstream would have been.
+UPSTREAM_HEALTH_WAIT_SECONDS = 21.0
+
+_ENSURE = "ensure_sync_daemon_running"
+_STOP = "stop_sync_daemon"
+_ENSURE_KEYWORDS = frozenset({"intent", "config", "health_wait_seconds"})
+_FORCE = "force_explicit"
+
+
+class Refused(WireError):
+    """Raised when the supervisor answered, but not with a daemon."""
+
+
+def inert_reason() -> str | None:
+    """Why the hook must not act in this process, or None.
+
+    A daemon process imports ``specify_cli.sync.daemon`` to run itself: it must never ask a
+    supervisor for a daemon (3.1 daemon scripts do not even set the minimal-import variable, so
+    the argv is what says it).
+    """
+    if os.environ.get(DISABLE_ENV, "") == "1":
+        return f"{DISABLE_ENV}=1"
+    if any("run_sync_daemon" in argument for argument in getattr(sys, "orig_argv", sys.argv)):
+        return "this process runs a sync daemon"
+    return None
+
+
+def is_spec_kitty_command() -> bool:
+    """True in the ``spec-kitty`` command's own process: only that one may start a supervisor."""
+    program = sys.argv[0] if sys.argv else ""
+    return os.path.basename(program) == "spec-kitty" or program.endswith(
+        os.path.join("specify_cli", "__main__.py")
+    )
+
+
+class HookFinder:
+    """Finds ``specify_cli.sync.daemon`` with the other finders and patches it once executed.
+
+    It never imports a module to patch it: the module is patched at the end of its own
+    execution, when whoever imported it would have gone on anyway.
+    """
+
+    @staticmethod
+    def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
+        if name != TARGET_MODULE or inert_reason() is not None:
+            return None
+        for finder in sys.meta_path:
+            if getattr(finder, "spec_kitty_supervisor_trampoline", False) or finder is HookFinder:
+                continue
+            find = getattr(finder, "find_spec", None)
+            spec = None if find is None else find(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        execute = getattr(loader, "exec_module", None)
+        if execute is None:
+            return spec
+
+        def exec_module(module: ModuleType) -> None:
+            execute(module)
+            patch_module(module)
+
+        with contextlib.suppress(AttributeError, TypeError):
+            loader.exec_module = exec_module
+        return spec
+
+
+# The shape a release must have to be patched
+
+
+def _parameters(function: object) -> tuple[list[str], set[str]] | None:
+    if not isinstance(function, FunctionType):
+        return None
+    code = function.__code__
+    positional = list(code.co_varnames[: code.co_argcount])
+    keyword_only = set(
+        code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    )
+    return positional, keyword_only
+
+
+def shape_problem(module: ModuleType) -> str | None:
+    """Why ``module`` cannot be patched whole, or None when it has every expected shape."""
+    ensure = _parameters(getattr(module, _ENSURE, None))
+    if ensure is None or ensure[0] or not ensure[1] >= _ENSURE_KEYWORDS:
+        return f"{_ENSURE} is not a function of keyword-only intent, config, health_wait_seconds"
+    if not ensure[1] <= _ENSURE_KEYWORDS | {_FORCE}:
+        return f"{_ENSURE} takes unknown keywords {sorted(ensure[1] - _ENSURE_KEYWORDS)}"
+    skip = _parameters(getattr(module, "_daemon_start_skip_reason", None))
+    if (
+        skip is None
+        or skip[0][:2] != ["intent", "policy"]
+        or (_FORCE in skip[1]) != (_FORCE in ensure[1])
+    ):
+        return "_daemon_start_skip_reason is not (intent, policy[, *, force_explicit])"
+    stop = _parameters(getattr(module, _STOP, None))
+    if stop is None or stop[0][:1] != ["timeout"]:
+        return f"{_STOP} is not a function of timeout"
+    fields = getattr(getattr(module, "DaemonStartOutcome", None), "__dataclass_fields__", {})
+    if list(fields) != ["started", "skipped_reason", "pid"]:
+        return "DaemonStartOutcome is not (started, skipped_reason, pid)"
+    for helper in ("_get_package_version", "_daemon_root"):
+        if not callable(getattr(module, helper, None)):
+            return f"{helper} is missing"
+    return None
+
+
+def patch_module(module: ModuleType) -> None:
+    """Wrap the lifecycle functions of an executed ``specify_cli.sync.daemon``, all or none."""
+    try:
+        problem = shape_problem(module)
+        if problem is not None:
+            setattr(module, HOOK_MARKER, {"patched": [], "unpatched": problem})
+            _note(resolve_daemon_root(), "unpatched", problem)
+            return
+        originals: dict[str, Callable[..., Any]] = {
+            _ENSURE: getattr(module, _ENSURE),
+            _STOP: getattr(module, _STOP),
+        }
+        wrappers = {
+            _ENSURE: _ensure_wrapper(module, originals[_ENSURE]),
+            _STOP: _stop_wrapper(module, originals[_STOP]),
+        }
+        for name, wrapper in wrappers.items():
+            setattr(module, name, wrapper)
+        # A module that imported the names by `from ... import` while this one was still
+        # executing (an import cycle) holds the originals: rebind those too.
+        for other in list(sys.modules.values()):
+            namespace = getattr(other, "__dict__", None)
+            if not isinstance(namespace, dict):
+                continue
+            for name, original in originals.items():
+                if namespace.get(name) is original:
+                    namespace[name] = wrappers[name]
+        setattr(module, HOOK_MARKER, {"patched": sorted(wrappers), "unpatched": None})
+    except Exception:  # a broken integration never breaks spec-kitty
+        return
+
+
+# ensure
+
+
+def _ensure_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    takes_force = _FORCE in (_parameters(original) or ([], set()))[1]
+
+    @functools.wraps(original)
+    def ensure_sync_daemon_running(*args: Any, **kwargs: Any) -> Any:
+        if args or "intent" not in kwargs or inert_reason() is not None:
+            return original(*args, **kwargs)
+        try:
+            skipped = _skip_reason(module, kwargs, takes_force)
+        except Exception:
+            return original(*args, **kwargs)
+        if skipped is not None:
+            return original(*args, **kwargs)
+        root = None
+        try:
+            root = resolve_daemon_root(str(module._daemon_root()))
+            pid = supervised_daemon_pid(
+                root,
+                str(module._get_package_version()),
+                _bound(kwargs.get("health_wait_seconds")),
+                may_start=is_spec_kitty_command(),
+            )
+        except Exception as exc:
+            if root is not None and not (
+                isinstance(exc, Unavailable) and not is_spec_kitty_command()
+            ):
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+        return module.DaemonStartOutcome(started=True, skipped_reason=None, pid=pid)
+
+    return ensure_sync_daemon_running
+
+
+def _skip_reason(module: ModuleType, kwargs: dict[str, Any], takes_force: bool) -> Any:
+    """The release's own decision, made exactly as its ``ensure_sync_daemon_running`` makes it."""
+    from specify_cli.sync.config import SyncConfig  # type: ignore[import-not-found]
+
+    config = kwargs.get("config")
+    if config is None:
+        config = SyncConfig()
+    policy = config.get_background_daemon()
+    if takes_force:
+        return module._daemon_start_skip_reason(
+            kwargs["intent"], policy, force_explicit=kwargs.get(_FORCE, False)
+        )
+    return module._daemon_start_skip_reason(kwargs["intent"], policy)
+
+
+def _bound(health_wait_seconds: object) -> float:
+    if isinstance(health_wait_seconds, int | float) and health_wait_seconds > 0:
+        return float(health_wait_seconds)
+    return UPSTREAM_HEALTH_WAIT_SECONDS
+
+
+def supervised_daemon_pid(root: Path, version: str, bound: float, *, may_start: bool) -> int:
+    """The pid of the supervisor's current daemon of ``root`` for this interpreter and version.
+
+    Asks the running supervisor; when none answers and ``may_start``, starts one with the
+    recorded command first. Everything, the start included, happens within ``bound`` seconds.
+    """
+    deadline = time.monotonic() + bound
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:
+        cwd = None
+    body = json.dumps(
+        {
+            "python": sys.executable,
+            "package_version": version,
+            "cwd": cwd,
+            "env": passed_environment(os.environ),
+        }
+    ).encode()
+    connection = Connection(socket_path_for_root(root), bound)
+    try:
+        try:
+            reply = connection.request("POST", "/v1/sync/ensure", body)
+        except Unavailable:
+            if not may_start:
+                raise
+            start_supervisor(root, trusted_command, _remaining(deadline))
+            connection.timeout = _remaining(deadline)
+            reply = connection.request("POST", "/v1/sync/ensure", body)
+    finally:
+        connection.close()
+    daemon = _answer(reply, "daemon")
+    pid = daemon.get("pid") if isinstance(daemon, dict) else None
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        raise Refused("the supervisor's answer names no daemon pid")
+    return pid
+
+
+def _remaining(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise StartFailed("upstream's health wait ran out")
+    return left
+
+
+def _answer(reply: Any, key: str) -> Any:
+    """``key`` of a successful answer of protocol 1, else :class:`Refused` with its reason."""
+    if reply.protocol is not None and reply.protocol != "1":
+        raise Refused(f"the supervisor speaks protocol {reply.protocol}, this hook speaks 1")
+    try:
+        data = reply.json()
+    except ValueError:
+        raise Refused(f"the supervisor answered {reply.status} without JSON") from None
+    if reply.status >= 400 or not isinstance(data, dict):
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            raise Refused(f"{error.get('code')}: {error.get('message')}")
+        raise Refused(f"the supervisor answered {reply.status}")
+    return data.get(key)
+
+
+def trusted_command() -> list[str]:
+    """The recorded command, if it still exists, is the user's or root's, and only they write it."""
+    if not SUPERVISOR_COMMAND:
+        raise StartFailed("this hook records no command that starts a supervisor")
+    program = SUPERVISOR_COMMAND[0]
+    try:
+        info = os.stat(program)
+    except OSError as exc:
+        raise StartFailed(
+            f"the recorded supervisor command {program} is gone ({exc.strerror}); "
+            "run `spec-kitty-supervisor integrate` from the installation you use"
+        ) from None
+    if info.st_uid not in (0, os.getuid()):
+        raise StartFailed(f"{program} belongs to uid {info.st_uid}: not trusted")
+    if info.st_mode & 0o022:
+        raise StartFailed(f"{program} is writable by group or others: not trusted")
+    return list(SUPERVISOR_COMMAND)
+
+
+# stop
+
+
+def _stop_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def stop_sync_daemon(*args: Any, **kwargs: Any) -> Any:
+        if inert_reason() is not None:
+            return original(*args, **kwargs)
+        timeout = kwargs.get("timeout", args[0] if args else 5.0)
+        root = None
+        try:
+            root = resolve_daemon_root(str(module._daemon_root()))
+            retired = retire_current_daemon(root, _bound(timeout) + 5.0)
+        except Exception as exc:
+            # No supervisor runs: upstream stops whatever R/sync-daemon names, as always.
+            if root is not None and not isinstance(exc, Unavailable):
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+        if not retired:
+            return original(*args, **kwargs)
+        return True, "Sync daemon stopped."
+
+    return stop_sync_daemon
+
+
+def retire_current_daemon(root: Path, timeout: float) -> bool:
+    """Ask the running supervisor of ``root`` to retire its current daemon; False: it has none."""
+    connection = Connection(socket_path_for_root(root), timeout)
+    try:
+        daemons = _answer(connection.request("GET", "/v1/status"), "daemons")
+        current = [
+            daemon
+            for daemon in daemons or []
+            if isinstance(daemon, dict) and daemon.get("role") == "current"
+        ]
+        if not current:
+            return False
+        body = json.dumps({"pid": current[0].get("pid"), "reason": "spec-kitty stop_sync_daemon"})
+        reply = connection.request("POST", "/v1/sync/retire", body.encode())
+    finally:
+        connection.close()
+    if reply.status == 404:
+        return False  # it went away meanwhile
+    _answer(reply, "retired")
+    return True
+
+
+# What doctor shows
+
+
+def _note(root: Path, kind: str, message: str) -> None:
+    """Count a failure (or record why nothing was patched) in ``R/supervisor/integration.json``.
+
+    Read-modify-write without a lock: two processes failing at the same instant may count once.
+    """
+    try:
+        folder = ensure_private_dir(supervisor_dir(root))
+        path = folder / INTEGRATION_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entry = data.get(kind)
+        if not isinstance(entry, dict):
+            entry = {}
+        data[kind] = {
+            "count": int(entry.get("count", 0)) + 1,
+            "last_error": message,
+            "time": now,
+            "python": sys.executable,
+        }
+        temporary = folder / f".{INTEGRATION_FILE}.{os.getpid()}"
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(temporary, path)
+    except Exception:
+        return

@@ -1,0 +1,308 @@
+"""Released spec-kitty CLIs (3.2.2, 3.2.4, 3.2.7 from PyPI), integrated, use the supervisor.
+
+Every venv here is a throwaway copy (``tests/support/throwaway_venvs.py``). spec-kitty's own
+``ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)`` is called the way its
+``sync/events.py`` calls it, from a console script named ``spec-kitty`` (the command's own
+process, the only one the hook lets start a supervisor), with ``SPEC_KITTY_ENABLE_SAAS_SYNC=1``
+and a sandbox HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec_kitty_supervisor._integrate import apply, inspect_interpreter, plan
+from tests.support.ports import SPAWN_PORTS
+from tests.support.real_daemons import DaemonFleet, Sandbox
+from tests.support.supervisors import SUPERVISOR, SupervisorUnderTest, daemon_pids, supervisor_pids
+from tests.support.throwaway_venvs import site_packages, throwaway_venv, tree_snapshot
+
+pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
+
+RELEASES = ["3.2.2", "3.2.4", "3.2.7"]
+
+DRIVER = """\
+import json, sys
+from pathlib import Path
+from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running
+outcome = ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)
+answer = {
+    "started": outcome.started,
+    "skipped_reason": outcome.skipped_reason,
+    "pid": outcome.pid,
+    "type": type(outcome).__module__ + "." + type(outcome).__qualname__,
+}
+if "--preflight" in sys.argv:
+    from specify_cli.sync.preflight import run_preflight
+    result = run_preflight(repo_root=Path.cwd(), require_auth=False)
+    answer["preflight_ok"] = result.ok
+    answer["mismatches"] = [mismatch.field for mismatch in result.mismatches]
+print(json.dumps(answer))
+"""
+
+
+def _integrate(*args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [*SUPERVISOR, "integrate", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    document: dict[str, Any] = json.loads(result.stdout)
+    return document
+
+
+def _driver(venv: Path, folder: Path) -> Path:
+    """A console script named ``spec-kitty`` for ``venv``, as pip writes one."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / "spec-kitty"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\n{DRIVER}")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.fixture(scope="module")
+def integrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
+    """Throwaway venvs of each release, integrated with this installation; drivers for each."""
+    base = tmp_path_factory.mktemp("integrated")
+    drivers = {}
+    venvs = []
+    for version in RELEASES:
+        venv = throwaway_venv(version, base)
+        venvs.append(venv)
+        drivers[version] = _driver(venv, base / "drivers" / version)
+    pythons = [arg for venv in venvs for arg in ("--python", str(venv / "bin" / "python"))]
+    document = _integrate(*pythons)
+    assert [entry["action"] for entry in document["interpreters"]] == ["installed"] * 3
+    for entry in document["interpreters"]:
+        assert entry["hook"] == {
+            "patched": ["ensure_sync_daemon_running", "stop_sync_daemon"],
+            "unpatched": None,
+        }
+    yield drivers
+    _integrate("--remove", *pythons)
+
+
+@pytest.fixture
+def fleet() -> Iterator[DaemonFleet]:
+    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
+        yield daemons
+
+
+@pytest.fixture
+def sandbox(fleet: DaemonFleet) -> Iterator[Sandbox]:
+    created = fleet.sandbox()
+    # Supervisors the hooks start are found by their argv and stopped by pid.
+    with SupervisorUnderTest(created):
+        yield created
+
+
+def _env(sandbox: Sandbox, **extra: str) -> dict[str, str]:
+    return sandbox.env(
+        {
+            "SPEC_KITTY_ENABLE_SAAS_SYNC": "1",
+            "SPEC_KITTY_SUPERVISOR_PORT_RANGE": str(SPAWN_PORTS),
+            **extra,
+        }
+    )
+
+
+def _run(driver: Path, sandbox: Sandbox, *args: str, **extra: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [str(driver), *args],
+        env=_env(sandbox, **extra),
+        cwd=sandbox.home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # nothing printed by the hook
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def _status(sandbox: Sandbox) -> dict[str, Any]:
+    result = subprocess.run(
+        [*SUPERVISOR, "status", "--json", "--root", str(sandbox.root)],
+        env=_env(sandbox),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    status: dict[str, Any] = json.loads(result.stdout)
+    return status
+
+
+def _recorded_pid(sandbox: Sandbox) -> int:
+    return int(sandbox.state_file.read_text().split()[3])
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
+    integrated: dict[str, Path], sandbox: Sandbox, version: str
+) -> None:
+    answer = _run(integrated[version], sandbox)
+    assert answer["type"] == "specify_cli.sync.daemon.DaemonStartOutcome"
+    assert (answer["started"], answer["skipped_reason"]) == (True, None)
+    [supervisor] = supervisor_pids(sandbox.root)
+    current = [d for d in _status(sandbox)["daemons"] if d["role"] == "current"]
+    assert [(d["pid"], d["origin"], d["package_version"]) for d in current] == [
+        (answer["pid"], "spawned", version)
+    ]
+    assert _recorded_pid(sandbox) == answer["pid"]  # R/sync-daemon names that daemon
+    assert daemon_pids(sandbox.root) == [answer["pid"]]
+    again = _run(integrated[version], sandbox)
+    assert again["pid"] == answer["pid"]
+    assert supervisor_pids(sandbox.root) == [supervisor]
+
+
+def test_twenty_integrated_processes_at_once_end_with_one_supervisor_and_one_daemon(
+    integrated: dict[str, Path], sandbox: Sandbox
+) -> None:
+    processes = [
+        subprocess.Popen(
+            [str(integrated["3.2.7"])],
+            env=_env(sandbox),
+            cwd=sandbox.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(20)
+    ]
+    answers = []
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        answers.append(json.loads(stdout))
+    pids = {answer["pid"] for answer in answers}
+    assert len(pids) == 1
+    assert all(answer["started"] for answer in answers)
+    assert len(supervisor_pids(sandbox.root)) == 1
+    assert daemon_pids(sandbox.root) == list(pids)
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_with_no_supervisor_startable_the_release_behaves_as_upstream(
+    tmp_path: Path, sandbox: Sandbox, version: str
+) -> None:
+    venv = throwaway_venv(version, tmp_path)
+    apply(plan(inspect_interpreter(str(venv / "bin" / "python")), ["/nonexistent/sks"]))
+    driver = _driver(venv, tmp_path / "driver")
+    answer = _run(driver, sandbox)
+    # Upstream's own lifecycle ran: it spawned its daemon and recorded it.
+    assert (answer["started"], answer["skipped_reason"]) == (True, None)
+    assert answer["pid"] == _recorded_pid(sandbox)
+    assert daemon_pids(sandbox.root) == [answer["pid"]]
+    assert supervisor_pids(sandbox.root) == []
+    record = json.loads((sandbox.root / "supervisor" / "integration.json").read_text())
+    assert record["failure"]["count"] == 1
+    assert "/nonexistent/sks is gone" in record["failure"]["last_error"]
+    skipped = _run(driver, sandbox, SPEC_KITTY_ENABLE_SAAS_SYNC="")
+    assert (skipped["started"], skipped["skipped_reason"]) == (False, "rollout_disabled")
+
+
+def test_remove_leaves_site_packages_exactly_as_it_was(tmp_path: Path) -> None:
+    venv = throwaway_venv("3.2.7", tmp_path)
+    python = str(venv / "bin" / "python")
+    importing = [python, "-c", "import specify_cli.sync.daemon"]
+    subprocess.run(importing, check=True, capture_output=True, timeout=120, cwd=tmp_path)
+    before = tree_snapshot(site_packages(venv))
+    assert _integrate("--python", python)["interpreters"][0]["action"] == "installed"
+    assert _integrate("--python", python)["interpreters"][0]["action"] == "unchanged"
+    timed = subprocess.run(
+        [python, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, check=True
+    )
+    # The .pth line imports nothing at interpreter start: the hook loads with spec-kitty only.
+    assert "spec_kitty_supervisor_hook" not in timed.stderr
+    loaded = subprocess.run(
+        [*importing[:2], "import sys, specify_cli.sync.daemon; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert "spec_kitty_supervisor_hook" in loaded.stdout
+    removed = _integrate("--remove", "--python", python)["interpreters"][0]
+    assert removed["action"] == "removed"
+    assert tree_snapshot(site_packages(venv)) == before
+
+
+BINDINGS = """\
+import json, re, sys
+from pathlib import Path
+import specify_cli
+sys.argv = ["spec-kitty", "auth", "doctor", "--json"]
+try:
+    specify_cli.main()
+except SystemExit:
+    pass
+import importlib
+package = Path(specify_cli.__file__).parent
+NAMES = ("ensure_sync_daemon_running", "stop_sync_daemon")
+either = "(" + "|".join(NAMES) + ")"
+naming = re.compile(r"import[^\\n]*\\b" + either + r"\\b|^\\s+" + either + ",$", re.M)
+for path in package.rglob("*.py"):
+    if naming.search(path.read_text(errors="replace")):
+        name = ".".join(path.relative_to(package.parent).with_suffix("").parts)
+        try:
+            importlib.import_module(name)
+        except Exception:
+            pass
+daemon = sys.modules["specify_cli.sync.daemon"]
+originals = {name: getattr(daemon, name).__wrapped__ for name in NAMES}
+stale, wrapped = [], 0
+for module in list(sys.modules.values()):
+    for key, value in list(getattr(module, "__dict__", {}).items()):
+        if key in originals and value is originals[key]:
+            stale.append(module.__name__)
+        if key in originals and value is getattr(daemon, key):
+            wrapped += 1
+print(json.dumps({"stale": stale, "wrapped": wrapped}))
+"""
+
+
+@pytest.mark.parametrize("version", RELEASES)
+def test_after_the_cli_ran_every_binding_of_a_wrapped_name_is_the_wrapper(
+    integrated: dict[str, Path], sandbox: Sandbox, version: str
+) -> None:
+    python = integrated[version].read_text().splitlines()[0][2:]
+    result = subprocess.run(
+        [python, "-c", BINDINGS],
+        env=sandbox.env(),
+        cwd=sandbox.home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["stale"] == []
+    # daemon itself, restart, _auth_doctor, dashboard handlers, ...: more than the module.
+    assert answer["wrapped"] > 2
+
+
+def test_the_hook_module_is_not_this_projects_package() -> None:
+    # Nothing of this project is imported into spec-kitty: the hook is self-contained.
+    from spec_kitty_supervisor._integrate import hook_source
+
+    source = hook_source(["/x"])
+    assert "spec_kitty_supervisor_client" not in source.replace(
+        "spec_kitty_supervisor_client/_hook.py", ""
+    )
+    assert "import pydantic" not in source
+    assert "import h11" not in source
+    assert sys.version_info >= (3, 11)

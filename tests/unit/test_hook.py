@@ -1,0 +1,366 @@
+"""The hook inside spec-kitty's process, on a stand-in ``specify_cli`` of the released shape.
+
+The real releases are exercised by ``tests/interop/test_integration.py``; here the rules are
+specified one by one: patched whole or not at all, upstream's skip decision first, no
+``R/sync-daemon.lock`` held while the supervisor is asked, inert in daemons and when disabled,
+a start only from the ``spec-kitty`` command, upstream's own function whenever anything fails.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import socket
+import sys
+import tempfile
+import textwrap
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from spec_kitty_supervisor_client import _hook
+
+# 3.2.7's shape (3.2.0-3.2.5 lack force_explicit), with upstream's bodies reduced to a record
+# of what ran.
+RELEASE_3_2_7 = """
+import dataclasses, enum, os
+from pathlib import Path
+
+CALLS = []
+
+class DaemonIntent(str, enum.Enum):
+    LOCAL_ONLY = "local_only"
+    REMOTE_REQUIRED = "remote_required"
+
+@dataclasses.dataclass(frozen=True)
+class DaemonStartOutcome:
+    started: bool
+    skipped_reason: str | None
+    pid: int | None
+
+def _daemon_root():
+    return Path(os.environ["SPEC_KITTY_HOME"])
+
+def _get_package_version():
+    return "3.2.7"
+
+def _daemon_start_skip_reason(intent, policy, *, force_explicit=False):
+    if not os.environ.get("SPEC_KITTY_ENABLE_SAAS_SYNC"):
+        return "rollout_disabled"
+    if intent == DaemonIntent.LOCAL_ONLY:
+        return "intent_local_only"
+    if policy == "manual":
+        return "policy_manual"
+    return None
+
+def ensure_sync_daemon_running(*, intent, config=None, health_wait_seconds=None,
+                               force_explicit=False):
+    from specify_cli.sync.config import SyncConfig
+    policy = (config or SyncConfig()).get_background_daemon()
+    reason = _daemon_start_skip_reason(intent, policy, force_explicit=force_explicit)
+    CALLS.append(("upstream_ensure", reason))
+    if reason is not None:
+        return DaemonStartOutcome(started=False, skipped_reason=reason, pid=None)
+    return DaemonStartOutcome(started=True, skipped_reason=None, pid=1)
+
+def stop_sync_daemon(timeout=5.0):
+    CALLS.append(("upstream_stop", timeout))
+    return False, "No sync daemon metadata found."
+"""
+
+CONFIG = """
+class SyncConfig:
+    def get_background_daemon(self):
+        import os
+        return os.environ.get("POLICY", "auto")
+"""
+
+IMPORTER = "from specify_cli.sync.daemon import ensure_sync_daemon_running, stop_sync_daemon\n"
+
+
+@pytest.fixture
+def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A stand-in spec-kitty on sys.path, the hook's finder in front, a sandbox root."""
+    package = tmp_path / "site" / "specify_cli"
+    (package / "sync").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sync" / "__init__.py").write_text("")
+    (package / "sync" / "config.py").write_text(CONFIG)
+    (package / "sync" / "daemon.py").write_text(RELEASE_3_2_7)
+    (package / "importer.py").write_text(IMPORTER)
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("SPEC_KITTY_HOME", str(root))
+    monkeypatch.setenv("SPEC_KITTY_ENABLE_SAAS_SYNC", "1")
+    monkeypatch.delenv(_hook.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(sys, "argv", ["/usr/bin/other-tool"])
+    monkeypatch.setattr(sys, "orig_argv", ["python", "/usr/bin/other-tool"])
+    sys.meta_path.insert(0, _hook.HookFinder)  # type: ignore[arg-type]
+    try:
+        yield root
+    finally:
+        sys.meta_path.remove(_hook.HookFinder)  # type: ignore[arg-type]
+        for name in [name for name in sys.modules if name.startswith("specify_cli")]:
+            del sys.modules[name]
+
+
+def _import_daemon() -> ModuleType:
+    import importlib
+
+    return importlib.import_module("specify_cli.sync.daemon")
+
+
+class _Supervisor:
+    """A stand-in supervisor on ``root``'s socket that answers ensure with ``pid``.
+
+    On every request it records whether ``R/sync-daemon.lock`` could be taken right then.
+    """
+
+    def __init__(self, root: Path, pid: int = 4242) -> None:
+        self.pid = pid
+        self.lock_free_during_request: list[bool] = []
+        self.requests: list[str] = []
+        self._root = root
+        self._folder = tempfile.mkdtemp(prefix="hook-", dir="/tmp")
+        self.path = Path(self._folder) / "s.sock"
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.path))
+        self._listener.listen(4)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _lock_is_free(self) -> bool:
+        with open(self._root / "sync-daemon.lock", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return True
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head = data.split(b"\r\n", 1)[0].decode()
+                self.requests.append(head)
+                self.lock_free_during_request.append(self._lock_is_free())
+                body = json.dumps({"action": "spawned", "daemon": {"pid": self.pid}}).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nspec-kitty-supervisor-protocol: 1\r\n"
+                    + f"content-length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def supervisor(release: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Supervisor]:
+    server = _Supervisor(release)
+    monkeypatch.setattr(_hook, "socket_path_for_root", lambda root: server.path)
+    yield server
+    server.close()
+
+
+def _integration_record(root: Path) -> dict[str, Any]:
+    return dict(json.loads((root / "supervisor" / "integration.json").read_text()))
+
+
+# Patching
+
+
+def test_the_module_is_patched_at_the_end_of_its_own_execution(release: Path) -> None:
+    daemon = _import_daemon()
+    assert getattr(daemon, _hook.HOOK_MARKER) == {
+        "patched": ["ensure_sync_daemon_running", "stop_sync_daemon"],
+        "unpatched": None,
+    }
+    assert daemon.ensure_sync_daemon_running.__wrapped__ is not daemon.ensure_sync_daemon_running
+
+
+def test_every_binding_made_by_from_import_is_the_wrapper(release: Path) -> None:
+    import importlib
+
+    importer = importlib.import_module("specify_cli.importer")
+    daemon = sys.modules["specify_cli.sync.daemon"]
+    assert importer.ensure_sync_daemon_running is daemon.ensure_sync_daemon_running
+    assert importer.stop_sync_daemon is daemon.stop_sync_daemon
+    originals = {
+        daemon.ensure_sync_daemon_running.__wrapped__,
+        daemon.stop_sync_daemon.__wrapped__,
+    }
+    for module in list(sys.modules.values()):
+        for value in list(getattr(module, "__dict__", {}).values()):
+            assert not any(value is original for original in originals)
+
+
+def test_a_release_of_another_shape_is_left_unpatched_whole(release: Path) -> None:
+    daemon_file = release.parent / "site" / "specify_cli" / "sync" / "daemon.py"
+    daemon_file.write_text(
+        RELEASE_3_2_7.replace("def stop_sync_daemon(timeout=5.0):", "def stop_sync_daemon(t=5.0):")
+    )
+    daemon = _import_daemon()
+    marker = getattr(daemon, _hook.HOOK_MARKER)
+    assert marker["patched"] == []
+    assert "stop_sync_daemon is not a function of timeout" in marker["unpatched"]
+    assert not hasattr(daemon.ensure_sync_daemon_running, "__wrapped__")  # not half-patched
+    assert _integration_record(release)["unpatched"]["count"] == 1
+
+
+def test_nothing_is_patched_inside_a_daemon_process(
+    release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "orig_argv", ["python", "-c", "run_sync_daemon(9400, 't')"])
+    daemon = _import_daemon()
+    assert not hasattr(daemon, _hook.HOOK_MARKER)
+
+
+def test_nothing_is_patched_when_disabled(release: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_hook.DISABLE_ENV, "1")
+    assert not hasattr(_import_daemon(), _hook.HOOK_MARKER)
+
+
+# ensure
+
+
+def test_upstreams_skip_decision_comes_first_and_is_returned_unchanged(
+    supervisor: _Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon = _import_daemon()
+    local = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.LOCAL_ONLY)
+    monkeypatch.setenv("POLICY", "manual")
+    manual = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    monkeypatch.delenv("SPEC_KITTY_ENABLE_SAAS_SYNC")
+    rollout = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    assert [o.skipped_reason for o in (local, manual, rollout)] == [
+        "intent_local_only",
+        "policy_manual",
+        "rollout_disabled",
+    ]
+    assert supervisor.requests == []
+
+
+def test_the_supervisor_is_asked_without_holding_the_daemon_lock(
+    supervisor: _Supervisor,
+) -> None:
+    daemon = _import_daemon()
+    outcome = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    assert outcome == daemon.DaemonStartOutcome(started=True, skipped_reason=None, pid=4242)
+    assert type(outcome) is daemon.DaemonStartOutcome
+    assert supervisor.requests == ["POST /v1/sync/ensure HTTP/1.1"]
+    assert supervisor.lock_free_during_request == [True]
+    assert daemon.CALLS == []  # upstream's own lifecycle never ran
+
+
+def test_outside_the_spec_kitty_command_no_supervisor_is_started(
+    release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[Path] = []
+    monkeypatch.setattr(_hook, "start_supervisor", lambda root, *a: started.append(root))
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", ("/bin/true",))
+    daemon = _import_daemon()
+    outcome = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    assert outcome.pid == 1  # upstream's own answer
+    assert daemon.CALLS == [("upstream_ensure", None)]
+    assert started == []
+    # Not a failure: other processes only ask a running supervisor.
+    assert not (release / "supervisor" / "integration.json").exists()
+
+
+def test_the_spec_kitty_command_falls_back_to_upstream_and_records_why(
+    release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["/home/u/.local/bin/spec-kitty", "next"])
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", ("/nonexistent/spec-kitty-supervisor",))
+    daemon = _import_daemon()
+    for _ in range(2):
+        outcome = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+        assert outcome == daemon.DaemonStartOutcome(started=True, skipped_reason=None, pid=1)
+    failure = _integration_record(release)["failure"]
+    assert failure["count"] == 2
+    assert "/nonexistent/spec-kitty-supervisor is gone" in failure["last_error"]
+
+
+def test_a_recorded_command_others_can_write_is_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    program = tmp_path / "spec-kitty-supervisor"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o777)
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(program),))
+    with pytest.raises(_hook.StartFailed, match="writable by group or others"):
+        _hook.trusted_command()
+    program.chmod(0o755)
+    assert _hook.trusted_command() == [str(program)]
+
+
+def test_a_supervisor_error_falls_back_to_upstream(
+    release: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> int:
+        raise _hook.Refused("root_quarantined: the daemon kept dying")
+
+    monkeypatch.setattr(_hook, "supervised_daemon_pid", refuse)
+    daemon = _import_daemon()
+    outcome = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    assert outcome.pid == 1
+    assert "root_quarantined" in _integration_record(release)["failure"]["last_error"]
+
+
+def test_the_health_wait_bounds_the_call() -> None:
+    assert _hook._bound(None) == _hook.UPSTREAM_HEALTH_WAIT_SECONDS == 21.0
+    assert _hook._bound(3.0) == 3.0
+
+
+# stop
+
+
+def test_stop_without_a_running_supervisor_is_upstreams(release: Path) -> None:
+    daemon = _import_daemon()
+    assert daemon.stop_sync_daemon(timeout=1.0) == (False, "No sync daemon metadata found.")
+    assert daemon.CALLS == [("upstream_stop", 1.0)]
+
+
+# Where it acts
+
+
+@pytest.mark.parametrize(
+    ("argv0", "expected"),
+    [
+        ("/home/u/.local/bin/spec-kitty", True),
+        ("/v/lib/python3.11/site-packages/specify_cli/__main__.py", True),
+        ("/usr/bin/spec-kitty-dashboard", False),
+        ("-c", False),
+    ],
+)
+def test_only_the_spec_kitty_command_may_start_a_supervisor(
+    argv0: str, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert _hook.is_spec_kitty_command() is expected
+
+
+def test_a_daemons_argv_makes_the_hook_inert(monkeypatch: pytest.MonkeyPatch) -> None:
+    script = textwrap.dedent("""\
+        from specify_cli.sync.daemon import run_sync_daemon
+        run_sync_daemon(9400, 'abc')
+    """)
+    monkeypatch.delenv(_hook.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(sys, "orig_argv", ["/v/bin/python", "-c", script])
+    assert _hook.inert_reason() == "this process runs a sync daemon"
+    monkeypatch.setattr(sys, "orig_argv", ["/v/bin/python", "/v/bin/spec-kitty"])
+    assert _hook.inert_reason() is None
+    monkeypatch.setenv(_hook.DISABLE_ENV, "1")
+    assert _hook.inert_reason() == f"{_hook.DISABLE_ENV}=1"
