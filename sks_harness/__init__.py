@@ -56,6 +56,7 @@ from ._process import ProcessIdentity, is_alive, read_identity, signal_if_same
 from ._sandbox import Sandbox
 from ._state_file import StateRecord, read_state_file, write_state_file
 from ._supervisors import SUPERVISOR, SupervisorUnderTest, daemon_pids, supervisor_pids
+from ._throwaway import site_packages, throwaway_venv, tree_snapshot
 from ._upstream import UpstreamEnsure, run_upstream_cli, run_upstream_ensure
 from ._venvs import (
     DEFAULT_ORPHAN_VERSIONS,
@@ -69,6 +70,9 @@ from ._venvs import (
 )
 
 __all__ = [
+    "site_packages",
+    "throwaway_venv",
+    "tree_snapshot",
     "DEFAULT_ORPHAN_VERSIONS",
     "DEFAULT_TIMEOUT",
     "FAMILY_RANGE",

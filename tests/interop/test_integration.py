@@ -1,6 +1,6 @@
 """Released spec-kitty CLIs (3.2.2, 3.2.4, 3.2.7 from PyPI), integrated, use the supervisor.
 
-Every venv here is a throwaway copy (``tests/support/throwaway_venvs.py``). spec-kitty's own
+Every venv here is a throwaway copy (``sks_harness.throwaway_venv``). spec-kitty's own
 ``ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)`` is called the way its
 ``sync/events.py`` calls it, from a console script named ``spec-kitty`` (the command's own
 process, the only one the hook lets start a supervisor), with ``SPEC_KITTY_ENABLE_SAAS_SYNC=1``
@@ -18,11 +18,19 @@ from typing import Any
 
 import pytest
 
+from sks_harness import (
+    SPAWN_PORTS,
+    SUPERVISOR,
+    DaemonFleet,
+    Sandbox,
+    SupervisorUnderTest,
+    daemon_pids,
+    site_packages,
+    supervisor_pids,
+    throwaway_venv,
+    tree_snapshot,
+)
 from spec_kitty_supervisor._integrate import apply, inspect_interpreter, plan
-from tests.support.ports import SPAWN_PORTS
-from tests.support.real_daemons import DaemonFleet, Sandbox
-from tests.support.supervisors import SUPERVISOR, SupervisorUnderTest, daemon_pids, supervisor_pids
-from tests.support.throwaway_venvs import site_packages, throwaway_venv, tree_snapshot
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
@@ -167,32 +175,6 @@ def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
     again = _run(integrated[version], sandbox)
     assert again["pid"] == answer["pid"]
     assert supervisor_pids(sandbox.root) == [supervisor]
-
-
-def test_twenty_integrated_processes_at_once_end_with_one_supervisor_and_one_daemon(
-    integrated: dict[str, Path], sandbox: Sandbox
-) -> None:
-    processes = [
-        subprocess.Popen(
-            [str(integrated["3.2.7"])],
-            env=_env(sandbox),
-            cwd=sandbox.home,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(20)
-    ]
-    answers = []
-    for process in processes:
-        stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, stderr
-        answers.append(json.loads(stdout))
-    pids = {answer["pid"] for answer in answers}
-    assert len(pids) == 1
-    assert all(answer["started"] for answer in answers)
-    assert len(supervisor_pids(sandbox.root)) == 1
-    assert daemon_pids(sandbox.root) == list(pids)
 
 
 @pytest.mark.parametrize("version", RELEASES)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from .real_daemons import spec_kitty_venv
+from ._errors import HarnessError
+from ._venvs import spec_kitty_venv
 
 __all__ = ["site_packages", "throwaway_venv", "tree_snapshot"]
 
@@ -38,7 +39,8 @@ def throwaway_venv(version: str, parent: Path) -> Path:
 
 def site_packages(venv: Path) -> Path:
     found = sorted(venv.glob("lib/python3.*/site-packages"))
-    assert len(found) == 1, found
+    if len(found) != 1:
+        raise HarnessError(f"{venv} has {len(found)} site-packages folders: {found}")
     return found[0]
 
 
