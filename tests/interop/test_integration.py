@@ -61,7 +61,7 @@ def _integrate(*args: str) -> dict[str, Any]:
         [*SUPERVISOR, "integrate", "--json", *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -131,7 +131,7 @@ def _run(driver: Path, sandbox: Sandbox, *args: str, **extra: str) -> dict[str, 
         cwd=sandbox.home,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     assert result.returncode == 0, result.stderr
@@ -177,6 +177,40 @@ def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
     assert supervisor_pids(sandbox.root) == [supervisor]
 
 
+def test_twenty_integrated_processes_at_once_end_with_one_supervisor_and_one_daemon(
+    integrated: dict[str, Path], sandbox: Sandbox
+) -> None:
+    processes = [
+        subprocess.Popen(
+            [str(integrated["3.2.7"])],
+            env=_env(sandbox),
+            cwd=sandbox.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(20)
+    ]
+    answers = []
+    try:
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=600)
+            assert process.returncode == 0, stderr
+            answers.append(json.loads(stdout))
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+    pids = {answer["pid"] for answer in answers}
+    assert len(pids) == 1
+    assert all(answer["started"] for answer in answers)
+    assert len(supervisor_pids(sandbox.root)) == 1
+    assert daemon_pids(sandbox.root) == list(pids)
+    # Every one of them was answered by the supervisor: none fell back to upstream.
+    assert not (sandbox.root / "supervisor" / "integration.json").exists()
+
+
 @pytest.mark.parametrize("version", RELEASES)
 def test_with_no_supervisor_startable_the_release_behaves_as_upstream(
     tmp_path: Path, sandbox: Sandbox, version: str
@@ -201,7 +235,7 @@ def test_remove_leaves_site_packages_exactly_as_it_was(tmp_path: Path) -> None:
     venv = throwaway_venv("3.2.7", tmp_path)
     python = str(venv / "bin" / "python")
     importing = [python, "-c", "import specify_cli.sync.daemon"]
-    subprocess.run(importing, check=True, capture_output=True, timeout=120, cwd=tmp_path)
+    subprocess.run(importing, check=True, capture_output=True, timeout=600, cwd=tmp_path)
     before = tree_snapshot(site_packages(venv))
     assert _integrate("--python", python)["interpreters"][0]["action"] == "installed"
     assert _integrate("--python", python)["interpreters"][0]["action"] == "unchanged"
@@ -268,7 +302,7 @@ def test_after_the_cli_ran_every_binding_of_a_wrapped_name_is_the_wrapper(
         cwd=sandbox.home,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
         check=False,
     )
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -288,3 +322,64 @@ def test_the_hook_module_is_not_this_projects_package() -> None:
     assert "import pydantic" not in source
     assert "import h11" not in source
     assert sys.version_info >= (3, 11)
+
+
+def _events(sandbox: Sandbox) -> list[dict[str, Any]]:
+    result = subprocess.run(
+        [*SUPERVISOR, "events", "--json", "--limit", "1000", "--root", str(sandbox.root)],
+        env=_env(sandbox),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    events: list[dict[str, Any]] = json.loads(result.stdout)["events"]
+    return events
+
+
+CLI_IDENTITY = {"daemon_package_version", "daemon_source_path"}
+
+
+def test_3_2_4_and_3_2_7_alternating_never_thrash_and_preflight_is_as_adr_0003_says(
+    integrated: dict[str, Path], sandbox: Sandbox
+) -> None:
+    answers = [
+        (version, _run(integrated[version], sandbox, "--preflight"))
+        for _ in range(10)
+        for version in ("3.2.4", "3.2.7")
+    ]
+    # 3.2.4 first gets its own daemon, 3.2.7 upgrades it once (make-before-break); from then
+    # on both get the same 3.2.7 daemon: no kill/spawn cycle.
+    upgraded = answers[1][1]["pid"]
+    assert answers[0][1]["pid"] != upgraded
+    assert {answer["pid"] for _, answer in answers[1:]} == {upgraded}
+    assert [event["kind"] for event in _events(sandbox)].count("spawned") == 2
+    assert daemon_pids(sandbox.root) == [upgraded]
+    # ADR 0003: keep-newer wins; 3.2.7's preflight has no CLI-identity mismatch, 3.2.4's
+    # refuses while the newer daemon runs. (No login in the sandbox: every preflight also
+    # reports the server url, as upstream alone does.)
+    assert not CLI_IDENTITY & set(answers[0][1]["mismatches"])
+    for version, answer in answers[1:]:
+        assert answer["preflight_ok"] is False
+        if version == "3.2.7":
+            assert not CLI_IDENTITY & set(answer["mismatches"])
+        else:
+            assert set(answer["mismatches"]) >= CLI_IDENTITY
+    # Upstream's remediation, run with the older CLI, gives it a daemon of its own version.
+    spec_kitty = Path(integrated["3.2.4"].read_text().splitlines()[0][2:]).parent / "spec-kitty"
+    restart = subprocess.run(
+        [str(spec_kitty), "doctor", "restart-daemon"],
+        env=_env(sandbox),
+        cwd=sandbox.home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    after = _run(integrated["3.2.4"], sandbox, "--preflight")
+    assert not CLI_IDENTITY & set(after["mismatches"])
+    assert after["pid"] != upgraded
+    current = [d for d in _status(sandbox)["daemons"] if d["role"] == "current"]
+    assert [(d["pid"], d["package_version"]) for d in current] == [(after["pid"], "3.2.4")]
