@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from sks_harness import eventually
 from spec_kitty_supervisor._sd_notify import Notifier
 
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -188,11 +188,12 @@ def run_activated(
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 10
-        while not control.exists():
+
+        def listening() -> bool:
             assert manager.poll() is None, manager.communicate()
-            assert time.monotonic() < deadline, "systemd-socket-activate never listened"
-            time.sleep(0.02)
+            return control.exists()
+
+        eventually(listening, what="systemd-socket-activate to listen")
         reply = b""
         if trigger == "stream":
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:

@@ -33,6 +33,7 @@ from sks_harness import (
     Sandbox,
     StateRecord,
     StopOutcome,
+    aeventually,
     free_ports,
     parse_port_range,
     port_is_free,
@@ -57,13 +58,9 @@ def _gone(identity: ProcessIdentity) -> bool:
     return not identity.same_process(read_identity(identity.pid))
 
 
-async def _port_freed(port: int, within: float = 5.0) -> bool:
+async def _port_freed(port: int) -> bool:
     """A stopped daemon's port frees shortly after its pid is gone (never the proof of it)."""
-    with anyio.move_on_after(within):
-        while not port_is_free(port):
-            await anyio.sleep(0.05)
-        return True
-    return False
+    return await aeventually(lambda: port_is_free(port), what=f"port {port} to be free")
 
 
 async def _make_orphans_cli(sandbox: Sandbox, *args: str) -> dict[str, Any]:

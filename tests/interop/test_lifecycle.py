@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from sks_harness import (
     Sandbox,
     SupervisorUnderTest,
     daemon_pids,
+    eventually,
     post_shutdown,
     read_identity,
     run_blocking,
@@ -53,15 +52,6 @@ def _events(sup: SupervisorUnderTest) -> list[dict[str, Any]]:
     return events
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _current(sup: SupervisorUnderTest) -> dict[str, Any] | None:
     status = sup.cli_json("status")
     current = [d for d in status["daemons"] if d["role"] == "current"]
@@ -78,7 +68,7 @@ def test_upgrade_is_make_before_break_and_alternating_clients_never_thrash(
         new = upgraded["daemon"]
         assert new["package_version"] == "3.2.7"
         assert new["state"] == "healthy"  # healthy before the switch was answered
-        _wait_for(lambda: read_identity(old["pid"]) is None, 5, "the 3.2.4 daemon to exit")
+        eventually(lambda: read_identity(old["pid"]) is None, what="the 3.2.4 daemon to exit")
         events = _events(sup)
         spawned = next(e for e in events if e["kind"] == "spawned" and e["pid"] == new["pid"])
         retired = next(e for e in events if e["kind"] == "retired" and e["pid"] == old["pid"])
@@ -102,7 +92,7 @@ def test_latest_wins_policy_replaces_with_the_older_version(sandbox: Sandbox) ->
 def test_idle_daemon_retires_and_the_next_ensure_spawns_a_fresh_one(sandbox: Sandbox) -> None:
     with _supervisor(sandbox, idle_retirement_seconds="2") as sup:
         first = _ensure(sup, "3.2.4")["daemon"]
-        _wait_for(lambda: read_identity(first["pid"]) is None, 10, "idle retirement")
+        eventually(lambda: read_identity(first["pid"]) is None, what="idle retirement")
         assert not (sup.root / "sync-daemon").exists()
         retired = [e for e in _events(sup) if e["kind"] == "retired"]
         assert "idle" in retired[-1]["reason"]
@@ -119,9 +109,13 @@ def test_a_daemon_stopped_through_its_own_shutdown_has_retired_not_crashed(
         # What a newer spec-kitty CLI does to the legacy daemon: shutdown, then forget it.
         assert run_blocking(post_shutdown, daemon["port"], daemon["token"], 2.0)
         (sup.root / "sync-daemon").unlink()
-        _wait_for(lambda: read_identity(daemon["pid"]) is None, 5, "the daemon to exit")
-        _wait_for(lambda: sup.cli_json("status")["daemons"] == [], 5, "the table to clear")
-        time.sleep(2.5)  # a restart would come within the first backoff
+        eventually(lambda: read_identity(daemon["pid"]) is None, what="the daemon to exit")
+        eventually(lambda: sup.cli_json("status")["daemons"] == [], what="the table to clear")
+        # The supervisor records its decision about the exit: retired, not restarted.
+        eventually(
+            lambda: any(e["kind"] == "retired" and e["pid"] == daemon["pid"] for e in _events(sup)),
+            what="the exit to be recorded as a retirement",
+        )
         status = sup.cli_json("status")
         assert status["daemons"] == []
         assert status["root_state"] == "ok"
@@ -147,10 +141,10 @@ def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox, way_ou
         quarantine_deaths="3",
         restart_backoff_seconds="0.5",
     ) as sup:
-        python = _dying_interpreter(sandbox.base, 1.5)
+        python = _dying_interpreter(sandbox.base, 4)
         first = sup.cli_json("ensure", "--python", python, "--package-version", "3.2.4")
         assert first["action"] == "spawned"
-        _wait_for(lambda: sup.cli_json("status")["root_state"] == "quarantined", 30, "quarantine")
+        eventually(lambda: sup.cli_json("status")["root_state"] == "quarantined", what="quarantine")
         events = _events(sup)
         deaths = [e for e in events if e["kind"] == "died"]
         assert len(deaths) >= 2
@@ -161,9 +155,6 @@ def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox, way_ou
         delays = [float(re.search(r"after ([0-9.]+) s backoff", e["reason"])[1]) for e in restarts]  # type: ignore[index]
         assert 0.4 <= delays[0] <= 0.6
         assert 0.8 <= delays[1] <= 1.2
-        spawns_before = sum(1 for e in events if e["kind"] == "spawned")
-        time.sleep(3)
-        assert sum(1 for e in _events(sup) if e["kind"] == "spawned") == spawns_before
         refused = sup.cli("ensure", "--python", python, "--package-version", "3.2.4")
         assert refused.returncode == 1
         assert "quarantined" in refused.stderr
@@ -173,8 +164,14 @@ def test_a_daemon_that_keeps_dying_quarantines_the_root(sandbox: Sandbox, way_ou
         # An ensure with another interpreter lifts it by itself, and spawns.
         assert _ensure(sup, "3.2.4")["action"] == "spawned"
         assert sup.cli_json("status")["root_state"] == "ok"
-        lifted = [e for e in _events(sup) if e["kind"] == "quarantine_lifted"]
+        events = _events(sup)
+        lifted = [e for e in events if e["kind"] == "quarantine_lifted"]
         assert ("restart" if way_out == "restart" else "another interpreter") in lifted[0]["reason"]
+        # Nothing was spawned while the root was quarantined (read from the ledger's order,
+        # not from a pause): the quarantine held through every command above.
+        kinds = [e["kind"] for e in events]
+        quarantined = kinds.index("quarantined")
+        assert "spawned" not in kinds[quarantined : kinds.index("quarantine_lifted")]
 
 
 def test_a_wedged_daemon_is_restarted_after_the_watchdog_window(sandbox: Sandbox) -> None:
@@ -187,8 +184,8 @@ def test_a_wedged_daemon_is_restarted_after_the_watchdog_window(sandbox: Sandbox
                 current = _current(sup)
                 return current is not None and current["pid"] != wedged["pid"]
 
-            _wait_for(replaced, 15, "the watchdog restart")
-            _wait_for(lambda: read_identity(wedged["pid"]) is None, 15, "the wedged one to stop")
+            eventually(replaced, what="the watchdog restart")
+            eventually(lambda: read_identity(wedged["pid"]) is None, what="the wedged one to stop")
         finally:
             if read_identity(wedged["pid"]) is not None:
                 os.kill(wedged["pid"], signal.SIGCONT)
@@ -210,7 +207,7 @@ def test_kill_9_of_the_supervisor_then_ensure_keeps_the_same_daemon(
         daemon = _ensure(sup, version)["daemon"]
         (pid,) = sup.pids()
         os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: sup.pids() == [], 5, "the supervisor to die")
+        eventually(lambda: sup.pids() == [], what="the supervisor to die")
         again = _ensure(sup, version)
         assert again["action"] == "adopted"
         assert again["daemon"]["pid"] == daemon["pid"]
@@ -260,7 +257,7 @@ def test_hand_over_keeps_the_daemon_pid(sandbox: Sandbox) -> None:
         (old_supervisor,) = sup.pids()
         new_supervisor = sup.start("--takeover")
         assert new_supervisor != old_supervisor
-        _wait_for(lambda: read_identity(old_supervisor) is None, 10, "the old one to leave")
+        eventually(lambda: read_identity(old_supervisor) is None, what="the old one to leave")
         status = sup.cli_json("status")
         assert status["supervisor"]["pid"] == new_supervisor
         assert [d["pid"] for d in status["daemons"]] == [daemon["pid"]]
@@ -286,11 +283,15 @@ def test_a_newer_upstream_cli_replaces_the_daemon_and_the_supervisor_adopts_it(
         upstream = run_upstream_ensure(sandbox, "3.2.7")
         assert upstream.pid is not None
         assert upstream.pid != ours["pid"]
-        time.sleep(15)
-        assert daemon_pids(sup.root) == [upstream.pid]
-        current = _current(sup)
-        assert current is not None
-        assert current["pid"] == upstream.pid
+
+        def adopted() -> dict[str, Any] | None:
+            current = _current(sup)
+            return current if current is not None and current["pid"] == upstream.pid else None
+
+        current = eventually(adopted, what="the supervisor to adopt the upstream daemon")
+        eventually(
+            lambda: daemon_pids(sup.root) == [upstream.pid], what="our replaced daemon to be gone"
+        )
         assert current["origin"] == "adopted"
         assert current["package_version"] == "3.2.7"
         # No spawn/kill thrash: the supervisor spawned only its first daemon.
@@ -302,7 +303,7 @@ def test_a_removed_socket_file_is_restored(sandbox: Sandbox) -> None:
         pid = sup.start()
         path = sup.root / "supervisor" / "supervisor.sock"
         path.unlink()
-        _wait_for(path.exists, 10, "the socket to be restored")
+        eventually(path.exists, what="the socket to be restored")
         status = sup.cli_json("status")
         assert status["supervisor"]["pid"] == pid
         assert any(e["kind"] == "socket_restored" for e in _events(sup))
@@ -315,7 +316,7 @@ def test_a_removed_lock_file_makes_the_supervisor_leave_its_daemons_and_exit(
         daemon = _ensure(sup, "3.2.4")["daemon"]
         (pid,) = sup.pids()
         (sup.root / "supervisor" / "supervisor.lock").unlink()
-        _wait_for(lambda: read_identity(pid) is None, 10, "the fenced supervisor to exit")
+        eventually(lambda: read_identity(pid) is None, what="the fenced supervisor to exit")
         assert daemon_pids(sup.root) == [daemon["pid"]]
         ledger = (sup.root / "supervisor" / "events.jsonl").read_text()
         assert '"kind":"fenced"' in ledger

@@ -64,8 +64,21 @@ async def _boom(request: ApiRequest) -> BaseModel:
     raise RuntimeError("handler bug")
 
 
+class _Gate:
+    """Holds the slow handler until the test lets it go: no sleep stands in for slowness."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.release = anyio.Event()
+
+
+_SLOW: list[_Gate] = []
+
+
 async def _slow(request: ApiRequest) -> BaseModel:
-    await anyio.sleep(0.5)
+    gate = _SLOW[-1]
+    gate.entered.set()
+    await gate.release.wait()
     return SupervisorHealth(pid=2, version="t", protocol_version=1, root="/r")
 
 
@@ -192,21 +205,51 @@ async def test_kept_alive_connection_serves_many_requests(server: Path) -> None:
     assert replies == 5
 
 
+async def _one_reply(stream: SocketStream) -> tuple[int, dict[str, object]]:
+    """Read one Content-Length-delimited reply from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += await stream.receive()
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += await stream.receive()
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
 async def test_a_stalled_client_does_not_stall_others(server: Path) -> None:
     async with await anyio.connect_unix(server) as stalled:
         await stalled.send(b"POST /v1/retire HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\n\r\n{")
-        with anyio.fail_after(2):
-            status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
+        status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
         assert status == 200
+        # Meanwhile the stalled request was still being read, not dropped: its end arrives
+        # now and it gets its own answer.
+        await stalled.send(b'"pid": 7'.ljust(98) + b"}")
+        status, body = await _one_reply(stalled)
+        assert (status, body["pid"]) == (200, 7)
 
 
 async def test_a_slow_handler_does_not_stall_others(server: Path) -> None:
+    gate = _Gate()
+    _SLOW.append(gate)
+    slow: list[bytes] = []
+
+    async def ask_slowly() -> None:
+        slow.append(await _raw(server, _request("GET", "/v1/slow")))
+
     async with anyio.create_task_group() as group:
-        group.start_soon(_raw, server, _request("GET", "/v1/slow"))
-        await anyio.sleep(0.05)
-        with anyio.fail_after(0.4):
-            status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
-    assert status == 200
+        group.start_soon(ask_slowly)
+        await gate.entered.wait()
+        # The slow handler is running and holds on: another request is answered meanwhile.
+        status, _ = _split(await _raw(server, _request("GET", "/v1/health")))
+        assert status == 200
+        assert slow == []
+        gate.release.set()
+    assert _split(slow[0])[0] == 200
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another uid")

@@ -63,7 +63,8 @@ async def test_lock_is_exclusive_within_the_process_too(tmp_path: Path) -> None:
     async def holder(name: str) -> None:
         async with hold_legacy_lock(lock, timeout=5):
             order.append(f"{name}-in")
-            await anyio.sleep(0.05)
+            # Let the other holder try for the lock (and block on it) before letting go.
+            await anyio.wait_all_tasks_blocked()
             order.append(f"{name}-out")
 
     async with anyio.create_task_group() as group:
