@@ -3,7 +3,7 @@
 ``python -m bench [--only NAME ...] [--full] [--json PATH]`` (``make bench`` runs the default
 set). Every figure is a median (or p50/p90) of samples measured on this machine, next to the
 same operation done by the published upstream release, and the table reports their ratio
-against the targets of DESIGN.md ("Performance the design must reach"). These are
+against the project's targets (listed in docs/performance.md). These are
 measurements, not tests: a missed target is reported, never retried until it passes.
 
 Every benchmark runs in a throwaway HOME (never the real ``~/.spec-kitty``) and stops every

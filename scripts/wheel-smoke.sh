@@ -151,6 +151,14 @@ wheels=("$work"/dist/*.whl)
 [ ${#wheels[@]} -eq 1 ] && [ -f "${wheels[0]}" ] || fail "expected one wheel in $work/dist"
 wheel="${wheels[0]}"
 say "built $(basename "$wheel")"
+# Only the two product packages ship: never the test harness, the tests or the benchmarks.
+strays="$("$dev_python" -c '
+import sys, zipfile
+tops = {name.split("/", 1)[0] for name in zipfile.ZipFile(sys.argv[1]).namelist()}
+print(" ".join(sorted(t for t in tops if not t.startswith(("spec_kitty_supervisor", "spec_kitty_supervisor-")))))
+' "$wheel")"
+[ -z "$strays" ] || fail "the wheel ships more than the product packages: $strays"
+say "the wheel holds spec_kitty_supervisor and spec_kitty_supervisor_client only"
 
 # -- 2. install it alone into a fresh venv ----------------------------------------------------
 say "installing it into a fresh venv (dependencies from PyPI)"

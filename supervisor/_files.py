@@ -1,6 +1,6 @@
 """Durable small files: every state change is written atomically before it is acted on.
 
-One function writes them all (DESIGN rule 5): a temporary file in the same folder, fsync, then
+One function writes them all: a temporary file in the same folder, fsync, then
 rename over the target, then fsync the folder so the rename itself survives a crash.
 """
 

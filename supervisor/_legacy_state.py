@@ -2,7 +2,8 @@
 
 Unmodified spec-kitty CLIs read this file to find the root's daemon and SIGKILL the pid it
 names without checking who that pid is now. So it must only ever name a live, verified daemon
-of the root (DESIGN rule 6), and we change it only while holding the same flock upstream
+of the root (it is rewritten or removed *before* a daemon it names is stopped or reaped),
+and we change it only while holding the same flock upstream
 spawners take, so that we never interleave with their inspect-kill-spawn sequence.
 """
 

@@ -1,10 +1,10 @@
 """The one place that signals a process, and the graceful stop sequence built on it.
 
 Every signal the supervisor sends goes through :func:`send_signal`, which re-checks the target
-right before the syscall (DESIGN rule 1): the same pid with the same process start, our own
-uid, and a port inside the sync family range. A process that fails any check is not
-signalled; the caller is told why. ``grep -n "os.kill\\|pidfd_send_signal"`` finds only this
-module.
+right before the syscall: the same pid with the same process start, our own uid, and a port
+inside the sync family range. A pidfd taken before that check carries the signal, so a pid
+reused in between is never hit. A process that fails any check is not signalled; the caller
+is told why. No other module signals (``tests/unit/test_walls.py`` checks every file).
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ re-checked before each signal, death confirmed by pid). A sweep adds what it owe
 
 * the family boundary is checked before anything, the token shutdown included: an HTTP
   request to a port outside ``[9400, 9450)`` would already be acting on another family;
-* ``R/sync-daemon`` is rewritten or removed before a daemon it names is stopped (DESIGN
-  rule 6), since upstream CLIs SIGKILL the recorded pid without checking who it is;
+* ``R/sync-daemon`` is rewritten or removed before a daemon it names is stopped, since
+  upstream CLIs SIGKILL the recorded pid without checking who it is;
 * the daemon ``R/sync-daemon`` records is spared when it is ``safe_auto``: a supervisor
   adopts it through its lifecycle instead of fighting the CLI that recorded it;
 * every daemon is stopped in parallel, so a sweep lasts as long as its slowest daemon.
@@ -100,7 +100,7 @@ def _skipped(item: Observation, reason: str | None) -> SkippedRecord:
 def release_state_file(
     legacy_state: Path, stopping: Collection[int], replacement: LegacyRecord | None = None
 ) -> None:
-    """Make ``R/sync-daemon`` name none of ``stopping`` (DESIGN rule 6); hold its lock.
+    """Make ``R/sync-daemon`` name none of ``stopping`` before they are stopped; hold its lock.
 
     It then names ``replacement`` (the supervisor's current daemon) when there is one, and
     is removed otherwise: a stale pid there is what upstream CLIs SIGKILL unchecked.

@@ -1,7 +1,8 @@
 """Proving that a pid is a sync daemon of this root before we adopt, keep or signal it.
 
 Adoption (after our own crash, or of a daemon an upstream CLI recorded) and the lifecycle use
-this one check, built on the same per-health-shape proof as classification (DESIGN rule 2):
+this one check, built on the same per-health-shape proof as classification (one proof of
+"ours" per health shape, used alike by classification, adoption and signalling):
 same process (pid and start), our uid, the spawn shape with this root's marker, and a health
 answer that provably came from that process.
 """

@@ -17,6 +17,7 @@ import pytest
 from anyio.abc import SocketStream
 from pydantic import BaseModel
 
+from sks_harness import DEFAULT_TIMEOUT
 from spec_kitty_supervisor._api import (
     MAX_BODY,
     PROTOCOL_HEADER,
@@ -113,7 +114,7 @@ async def _raw(path: Path, data: bytes) -> bytes:
     async with await anyio.connect_unix(path) as stream:
         await stream.send(data)
         chunks = []
-        with anyio.move_on_after(3):
+        with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against a hang, not a duration
             while True:
                 try:
                     chunks.append(await stream.receive())

@@ -19,6 +19,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
+from sks_harness import DEFAULT_TIMEOUT
 from spec_kitty_supervisor._api import serve_connection
 from spec_kitty_supervisor._app import STATUS_BY_CODE, build_router
 from spec_kitty_supervisor._core import Supervisor
@@ -82,7 +83,7 @@ async def _post(path: Path, target: str, body: object) -> tuple[int, dict[str, o
     async with await anyio.connect_unix(path) as stream:
         await stream.send(request)
         chunks = []
-        with anyio.fail_after(10):
+        with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against a hang, not a duration
             while True:
                 try:
                     chunks.append(await stream.receive())

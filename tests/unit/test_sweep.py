@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from sks_harness import DEFAULT_TIMEOUT
 from spec_kitty_supervisor import _sweep
 from spec_kitty_supervisor._discovery import Observation
 from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
@@ -123,7 +124,7 @@ async def test_daemons_are_stopped_in_parallel(
 
     monkeypatch.setattr(_sweep, "stop_gracefully", slow_stop)
     observations = [observed(9400 + i, "safe_auto") for i in range(count)]
-    with anyio.fail_after(5):
+    with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against the deadlock, not a duration
         result = await sweep(observations, ResetRequest(), legacy_state=tmp_path / "sd", grace=3)
     assert len(result.swept) == count
 
@@ -280,7 +281,7 @@ async def test_another_users_process_is_refused_before_anything(
 
 
 # --------------------------------------------------------------------------------------------
-# The family boundary (NFR-001)
+# The family boundary: nothing outside [9400, 9450) is ever acted on
 
 
 @pytest.mark.parametrize("port", [9237, 9336, 9399, 9450, 8080])
@@ -317,7 +318,7 @@ def test_send_signal_refuses_a_process_not_tied_to_a_family_port() -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# R/sync-daemon first (DESIGN rule 6)
+# R/sync-daemon first: it never names a daemon being stopped (upstream SIGKILLs it unchecked)
 
 
 @pytest.mark.anyio
