@@ -19,10 +19,11 @@ from ._venvs import spec_kitty_venv
 __all__ = ["site_packages", "throwaway_venv", "tree_snapshot"]
 
 
-def throwaway_venv(version: str, parent: Path) -> Path:
-    """A private copy of the shared spec-kitty-cli ``version`` venv under ``parent``."""
+def throwaway_venv(version: str, parent: Path, name: str | None = None) -> Path:
+    """A private copy of the shared spec-kitty-cli ``version`` venv: ``parent/name``."""
     source = spec_kitty_venv(version)
-    target = parent / f"spec-kitty-{version}"
+    target = parent / (name or f"spec-kitty-{version}")
+    target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, target, symlinks=True)
     old, new = str(source).encode(), str(target).encode()
     for script in (target / "bin").iterdir():

@@ -38,6 +38,7 @@ from ._doctor import (
     doctor_exit_code,
     standalone_doctor,
 )
+from ._integration_doctor import integration_findings
 from ._layout import RootLayout
 from ._legacy_state import LegacyLockTimeout
 from ._settings import SettingsError, load_settings
@@ -80,6 +81,10 @@ def cmd_doctor(args: argparse.Namespace, *, ask: Ask = input) -> int:
     except (SupervisorError, ValueError, OSError) as exc:
         print(f"spec-kitty-supervisor doctor failed: {exc}", file=sys.stderr)
         return EXIT_DOCTOR_FAILED
+    # The user's spec-kitty installations are seen from the user's environment (PATH, pipx,
+    # uv tool), not from the supervisor's, so this part is the command's own.
+    integration = integration_findings(resolve_daemon_root(args.root))
+    report = report.model_copy(update={"findings": [*report.findings, *integration]})
     if args.json:
         print(json.dumps(report_json(report), indent=2))
     else:

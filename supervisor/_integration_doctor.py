@@ -1,0 +1,194 @@
+"""What ``doctor`` says about the integration: each spec-kitty installation, and the hook's record.
+
+``doctor`` (the command, run by the user) looks for the spec-kitty installations a user runs:
+the ``spec-kitty`` on PATH, pipx's and ``uv tool``'s. For each one of a supported release it
+says whether the integration is active and current, stale (written by another version of this
+project, or for another installation's command) or absent, with the command that fixes it. It
+also shows what the hooks recorded in ``R/supervisor/integration.json``: how often an integrated
+spec-kitty could not use the supervisor, and releases left unpatched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from spec_kitty_supervisor_client import DoctorFinding
+from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
+from spec_kitty_supervisor_client._hook import INTEGRATION_FILE
+
+from ._integrate import (
+    HOOK_FILE,
+    PTH_FILE,
+    IntegrationRefused,
+    hook_source,
+    inspect_interpreter,
+    plan,
+    pth_line,
+    recorded_command,
+    supervisor_command_of_this_installation,
+)
+
+__all__ = [
+    "IntegrationState",
+    "Installation",
+    "integration_findings",
+    "integration_state",
+    "spec_kitty_installations",
+]
+
+IntegrationState = Literal["active", "stale", "foreign", "absent"]
+
+
+@dataclass(frozen=True)
+class Installation:
+    """A spec-kitty installation: where it was found and its interpreter."""
+
+    where: str
+    python: str
+
+
+def spec_kitty_installations(
+    env: Mapping[str, str] | None = None, home: Path | None = None
+) -> list[Installation]:
+    """The ``spec-kitty`` on PATH, pipx's and ``uv tool``'s, each interpreter once."""
+    env = os.environ if env is None else env
+    home = Path.home() if home is None else home
+    data_home = Path(env.get("XDG_DATA_HOME") or home / ".local" / "share")
+    candidates: list[Installation] = []
+    with contextlib.suppress(SpecKittyNotFound):
+        candidates.append(Installation("PATH", spec_kitty_python(env.get("PATH", os.defpath))))
+    pipx_homes = [Path(env["PIPX_HOME"])] if env.get("PIPX_HOME") else []
+    pipx_homes += [data_home / "pipx", home / ".local" / "pipx"]
+    for pipx_home in pipx_homes:
+        candidates.append(
+            Installation("pipx", str(pipx_home / "venvs" / "spec-kitty-cli" / "bin" / "python"))
+        )
+    uv_tools = Path(env["UV_TOOL_DIR"]) if env.get("UV_TOOL_DIR") else data_home / "uv" / "tools"
+    candidates.append(Installation("uv tool", str(uv_tools / "spec-kitty-cli" / "bin" / "python")))
+    found: list[Installation] = []
+    seen: set[Path] = set()
+    for candidate in candidates:
+        python = Path(candidate.python)
+        if not python.exists() or shutil.which(str(python)) is None:
+            continue
+        venv = python.parent.parent.resolve()
+        if venv in seen:
+            continue
+        seen.add(venv)
+        found.append(candidate)
+    return found
+
+
+def integration_state(
+    hook_text: str | None, pth_text: str | None, command: list[str]
+) -> IntegrationState:
+    """Active (this installation's current hook), stale, foreign (another's) or absent."""
+    if hook_text is None and pth_text is None:
+        return "absent"
+    if hook_text is not None and recorded_command(hook_text) not in (None, tuple(command)):
+        return "foreign"
+    if hook_text == hook_source(command) and pth_text == pth_line():
+        return "active"
+    return "stale"
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def _installation_finding(installation: Installation, command: list[str]) -> DoctorFinding | None:
+    python = installation.python
+    fix = f"`spec-kitty-supervisor integrate --python {python}`"
+    try:
+        interpreter = inspect_interpreter(python)
+        site_packages = plan(interpreter, command, force=True).site_packages
+    except (IntegrationRefused, OSError, ValueError, KeyError):
+        return None  # not a release the integration serves, or no spec-kitty-cli at all
+    state = integration_state(
+        _read(site_packages / HOOK_FILE), _read(site_packages / PTH_FILE), command
+    )
+    release = f"spec-kitty-cli {interpreter.spec_kitty_version} ({installation.where}: {python})"
+    if state == "active":
+        return DoctorFinding(
+            severity="info",
+            code="integration_active",
+            message=f"{release} uses this supervisor; the integration is current",
+            remediation=None,
+        )
+    if state == "absent":
+        return DoctorFinding(
+            severity="info",
+            code="integration_absent",
+            message=f"{release} decides about its sync daemon on its own",
+            remediation=f"{fix} to make it use the supervisor",
+        )
+    if state == "foreign":
+        return DoctorFinding(
+            severity="warning",
+            code="integration_foreign",
+            message=f"{release} is integrated with another supervisor installation",
+            remediation=f"{fix[:-1]} --force` to use this one instead",
+        )
+    return DoctorFinding(
+        severity="warning",
+        code="integration_stale",
+        message=f"{release} carries an integration written by another version of this project",
+        remediation=f"{fix} to bring it up to date",
+    )
+
+
+def _record_findings(root: Path) -> list[DoctorFinding]:
+    try:
+        record = json.loads((root / "supervisor" / INTEGRATION_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(record, dict):
+        return []
+    findings = []
+    failure = record.get("failure")
+    if isinstance(failure, dict):
+        findings.append(
+            DoctorFinding(
+                severity="warning",
+                code="integration_failures",
+                message=f"an integrated spec-kitty ({failure.get('python')}) could not use the "
+                f"supervisor {failure.get('count')} time(s) and ran its own lifecycle; last, at "
+                f"{failure.get('time')}: {failure.get('last_error')}",
+                remediation="run `spec-kitty-supervisor integrate` again from the installation "
+                f"you use; delete {root / 'supervisor' / INTEGRATION_FILE} once it is fixed",
+            )
+        )
+    unpatched = record.get("unpatched")
+    if isinstance(unpatched, dict):
+        findings.append(
+            DoctorFinding(
+                severity="warning",
+                code="integration_unpatched",
+                message=f"the hook left spec-kitty ({unpatched.get('python')}) unpatched: "
+                f"{unpatched.get('last_error')}",
+                remediation="`spec-kitty-supervisor integrate --remove --python "
+                f"{unpatched.get('python')}`",
+            )
+        )
+    return findings
+
+
+def integration_findings(root: Path, env: Mapping[str, str] | None = None) -> list[DoctorFinding]:
+    """Every finding about the integration, for ``doctor``."""
+    command = supervisor_command_of_this_installation()
+    findings = [
+        finding
+        for installation in spec_kitty_installations(env)
+        if (finding := _installation_finding(installation, command)) is not None
+    ]
+    return findings + _record_findings(root)
