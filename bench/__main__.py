@@ -17,7 +17,7 @@ from typing import Any
 from sks_harness import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
 from sks_harness import spec_kitty_venv as _venv
 
-from . import cold_start, doctor, footprint, reset, warm_ensure
+from . import cold_start, doctor, footprint, integration, reset, warm_ensure
 from ._common import BenchContext, Row, busy_family_ports
 
 Benchmark = Callable[[BenchContext], list[Row]]
@@ -28,6 +28,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     doctor.NAME: doctor.run,
     reset.NAME: reset.run,
     footprint.NAME: footprint.run,
+    integration.NAME: integration.run,
 }
 
 
