@@ -46,7 +46,8 @@ from ._common import (
 )
 
 NAME = "integration"
-#: The integrated process is within noise of upstream's: spec-kitty's own import (~1.5 s) dominates both.
+#: The integrated process is within noise of upstream's: spec-kitty's own import (~1.5 s)
+#: dominates both.
 MINIMUM_PROCESS_RATIO = 0.95
 #: The call itself: never slower. Both sides first import upstream's sync config (~10 ms) and
 #: read its own version from metadata (~4 ms): the hook makes upstream's skip decision exactly
