@@ -5,6 +5,7 @@ SupervisorError
 ├── SupervisorUnavailable      no supervisor answers on the root's socket
 │   ├── SupervisorStartFailed  one was started for you, but it never became ready
 │   └── SupervisorExiting      it answered ``supervisor_exiting``: retry (starting a new one)
+├── SupervisorBusy             a supervisor is there, but its backlog stayed full until the deadline
 ├── ProtocolMismatch           client and supervisor speak incompatible protocol versions
 ├── UnsafeDirectoryError       a folder we would trust is another user's or writable by others
 ├── SpecKittyNotFound          no spec-kitty interpreter or spec-kitty-cli version could be found
@@ -35,6 +36,7 @@ __all__ = [
     "RequestFailed",
     "RootQuarantined",
     "SpawnFailed",
+    "SupervisorBusy",
     "SupervisorError",
     "SupervisorExiting",
     "SupervisorStartFailed",
@@ -62,6 +64,14 @@ class SupervisorExiting(SupervisorUnavailable):
         super().__init__(message)
         self.code = "supervisor_exiting"
         self.status = status
+
+
+class SupervisorBusy(SupervisorError, TimeoutError):
+    """Raised when the socket's connection backlog stayed full (EAGAIN) until the deadline.
+
+    Not a :class:`SupervisorUnavailable`: a full backlog proves a supervisor listens, so
+    starting another one would only find the root locked.
+    """
 
 
 class ProtocolMismatch(SupervisorError):

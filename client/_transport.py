@@ -12,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._errors import ProtocolMismatch, SupervisorUnavailable, error_from_response
+from ._errors import ProtocolMismatch, SupervisorBusy, SupervisorUnavailable, error_from_response
 from ._models import PROTOCOL_VERSION
-from ._wire import PROTOCOL_HEADER, Connection, Reply, Unavailable
+from ._wire import PROTOCOL_HEADER, Busy, Connection, Reply, Unavailable
 
 if TYPE_CHECKING:
     import httpx
@@ -58,6 +58,10 @@ class SyncTransport:
             return self._connection.request(method, path, body)
         except Unavailable as exc:
             raise SupervisorUnavailable(str(exc)) from None
+        except Busy as exc:
+            # Not "unavailable": a full backlog proves a supervisor listens; starting
+            # another would only find the root locked.
+            raise SupervisorBusy(str(exc)) from None
 
 
 class AsyncTransport:

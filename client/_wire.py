@@ -14,6 +14,7 @@ Failures, flat::
 
     WireError
     ├── Unavailable        nothing answers on the socket, or the connection broke mid-reply
+    ├── Busy               a supervisor listens, but its listen queue stayed full until the deadline
     ├── StartFailed        no supervisor could be started for the root
     └── UnsafeDirectory    a folder we would trust belongs to someone else or is writable by others
 """
@@ -40,6 +41,7 @@ __all__ = [
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
     "SOCKET_PATH_LIMIT",
+    "Busy",
     "Connection",
     "Reply",
     "StartFailed",
@@ -63,9 +65,9 @@ PROTOCOL_HEADER = "spec-kitty-supervisor-protocol"
 SOCKET_PATH_LIMIT = 103 if sys.platform == "darwin" else 107
 
 # connect() on a Unix socket whose listen queue is full fails at once with EAGAIN (Linux) instead
-# of waiting: under a burst of clients that is "busy", not "absent", so it is retried briefly.
+# of waiting. Something listens, so that is "busy", never "absent": it is retried until the
+# caller's deadline, and never a reason to start another supervisor.
 _CONNECT_BUSY = frozenset({errno.EAGAIN, errno.EWOULDBLOCK})
-_CONNECT_BUSY_SECONDS = 2.0
 
 
 class WireError(Exception):
@@ -74,6 +76,10 @@ class WireError(Exception):
 
 class Unavailable(WireError, ConnectionError):
     """Raised when no supervisor answers on the socket, or it closed the connection mid-reply."""
+
+
+class Busy(WireError, TimeoutError):
+    """Raised when the socket's listen queue stayed full (EAGAIN) until the deadline."""
 
 
 class StartFailed(WireError, RuntimeError):
@@ -240,8 +246,9 @@ _REQUEST_HEADERS = (
 
 
 def _connect_unix(path: Path, timeout: float) -> socket.socket:
-    """A connected socket, retrying a full listen queue (EAGAIN) for up to two seconds."""
-    deadline = time.monotonic() + min(timeout, _CONNECT_BUSY_SECONDS)
+    """A connected socket, waiting for room in a full listen queue (EAGAIN) up to ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = 0.001
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -249,10 +256,18 @@ def _connect_unix(path: Path, timeout: float) -> socket.socket:
             sock.connect(os.fsencode(path))
         except OSError as exc:
             sock.close()
-            if exc.errno in _CONNECT_BUSY and time.monotonic() < deadline:
-                time.sleep(0.005)
-                continue
-            raise Unavailable(f"no supervisor answers on {path} ({exc.strerror or exc})") from None
+            if exc.errno not in _CONNECT_BUSY:
+                raise Unavailable(
+                    f"no supervisor answers on {path} ({exc.strerror or exc})"
+                ) from None
+            if time.monotonic() + pause > deadline:
+                raise Busy(
+                    f"the supervisor on {path} accepted no connection for {timeout:g} s "
+                    "(its connection backlog is full)"
+                ) from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            continue
         return sock
 
 
@@ -352,11 +367,16 @@ class Connection:
 
 
 def socket_accepts(path: Path) -> bool:
-    """A socket that accepts connections means a supervisor is present (and is never unlinked)."""
-    try:
-        _connect_unix(path, 1.0).close()
-    except Unavailable:
-        return False
+    """A socket that accepts connections means a supervisor is present (and is never unlinked).
+
+    So does one whose listen queue is full (EAGAIN): something listens on it, only busy.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(os.fsencode(path))
+        except OSError as exc:
+            return exc.errno in _CONNECT_BUSY
     return True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -112,8 +113,21 @@ class SupervisorUnderTest:
         assert result.returncode == 0, f"{args}: {result.returncode}\n{result.stderr}"
         return json.loads(result.stdout)
 
-    def start(self, *flags: str, extra_env: Mapping[str, str] | None = None) -> int:
-        """Start ``run`` in the background and wait until its socket answers; return its pid."""
+    def start(
+        self,
+        *flags: str,
+        extra_env: Mapping[str, str] | None = None,
+        nofile: tuple[int, int] | None = None,
+    ) -> int:
+        """Start ``run`` in the background and wait until its socket answers; return its pid.
+
+        ``nofile`` is the (soft, hard) descriptor limit it starts with, as a client's would be.
+        """
+
+        def limit_descriptors() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+
         popen = subprocess.Popen(
             [*SUPERVISOR, "run", "--root", str(self.root), *flags],
             env=self.env(extra_env),
@@ -121,6 +135,8 @@ class SupervisorUnderTest:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            # One setrlimit call in the child, as the supervisor does for its daemons.
+            preexec_fn=limit_descriptors if nofile is not None else None,  # noqa: PLW1509
         )
         self._popens.append(popen)
         self.wait_ready()
@@ -128,6 +144,26 @@ class SupervisorUnderTest:
         if identity is not None:
             self.seen[popen.pid] = identity
         return popen.pid
+
+    def wait_exit(self, pid: int, timeout: float) -> int:
+        """The exit code of a supervisor :meth:`start` started, once it exited by itself."""
+        popen = next(p for p in self._popens if p.pid == pid)
+        return popen.wait(timeout=timeout)
+
+    def log_events(self, event: str) -> list[dict[str, Any]]:
+        """Entries of ``R/supervisor/supervisor.log`` (JSON lines) named ``event``."""
+        path = self.root / "supervisor" / "supervisor.log"
+        if not path.exists():
+            return []
+        entries = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict) and entry.get("event") == event:
+                entries.append(entry)
+        return entries
 
     def wait_ready(self, timeout: float = 30) -> None:
         eventually(

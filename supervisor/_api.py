@@ -33,6 +33,7 @@ __all__ = [
     "Handler",
     "Route",
     "Router",
+    "peer_pid",
     "peer_uid",
     "serve_connection",
 ]
@@ -127,6 +128,19 @@ def peer_uid(sock: socket.socket) -> int | None:
         creds = sock.getsockopt(0, local_peercred, struct.calcsize("IIh16I"))
         _version, uid = struct.unpack_from("II", creds)
         return int(uid)
+    return None
+
+
+def peer_pid(sock: socket.socket) -> int | None:
+    """The pid of the process at the other end of a Unix socket, or None when unknown."""
+    if sys.platform.startswith("linux"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        pid, _uid, _gid = struct.unpack("3i", creds)
+        return int(pid)
+    if sys.platform == "darwin":
+        local_peerpid = 0x002
+        (pid,) = struct.unpack("i", sock.getsockopt(0, local_peerpid, struct.calcsize("i")))
+        return int(pid)
     return None
 
 

@@ -2,16 +2,110 @@
 
 One function writes them all: a temporary file in the same folder, fsync, then
 rename over the target, then fsync the folder so the rename itself survives a crash.
+
+One function reads them all at start-up (:func:`read_regular_file`): a FIFO would block the
+supervisor forever after it took the root's lock, a symlink could point anywhere (a device, a
+FIFO elsewhere, another user's file), a directory cannot be replaced atomically. Such a file is
+refused, and the caller moves it aside (:func:`move_refused_aside`) and starts from what is alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write", "move_aside"]
+__all__ = [
+    "RefusedFile",
+    "atomic_write",
+    "move_aside",
+    "move_refused_aside",
+    "read_regular_file",
+]
+
+
+class RefusedFile(OSError):
+    """Raised when a file to be read is not a regular file of reasonable size.
+
+    ``kind`` says what it is instead ("a FIFO", "a directory", "a symbolic link", ...);
+    ``st_ino``/``st_dev`` identify the entry that was refused (None when it could not be seen).
+    """
+
+    def __init__(self, path: Path, kind: str, identity: tuple[int, int] | None) -> None:
+        super().__init__(f"{path} is {kind}, not a regular file")
+        self.path = path
+        self.kind = kind
+        self.identity = identity
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def _entry_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
+    """The bytes of ``path``, or None when it does not exist.
+
+    Opened non-blocking (a FIFO cannot stall us) and without following a final symlink; then
+    refused with :class:`RefusedFile` unless it is a regular file of at most ``max_bytes``.
+    Other errors (permissions, out of file descriptors) propagate as :class:`OSError`.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        # ELOOP: a final symlink (EMLINK on some BSDs); ENXIO: a socket file, which
+        # cannot be opened at all.
+        if exc.errno in (errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EOPNOTSUPP):
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                return None  # gone meanwhile
+            raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino))
+        if info.st_size > max_bytes:
+            raise RefusedFile(
+                path, f"{info.st_size} bytes (more than {max_bytes})", (info.st_dev, info.st_ino)
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= max_bytes:
+            chunk = os.read(fd, max_bytes + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > max_bytes:  # it grew after the fstat
+            raise RefusedFile(path, f"more than {max_bytes} bytes", (info.st_dev, info.st_ino))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -38,7 +132,18 @@ def move_aside(path: Path, label: str) -> Path:
     """Rename an unusable file to ``<name>.<label>-<n>``: nothing is lost and we start clean."""
     for attempt in range(1000):
         target = path.with_name(f"{path.name}.{label}-{attempt}")
-        if not target.exists():
+        if not target.exists() and not target.is_symlink():
             os.replace(path, target)
             return target
     raise FileExistsError(f"too many {label} copies of {path}")
+
+
+def move_refused_aside(refused: RefusedFile) -> Path | None:
+    """Move the refused entry itself aside (a link is renamed, never followed).
+
+    Only when the entry at the path is still the one we refused: a regular file someone
+    wrote there meanwhile is left alone. Returns where it went, or None when it was not moved.
+    """
+    if refused.identity is None or _entry_identity(refused.path) != refused.identity:
+        return None
+    return move_aside(refused.path, "refused")

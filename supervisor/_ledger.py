@@ -17,11 +17,15 @@ from pydantic import ValidationError
 
 from spec_kitty_supervisor_client._models import EventRecord
 
-from ._files import atomic_write
+from ._files import RefusedFile, atomic_write, move_refused_aside, read_regular_file
 
 __all__ = ["Ledger"]
 
 log = structlog.get_logger("spec_kitty_supervisor.ledger")
+
+#: Compaction keeps the file near twice the capacity's worth of lines; far beyond that it is
+#: not our ledger, and it is moved aside rather than read.
+MAX_LEDGER_BYTES = 16 * 1024 * 1024
 
 
 class Ledger:
@@ -36,9 +40,14 @@ class Ledger:
 
     def _load(self, path: Path) -> None:
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (FileNotFoundError, UnicodeDecodeError):
+            raw = read_regular_file(path, MAX_LEDGER_BYTES)
+        except RefusedFile as refused:
+            moved_to = move_refused_aside(refused)
+            log.warning("ledger_refused", problem=str(refused), moved_to=str(moved_to))
             return
+        if raw is None:
+            return
+        lines = raw.decode("utf-8", errors="replace").splitlines()
         self._lines_in_file = len(lines)
         for line in lines[-self._capacity :]:
             try:

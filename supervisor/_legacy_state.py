@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import structlog
 
-from ._files import atomic_write
+from ._files import RefusedFile, atomic_write, move_refused_aside, read_regular_file
 
 __all__ = [
     "LegacyLockTimeout",
@@ -29,6 +30,12 @@ __all__ = [
     "remove_legacy_state",
     "write_legacy_state",
 ]
+
+
+log = structlog.get_logger("spec_kitty_supervisor")
+
+#: Upstream's file is four short lines.
+MAX_LEGACY_STATE_BYTES = 64 * 1024
 
 
 class LegacyLockTimeout(TimeoutError):
@@ -44,10 +51,22 @@ class LegacyRecord:
 
 
 def read_legacy_state(path: Path) -> LegacyRecord | None:
-    """The recorded singleton, or None when the file is missing or not in upstream's shape."""
+    """The recorded singleton, or None when the file is missing or not in upstream's shape.
+
+    An entry that is not a regular file (a FIFO would hang us, and upstream CLIs too) is moved
+    aside with a logged reason, so the supervisor can write the file again.
+    """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (FileNotFoundError, UnicodeDecodeError, IsADirectoryError):
+        raw = read_regular_file(path, MAX_LEGACY_STATE_BYTES)
+    except RefusedFile as refused:
+        moved_to = move_refused_aside(refused)
+        log.warning("legacy_state_refused", problem=str(refused), moved_to=str(moved_to))
+        return None
+    if raw is None:
+        return None
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
         return None
     if len(lines) < 4:
         return None

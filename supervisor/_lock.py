@@ -6,6 +6,8 @@ import fcntl
 import os
 from pathlib import Path
 
+from ._files import read_regular_file
+
 __all__ = ["SupervisorLock"]
 
 
@@ -30,7 +32,8 @@ class SupervisorLock:
 
     def holder_pid(self) -> int | None:
         try:
-            return int(self.path.read_text().strip())
+            raw = read_regular_file(self.path, 64)
+            return None if raw is None else int(raw.strip())
         except (OSError, ValueError):
             return None
 

@@ -19,22 +19,24 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
 
 from spec_kitty_supervisor_client import SupervisorClient, SupervisorError
 from spec_kitty_supervisor_client._autostart import socket_accepts
 from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
 
 from . import __version__
-from ._api import serve_connection
+from ._api import ConnectionTracker, peer_pid, serve_connection
 from ._app import build_router
 from ._core import Supervisor
 from ._doctor import doctor_routes
+from ._fd_limit import raise_fd_limit
 from ._layout import RootLayout
 from ._lock import SupervisorLock
 from ._logging import configure_logging
 from ._policy import compare_versions
 from ._sd_notify import CONTROL_FD_NAME, Notifier, listen_fds_from_env
+from ._serving import SELF_PROBE_TIMEOUT, ServingRecord, accept_loop, probe_own_socket
 from ._settings import SettingsError, load_settings
 
 __all__ = ["RunOptions", "run_supervisor"]
@@ -52,6 +54,8 @@ class RunOptions:
 
 #: How long a newcomer waits for the previous supervisor to release the root.
 HANDOVER_WAIT = 60.0
+#: The exit reason of a supervisor whose own socket stopped answering it.
+SERVING_FAILED = "serving failed"
 
 
 def _under_service_manager() -> str | None:
@@ -67,6 +71,9 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     # Everything the supervisor writes (journal, ledger, logs) is for this user alone; the
     # daemons it spawns get the user's own umask back.
     user_umask = os.umask(0o077)
+    # Before anything is opened: an auto-started supervisor inherits its client's limit
+    # (256 on macOS), which a few hundred idle clients would exhaust.
+    fd_limits = raise_fd_limit()
     try:
         layout.prepare()
         settings = load_settings(layout.config, options.flags)
@@ -86,6 +93,17 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         if outcome is not None:
             return outcome
     configure_logging(None if (options.service or service_manager) else layout.log)
+    if fd_limits.error is not None:
+        log.warning(
+            "fd_limit_not_raised", soft=fd_limits.soft, hard=fd_limits.hard, error=fd_limits.error
+        )
+    elif fd_limits.raised:
+        log.info(
+            "fd_limit_raised",
+            soft=fd_limits.soft,
+            inherited_soft=fd_limits.inherited_soft,
+            hard=fd_limits.hard,
+        )
     notifier = Notifier.from_environment()
     supervisor = Supervisor(
         layout,
@@ -100,7 +118,8 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         notifier.close()
         lock.release()
     log.info("supervisor_exited", reason=supervisor.exit_reason)
-    return 0
+    # Non-zero so that a service manager (Restart=on-failure) starts a fresh one.
+    return 1 if supervisor.exit_reason == SERVING_FAILED else 0
 
 
 def _take_over_or_yield(
@@ -209,21 +228,28 @@ class _ControlSocket:
             _unlink_own_socket(self.layout, self.inode)
 
 
-async def _accept_loop(
-    listener: SocketListener,
-    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
-    group: TaskGroup,
-) -> None:
-    while True:
-        try:
-            stream = await listener.accept()
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return
-        except OSError as exc:  # EMFILE and friends: back off instead of spinning
-            log.error("accept_failed", error=repr(exc))
-            await anyio.sleep(0.1)
-            continue
-        group.start_soon(handle, stream)
+class _Untracked:
+    """The self-probe's connection: not a client, so not activity that delays an idle exit."""
+
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self) -> None:
+        pass
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
+
+
+def _tracker_for(stream: SocketStream, supervisor: Supervisor) -> ConnectionTracker:
+    try:
+        own = peer_pid(stream.extra(SocketAttribute.raw_socket)) == supervisor.pid
+    except OSError:
+        own = False
+    return _Untracked() if own else supervisor
 
 
 async def _serve(
@@ -242,15 +268,15 @@ async def _serve(
             router = build_router(supervisor, doctor_routes)
 
             async def handle(stream: SocketStream) -> None:
-                await serve_connection(stream, router, supervisor)
+                await serve_connection(stream, router, _tracker_for(stream, supervisor))
 
-            group.start_soon(_accept_loop, listener, handle, group)
+            group.start_soon(accept_loop, listener, handle, group)
             group.start_soon(_signals, supervisor)
             group.start_soon(supervisor.heartbeat_forever)
             group.start_soon(_fence, supervisor, lock, control, handle, group)
             notifier.ready()
             notifier.status(_status_line(supervisor))
-            group.start_soon(_watchdog, supervisor, notifier)
+            group.start_soon(_watch_serving, supervisor, notifier)
             log.info(
                 "supervisor_ready",
                 pid=supervisor.pid,
@@ -266,8 +292,13 @@ async def _serve(
             with anyio.move_on_after(5):
                 while supervisor.requests_in_flight:
                     await anyio.sleep(0.01)
-            supervisor.persist()
+            # Connections are closed first: out of descriptors, the last write needs theirs.
             group.cancel_scope.cancel()
+        try:
+            supervisor.persist()
+        except OSError as exc:
+            # Every change was journaled when it was made; only idle times are lost.
+            log.error("final_persist_failed", error=repr(exc))
     finally:
         await control.close()
 
@@ -303,7 +334,7 @@ async def _fence(
                 if layout_socket.exists() and not socket_accepts(layout_socket):
                     layout_socket.unlink()
             listener = await control.open()
-            group.start_soon(_accept_loop, listener, handle, group)
+            group.start_soon(accept_loop, listener, handle, group)
             if old is not None:
                 await old.aclose()
             supervisor.ledger.record("socket_restored", reason=str(control.layout.socket))
@@ -335,11 +366,38 @@ async def _signals(supervisor: Supervisor) -> None:
             return
 
 
-async def _watchdog(supervisor: Supervisor, notifier: Notifier) -> None:
-    """``WATCHDOG=1`` only while the heartbeat really ticks; a stuck loop lets systemd act."""
+async def _watch_serving(supervisor: Supervisor, notifier: Notifier) -> None:
+    """The self-probe, on the heartbeat: ``WATCHDOG=1`` only after our own socket answered us.
+
+    A loop that is stuck gets no ``WATCHDOG=1`` either (the probe runs on it). After
+    ``SERVING_FAILURES`` failed probes in a row the supervisor exits, releasing the lock and
+    leaving its daemons: a supervisor that cannot serve must not keep the root.
+    """
     interval = notifier.watchdog_interval()
-    while True:
-        await anyio.sleep(interval or supervisor.settings.heartbeat_seconds)
+    tick = supervisor.settings.heartbeat_seconds
+    if interval is not None:
+        tick = min(tick, interval)
+    record = ServingRecord()
+    while not supervisor.exiting:
+        await anyio.sleep(tick)
         notifier.status(_status_line(supervisor))
-        if interval is not None and supervisor.loop_is_alive():
+        problem = await probe_own_socket(
+            supervisor.layout.socket, supervisor.pid, SELF_PROBE_TIMEOUT
+        )
+        if supervisor.exiting:
+            return  # a probe that failed because we are closing says nothing
+        if problem is not None:
+            log.warning("self_probe_failed", problem=problem, in_a_row=len(record.failures) + 1)
+        if record.observe(problem):
+            supervisor.ledger.record(
+                "serving_failed",
+                reason=(
+                    f"{len(record.failures)} self-probes of {supervisor.layout.socket} failed in "
+                    f"a row (last: {problem}); exiting and leaving the daemons to the next "
+                    "supervisor"
+                ),
+            )
+            supervisor.request_exit(SERVING_FAILED)
+            return
+        if problem is None and interval is not None and supervisor.loop_is_alive():
             notifier.watchdog()

@@ -12,11 +12,14 @@ from pydantic import ValidationError
 
 from spec_kitty_supervisor_client._models import Settings
 
+from ._files import RefusedFile, read_regular_file
+
 __all__ = ["ENV_PREFIX", "SettingsError", "load_settings", "parse_port_range"]
 
 ENV_PREFIX = "SPEC_KITTY_SUPERVISOR_"
 #: Settings written as "LO-HI" in the environment and in config.toml.
 _RANGES = ("port_range", "scan_range")
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 class SettingsError(ValueError):
@@ -46,11 +49,13 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 
 def _from_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raw = read_regular_file(path, MAX_CONFIG_BYTES)
+        if raw is None:
+            return {}
+        data = tomllib.loads(raw.decode("utf-8"))
+    except RefusedFile as exc:
+        raise SettingsError(f"{exc}; replace it with a regular file, or remove it") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{path}: {exc}") from exc
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:

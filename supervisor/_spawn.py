@@ -20,6 +20,7 @@ from spec_kitty_supervisor_client._releases import ignores_spec_kitty_home, with
 
 from ._daemon_shape import build_daemon_argv
 from ._errors import ErrorCode, LifecycleError
+from ._fd_limit import child_limit_restorer
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
 from ._sd_notify import child_environment_scrub
@@ -205,6 +206,8 @@ def spawn_daemon(
                 start_new_session=True,
                 close_fds=True,
                 umask=umask,
+                # One setrlimit call, nothing else: why that is safe here, see the function.
+                preexec_fn=child_limit_restorer(),  # noqa: PLW1509
             )
         except OSError as exc:
             raise SpawnError("spawn_failed", f"could not start {python}: {exc}") from None

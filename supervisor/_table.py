@@ -17,12 +17,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from spec_kitty_supervisor_client._models import DaemonOrigin, DaemonRole, DaemonState, DaemonView
 
-from ._files import atomic_write, move_aside
+from ._files import RefusedFile, atomic_write, move_aside, move_refused_aside, read_regular_file
 from ._identity import ProcessIdentity
 
 __all__ = ["SCHEMA_VERSION", "DaemonRecord", "LoadedTable", "Table", "load_table", "save_table"]
 
 SCHEMA_VERSION = 1
+#: A table names a handful of daemons; anything this large is not a journal we wrote.
+MAX_STATE_BYTES = 1024 * 1024
 
 
 class DaemonRecord(BaseModel):
@@ -117,14 +119,22 @@ def save_table(path: Path, table: Table, supervisor_pid: int) -> None:
 
 
 def load_table(path: Path) -> LoadedTable:
-    """Read the journal; a missing file is an empty table, a corrupt one is moved aside."""
+    """Read the journal; a missing file is an empty table, a corrupt one is moved aside.
+
+    So is one that is not a regular file (a FIFO, a directory, a symlink): the supervisor then
+    starts from what is alive (the daemon ``R/sync-daemon`` names).
+    """
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+        raw = read_regular_file(path, MAX_STATE_BYTES)
+    except RefusedFile as refused:
+        return LoadedTable(
+            Table(), problem=f"refused state file: {refused}", moved_to=move_refused_aside(refused)
+        )
+    if raw is None:
         return LoadedTable(Table())
     try:
         document = _TableFile.model_validate(json.loads(raw))
-    except (ValueError, ValidationError) as exc:
+    except (ValueError, ValidationError, RecursionError) as exc:
         problem = f"unreadable state file ({type(exc).__name__}: {str(exc).splitlines()[0]})"
         moved_to = move_aside(path, "corrupt")
         return LoadedTable(Table(), problem=problem, moved_to=moved_to)

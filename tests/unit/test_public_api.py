@@ -55,6 +55,7 @@ PUBLIC_NAMES = [
     "SpecKittyNotFound",
     "StatusResponse",
     "StopPath",
+    "SupervisorBusy",
     "SupervisorClient",
     "SupervisorError",
     "SupervisorExiting",

@@ -1,0 +1,170 @@
+"""Keeping the control socket served: the accept loop and the self-probe.
+
+A supervisor that holds the root's lock but cannot answer its socket is worse than none: no
+client can start a replacement. Two things prevent it. The accept loop survives running out of
+file descriptors (EMFILE and friends are a pause, not the end, as in asyncio's own servers).
+And every heartbeat the supervisor asks its own socket ``GET /v1/health``, as any client would;
+only an answer carrying our pid counts. ``WATCHDOG=1`` follows a good answer only, and
+:data:`SERVING_FAILURES` failed answers in a row end the supervisor (leaving its daemons, for
+the next supervisor to re-adopt).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio
+import h11
+import structlog
+from anyio.abc import SocketStream, TaskGroup
+
+from spec_kitty_supervisor_client._models import PROTOCOL_VERSION
+
+from ._api import PROTOCOL_HEADER
+
+__all__ = [
+    "ACCEPT_RETRY_PAUSE",
+    "RESOURCE_ERRNOS",
+    "SELF_PROBE_TIMEOUT",
+    "SERVING_FAILURES",
+    "ServingRecord",
+    "accept_loop",
+    "probe_own_socket",
+]
+
+log = structlog.get_logger("spec_kitty_supervisor")
+
+#: Out of descriptors or memory: the same accept succeeds once something was closed.
+RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: How long the accept loop waits before trying again (asyncio waits 1 s; a client waiting
+#: in the backlog is served sooner this way, and a failing accept() is cheap).
+ACCEPT_RETRY_PAUSE = 0.1
+#: Generous: a busy supervisor must not mistake its own slowness for not serving.
+SELF_PROBE_TIMEOUT = 5.0
+#: Failed self-probes in a row after which the supervisor gives up the root.
+SERVING_FAILURES = 3
+
+
+class Accepting(Protocol):
+    """What the accept loop needs of a listener (anyio's ``SocketListener`` has it)."""
+
+    async def accept(self) -> SocketStream: ...
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    # anyio turns a failed accept() into BrokenResourceError raised from the OSError.
+    cause = exc if isinstance(exc, OSError) else exc.__cause__
+    return cause.errno if isinstance(cause, OSError) else None
+
+
+async def accept_loop(
+    listener: Accepting,
+    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
+    group: TaskGroup,
+    *,
+    retry_pause: float = ACCEPT_RETRY_PAUSE,
+) -> None:
+    """Accept until the listener is closed (shutdown, or fencing replaced it); nothing else ends it.
+
+    A failed accept is logged once per run of failures (``accept_failed``, with its errno) and
+    retried after a pause; ``accept_recovered`` says when the next one succeeded.
+    """
+    failing: int | None = None
+    failures = 0
+    while True:
+        try:
+            stream = await listener.accept()
+        except anyio.ClosedResourceError:
+            return
+        except (anyio.BrokenResourceError, OSError) as exc:
+            code = _errno_of(exc)
+            if failures == 0 or code != failing:
+                log.error(
+                    "accept_failed",
+                    errno=code,
+                    error=errno.errorcode.get(code, "?") if code is not None else repr(exc),
+                    resource_exhausted=code in RESOURCE_ERRNOS,
+                )
+            failing = code
+            failures += 1
+            await anyio.sleep(retry_pause)
+            continue
+        if failures:
+            log.info("accept_recovered", failed_attempts=failures, errno=failing)
+            failing, failures = None, 0
+        group.start_soon(handle, stream)
+
+
+@dataclass
+class ServingRecord:
+    """Consecutive self-probe failures; the pure part of the decision to give up the root."""
+
+    limit: int = SERVING_FAILURES
+    failures: list[str] = field(default_factory=list)
+
+    def observe(self, problem: str | None) -> bool:
+        """Record one probe (None = answered); True once ``limit`` failed in a row."""
+        if problem is None:
+            self.failures.clear()
+            return False
+        self.failures.append(problem)
+        return len(self.failures) >= self.limit
+
+
+async def probe_own_socket(path: Path, expected_pid: int, timeout: float) -> str | None:
+    """None when ``path`` answers ``GET /v1/health`` with our pid; else what went wrong."""
+    try:
+        with anyio.fail_after(timeout):
+            async with await anyio.connect_unix(path) as stream:
+                return await _health_exchange(stream, expected_pid)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+        return f"could not connect ({name or type(exc).__name__}: {exc.strerror or exc})"
+    except (anyio.BrokenResourceError, anyio.EndOfStream, h11.ProtocolError) as exc:
+        return f"the connection broke ({type(exc).__name__})"
+
+
+async def _health_exchange(stream: SocketStream, expected_pid: int) -> str | None:
+    conn = h11.Connection(h11.CLIENT)
+    request = h11.Request(
+        method="GET",
+        target="/v1/health",
+        headers=[
+            ("host", "supervisor"),
+            ("connection", "close"),
+            (PROTOCOL_HEADER, str(PROTOCOL_VERSION)),
+        ],
+    )
+    await stream.send(conn.send(request) + conn.send(h11.EndOfMessage()))
+    status = 0
+    body = b""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            try:
+                conn.receive_data(await stream.receive(65536))
+            except anyio.EndOfStream:
+                conn.receive_data(b"")
+            continue
+        if isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += bytes(event.data)
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            break
+    if status != 200:
+        return f"GET /v1/health answered {status or 'nothing'}"
+    try:
+        pid = json.loads(body).get("pid")
+    except (ValueError, AttributeError):
+        return "GET /v1/health answered something that is not our health document"
+    if pid != expected_pid:
+        return f"the socket is answered by pid {pid}, not by us (pid {expected_pid})"
+    return None

@@ -1,0 +1,156 @@
+"""The control socket stays served: the accept loop survives running out of descriptors, and
+the self-probe tells a socket that answers us from one that does not (issue 8)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import SocketListener, SocketStream
+from pydantic import BaseModel
+from structlog.testing import capture_logs
+
+from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
+from spec_kitty_supervisor._serving import (
+    SERVING_FAILURES,
+    ServingRecord,
+    accept_loop,
+    probe_own_socket,
+)
+from spec_kitty_supervisor_client._models import SupervisorHealth
+
+pytestmark = pytest.mark.anyio
+
+
+class _FailingFirst:
+    """A real listener whose first accepts fail as anyio reports a failed accept()."""
+
+    def __init__(self, real: SocketListener, errnos: list[int]) -> None:
+        self.real = real
+        self.errnos = list(errnos)
+        self.attempts = 0
+
+    async def accept(self) -> SocketStream:
+        self.attempts += 1
+        if self.errnos:
+            code = self.errnos.pop(0)
+            raise anyio.BrokenResourceError from OSError(code, "simulated")
+        return await self.real.accept()
+
+
+async def test_accept_failures_are_logged_once_per_run_and_the_loop_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.sock"
+    served = anyio.Event()
+
+    async def handle(stream: SocketStream) -> None:
+        async with stream:
+            await stream.send(b"served")
+        served.set()
+
+    failures = [errno.EMFILE, errno.EMFILE, errno.EMFILE, errno.ENFILE, errno.ENOBUFS]
+    async with await anyio.create_unix_listener(path) as real, anyio.create_task_group() as group:
+        listener = _FailingFirst(real, failures)
+        with capture_logs() as logs:
+            group.start_soon(lambda: accept_loop(listener, handle, group, retry_pause=0))
+            async with await anyio.connect_unix(path) as client:
+                assert await client.receive() == b"served"
+            await served.wait()
+        group.cancel_scope.cancel()
+    failed = [entry for entry in logs if entry["event"] == "accept_failed"]
+    # One line per run of the same errno, not one per attempt.
+    assert [entry["errno"] for entry in failed] == [errno.EMFILE, errno.ENFILE, errno.ENOBUFS]
+    assert all(entry["resource_exhausted"] for entry in failed)
+    assert failed[0]["error"] == "EMFILE"
+    recovered = [entry for entry in logs if entry["event"] == "accept_recovered"]
+    assert [entry["failed_attempts"] for entry in recovered] == [len(failures)]
+
+
+async def test_the_accept_loop_ends_when_the_listener_is_closed(tmp_path: Path) -> None:
+    async def handle(stream: SocketStream) -> None:
+        await stream.aclose()
+
+    listener = await anyio.create_unix_listener(tmp_path / "s.sock")
+    async with anyio.create_task_group() as group:
+        group.start_soon(lambda: accept_loop(listener, handle, group, retry_pause=0))
+        await anyio.wait_all_tasks_blocked()
+        await listener.aclose()
+    # Reaching this line means the loop returned: the task group waited for it.
+
+
+def test_the_serving_record_gives_up_only_after_failures_in_a_row() -> None:
+    record = ServingRecord()
+    assert not record.observe("refused")
+    assert not record.observe(None)  # one answer resets the count
+    for _ in range(SERVING_FAILURES - 1):
+        assert not record.observe("no answer")
+    assert record.observe("no answer")
+    assert record.failures == ["no answer"] * SERVING_FAILURES
+
+
+class _Tracker:
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self) -> None:
+        pass
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def health_server(tmp_path: Path) -> AsyncIterator[Path]:
+    path = tmp_path / "api.sock"
+
+    async def health(request: ApiRequest) -> BaseModel:
+        return SupervisorHealth(pid=4242, version="t", protocol_version=1, root="/r")
+
+    router = Router([Route("GET", "/v1/health", health)])
+
+    async def handle(stream: SocketStream) -> None:
+        await serve_connection(stream, router, _Tracker())
+
+    async with (
+        await anyio.create_unix_listener(path) as listener,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(listener.serve, handle)
+        yield path
+        group.cancel_scope.cancel()
+
+
+async def test_the_self_probe_passes_when_the_socket_answers_with_our_pid(
+    health_server: Path,
+) -> None:
+    assert await probe_own_socket(health_server, 4242, timeout=5) is None
+
+
+async def test_the_self_probe_fails_when_another_process_answers(health_server: Path) -> None:
+    problem = await probe_own_socket(health_server, 1, timeout=5)
+    assert problem is not None
+    assert "pid 4242, not by us (pid 1)" in problem
+
+
+async def test_the_self_probe_fails_when_nothing_listens(tmp_path: Path) -> None:
+    problem = await probe_own_socket(tmp_path / "none.sock", 1, timeout=5)
+    assert problem is not None
+    assert "could not connect (ENOENT" in problem
+
+
+async def test_the_self_probe_fails_when_connections_are_never_accepted(tmp_path: Path) -> None:
+    # The state issue 8 found: the kernel queues the connection, nobody ever serves it.
+    path = tmp_path / "stuck.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stuck:
+        stuck.bind(str(path))
+        stuck.listen(8)
+        problem = await probe_own_socket(path, 1, timeout=0.2)
+    assert problem == "no answer within 0.2 s"
