@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export SPEC_KITTY_VENVS ?= $(HOME)/.cache/spec-kitty-supervisor/venvs
 
-.PHONY: demo test lint typecheck unit pytest venv spec-kitty-venvs wheel-smoke bench clean
+.PHONY: matrix demo test lint typecheck unit pytest venv spec-kitty-venvs wheel-smoke bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,14 @@ venv: $(BIN)/.installed
 
 spec-kitty-venvs:
 	scripts/spec-kitty-venvs.sh
+
+# Every release 3.1.0-3.2.7 on its real daemon (docs/versions.md): installs the missing venvs
+# (in parallel, cached), then prints release x (spawn, reuse, adopt, orphan, swept, stop).
+MATRIX_RELEASES ?= 3.1.0 3.1.1 3.1.2 3.1.4 3.1.5 3.1.6 3.1.7 3.1.8 3.1.9 3.1.10 \
+	3.2.0 3.2.1 3.2.2 3.2.3 3.2.4 3.2.5 3.2.6 3.2.6.1 3.2.6.2 3.2.7
+matrix: venv
+	scripts/spec-kitty-venvs.sh $(MATRIX_RELEASES)
+	$(BIN)/python -m scripts.matrix $(MATRIX_RELEASES)
 
 demo: venv spec-kitty-venvs
 	$(BIN)/python -m scripts.demo

@@ -8,7 +8,7 @@ with SupervisorClient() as client:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
@@ -16,6 +16,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from ._autostart import replace_exiting_supervisor, start_supervisor
+from ._discover import check_spec_kitty_interpreter
 from ._environment import passed_environment
 from ._errors import InvalidRequest, SupervisorExiting, SupervisorUnavailable
 from ._models import (
@@ -43,7 +44,7 @@ DEFAULT_TIMEOUT = 120.0
 
 
 def _ensure_request(
-    python: str, package_version: str, cwd: str | None, env: Mapping[str, str] | None
+    python: str, package_version: str | None, cwd: str | None, env: Mapping[str, str] | None
 ) -> EnsureRequest:
     try:
         return EnsureRequest(
@@ -99,6 +100,7 @@ class SupervisorClient:
         body: BaseModel | None = None,
         *,
         may_start: bool = False,
+        before_start: Callable[[], object] | None = None,
     ) -> _R:
         try:
             reply = self._transport.request(method, path, _body(body))
@@ -106,6 +108,8 @@ class SupervisorClient:
         except SupervisorUnavailable as exc:
             if not (may_start and self.autostart):
                 raise
+            if before_start is not None:
+                before_start()  # refuses what no supervisor could serve, before starting one
             if isinstance(exc, SupervisorExiting):
                 self._transport.close()
                 replace_exiting_supervisor(self.daemon_root)
@@ -128,14 +132,25 @@ class SupervisorClient:
     def ensure(
         self,
         python: str,
-        package_version: str,
+        package_version: str | None = None,
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> EnsureResponse:
-        """The root's sync daemon for this interpreter and version, started if needed."""
+        """The root's sync daemon for this interpreter, started if needed.
+
+        The supervisor reads the spec-kitty-cli version installed for ``python``;
+        ``package_version``, when given, must be that version.
+        """
         request = _ensure_request(python, package_version, cwd, env)
-        return self._call("POST", "/v1/sync/ensure", EnsureResponse, request, may_start=True)
+        return self._call(
+            "POST",
+            "/v1/sync/ensure",
+            EnsureResponse,
+            request,
+            may_start=True,
+            before_start=lambda: check_spec_kitty_interpreter(python, package_version),
+        )
 
     def retire(
         self, *, pid: int | None = None, port: int | None = None, reason: str = "requested"
@@ -203,6 +218,7 @@ class AsyncSupervisorClient:
         body: BaseModel | None = None,
         *,
         may_start: bool = False,
+        before_start: Callable[[], object] | None = None,
     ) -> _R:
         try:
             reply = await self._transport.request(method, path, _body(body))
@@ -211,6 +227,9 @@ class AsyncSupervisorClient:
             if not (may_start and self.autostart):
                 raise
             import anyio.to_thread
+
+            if before_start is not None:
+                await anyio.to_thread.run_sync(before_start)
 
             exiting = isinstance(exc, SupervisorExiting)
             restart = replace_exiting_supervisor if exiting else start_supervisor
@@ -231,13 +250,20 @@ class AsyncSupervisorClient:
     async def ensure(
         self,
         python: str,
-        package_version: str,
+        package_version: str | None = None,
         *,
         cwd: str | None = None,
         env: Mapping[str, str] | None = None,
     ) -> EnsureResponse:
         request = _ensure_request(python, package_version, cwd, env)
-        return await self._call("POST", "/v1/sync/ensure", EnsureResponse, request, may_start=True)
+        return await self._call(
+            "POST",
+            "/v1/sync/ensure",
+            EnsureResponse,
+            request,
+            may_start=True,
+            before_start=lambda: check_spec_kitty_interpreter(python, package_version),
+        )
 
     async def retire(
         self, *, pid: int | None = None, port: int | None = None, reason: str = "requested"
@@ -275,15 +301,15 @@ def ensure_sync_daemon(
 ) -> EnsureResponse:
     """One call: the root's sync daemon, with url, port, token, pid and what the supervisor did.
 
-    ``python=None`` means the interpreter of the ``spec-kitty`` command on PATH;
-    ``version=None`` means the spec-kitty-cli installed for that interpreter::
+    ``python=None`` means the interpreter of the ``spec-kitty`` command on PATH; the
+    supervisor reads the spec-kitty-cli version installed for it (``version``, when given,
+    must be that one)::
 
         answer = ensure_sync_daemon()
         requests.post(answer.daemon.url + "/api/sync/trigger", json={"token": answer.daemon.token})
     """
-    from ._discover import installed_spec_kitty_version, spec_kitty_python
+    from ._discover import spec_kitty_python
 
     interpreter = python or spec_kitty_python()
-    package_version = version or installed_spec_kitty_version(interpreter)
     with SupervisorClient(root) as client:
-        return client.ensure(interpreter, package_version)
+        return client.ensure(interpreter, version)

@@ -7,9 +7,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ._errors import SupervisorError
+from ._errors import InvalidRequest, SupervisorError
+from ._releases import UNKNOWN_VERSION, without_daemon_reason
 
-__all__ = ["SpecKittyNotFound", "installed_spec_kitty_version", "spec_kitty_python"]
+__all__ = [
+    "SpecKittyNotFound",
+    "check_spec_kitty_interpreter",
+    "installed_spec_kitty_version",
+    "spec_kitty_python",
+]
 
 _VERSION_SCRIPT = "from importlib.metadata import version; print(version('spec-kitty-cli'))"
 
@@ -42,8 +48,10 @@ def spec_kitty_python(path: str | None = None) -> str:
 
 def installed_spec_kitty_version(python: str) -> str:
     """The spec-kitty-cli version installed for ``python`` (asks that interpreter)."""
-    if not Path(python).is_file():
+    if not Path(python).exists():
         raise SpecKittyNotFound(f"python {python} does not exist")
+    if not Path(python).is_file() or not os.access(python, os.X_OK):
+        raise SpecKittyNotFound(f"python {python} is not an executable file")
     try:
         result = subprocess.run(
             [python, "-c", _VERSION_SCRIPT],
@@ -58,3 +66,26 @@ def installed_spec_kitty_version(python: str) -> str:
         last_line = (result.stderr.strip().splitlines() or [""])[-1]
         raise SpecKittyNotFound(f"spec-kitty-cli is not installed for {python}: {last_line}")
     return result.stdout.strip()
+
+
+def check_spec_kitty_interpreter(python: str, claimed_version: str | None = None) -> str:
+    """Before a supervisor is started for ``python``: what it would refuse, refused here.
+
+    The interpreter must exist, run, have spec-kitty-cli installed (``claimed_version``, when
+    given, must be that version), and that release must have a sync daemon. Otherwise a
+    supervisor would start only to refuse the request. Returns the installed version.
+    """
+    installed = installed_spec_kitty_version(python)
+    # "unknown" is what every 3.1 CLI says of itself: no claim at all.
+    if claimed_version not in (None, UNKNOWN_VERSION, installed):
+        raise InvalidRequest(
+            "version_mismatch",
+            f"the request says spec-kitty-cli {claimed_version}, but {python} has "
+            f"spec-kitty-cli {installed} installed; ask without a version or with that one",
+            400,
+            {"claimed": claimed_version, "installed": installed},
+        )
+    no_daemon = without_daemon_reason(installed)
+    if no_daemon is not None:
+        raise InvalidRequest("no_sync_daemon", f"{no_daemon}; no supervisor was started", 400)
+    return installed

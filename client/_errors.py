@@ -8,6 +8,7 @@ SupervisorError
 ├── SupervisorBusy             a supervisor is there, but its backlog stayed full until the deadline
 ├── ProtocolMismatch           client and supervisor speak incompatible protocol versions
 ├── UnsafeDirectoryError       a folder we would trust is another user's or writable by others
+├── InvalidDaemonRoot          the daemon root is a file or a dangling link (nothing created)
 ├── SpecKittyNotFound          no spec-kitty interpreter or spec-kitty-cli version could be found
 └── RequestFailed              the supervisor answered with an error (``code``, ``message``)
     ├── SpawnFailed            a sync daemon could not be started (carries its log's tail)
@@ -30,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "InvalidDaemonRoot",
     "InvalidRequest",
     "RequestConflict",
     "ProtocolMismatch",
@@ -82,6 +84,10 @@ class UnsafeDirectoryError(SupervisorError, PermissionError):
     """Raised when a folder we would trust is another user's or writable by group or others."""
 
 
+class InvalidDaemonRoot(SupervisorError, ValueError):
+    """Raised, before anything is created, for a daemon root that is a file or a dangling link."""
+
+
 class RequestFailed(SupervisorError):
     """Raised when the supervisor answers a request with an error document."""
 
@@ -129,6 +135,7 @@ _BY_CODE: dict[str, type[RequestFailed]] = {
     "invalid_env": InvalidRequest,
     "unsupported_root": InvalidRequest,
     "no_sync_daemon": InvalidRequest,
+    "version_mismatch": InvalidRequest,
     "no_such_daemon": InvalidRequest,
     "not_found": InvalidRequest,
     "method_not_allowed": InvalidRequest,

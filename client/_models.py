@@ -173,7 +173,15 @@ class EnsureRequest(_Model):
     python: str = Field(
         description="Absolute path of the interpreter with spec-kitty-cli installed."
     )
-    package_version: str = Field(min_length=1, max_length=64)
+    package_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description=(
+            "The spec-kitty-cli version the client believes it runs. Optional: the supervisor "
+            "reads the version installed for the interpreter and refuses a claim that differs."
+        ),
+    )
     cwd: str | None = Field(default=None, description="The client's working directory.")
     env: dict[str, str] = Field(
         default_factory=dict,

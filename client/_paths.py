@@ -8,12 +8,14 @@ into spec-kitty's environment by ``integrate``) and re-exported here.
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from ._wire import (
     SOCKET_PATH_LIMIT,
     UnsafeDirectory,
-    resolve_daemon_root,
+    daemon_root_as_given,
     socket_path_for_root,
     supervisor_dir,
 )
@@ -21,6 +23,7 @@ from ._wire import ensure_private_dir as _ensure_private_dir
 
 __all__ = [
     "SOCKET_PATH_LIMIT",
+    "check_daemon_root",
     "ensure_private_dir",
     "resolve_daemon_root",
     "socket_path_for_root",
@@ -41,3 +44,56 @@ def ensure_private_dir(path: Path) -> Path:
         return _ensure_private_dir(path)
     except UnsafeDirectory as exc:
         raise UnsafeDirectoryError(str(exc)) from None
+
+
+def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
+    """Return the daemon root exactly as spec-kitty (3.2.3+) derives it, if it can be one.
+
+    An explicit ``root`` wins; else ``$SPEC_KITTY_HOME`` when set and non-empty; else
+    ``~/.spec-kitty``. The result is ``Path.resolve()``d, as upstream does, so that the
+    ``--spec-kitty-daemon-root=`` marker we write and compare is byte-identical to theirs.
+    Every command derives its root here, so a root nobody could use (a file, a dangling link,
+    another user's folder) is refused before anything is created in it.
+    """
+    given = daemon_root_as_given(root)
+    resolved = given.resolve()
+    check_daemon_root(given, resolved)
+    return resolved
+
+
+def check_daemon_root(given: Path, resolved: Path) -> None:
+    """Refuse a root that is a file, a dangling link, or a folder of another user.
+
+    A root that does not exist yet is fine (the supervisor creates it, for this user), unless
+    the path reaches it through a link that points nowhere: then creating it would create the
+    link's target, somewhere the user never named.
+    """
+    from ._errors import InvalidDaemonRoot, UnsafeDirectoryError
+
+    try:
+        info = resolved.stat()
+    except FileNotFoundError:
+        dangling = next((p for p in (given, *given.parents) if _is_dangling_link(p)), None)
+        if dangling is not None:
+            raise InvalidDaemonRoot(
+                f"the daemon root {given} goes through {dangling}, a symbolic link to "
+                f"{os.readlink(dangling)}, which does not exist; create its target or pass "
+                "another root"
+            ) from None
+        return
+    except OSError as exc:
+        raise InvalidDaemonRoot(f"the daemon root {given} cannot be read: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise InvalidDaemonRoot(
+            f"the daemon root {given} is not a folder; pass a folder, or a path that does not "
+            "exist yet, as the root"
+        )
+    if info.st_uid != os.getuid():
+        raise UnsafeDirectoryError(
+            f"the daemon root {resolved} belongs to uid {info.st_uid}, not to you "
+            f"(uid {os.getuid()}); refusing to use it"
+        )
+
+
+def _is_dangling_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()

@@ -41,6 +41,7 @@ from typing import Literal
 
 __all__ = [
     "RELEASE_FAMILIES",
+    "UNKNOWN_VERSION",
     "ReleaseFamily",
     "effective_daemon_version",
     "ignores_spec_kitty_home",

@@ -48,6 +48,7 @@ __all__ = [
     "UnsafeDirectory",
     "Unavailable",
     "WireError",
+    "daemon_root_as_given",
     "ensure_private_dir",
     "passed_environment",
     "resolve_daemon_root",
@@ -100,12 +101,18 @@ def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
     ``~/.spec-kitty``. The result is ``Path.resolve()``d, as upstream does, so that the
     ``--spec-kitty-daemon-root=`` marker we write and compare is byte-identical to theirs.
     """
+    return daemon_root_as_given(root).resolve()
+
+
+def daemon_root_as_given(root: str | os.PathLike[str] | None = None) -> Path:
+    """The daemon root before resolving: the path whose links :func:`resolve_daemon_root`
+    follows (a dangling link is only visible here)."""
     if root is not None and str(root) != "":
-        return Path(root).expanduser().resolve()
+        return Path(root).expanduser()
     from_env = os.environ.get("SPEC_KITTY_HOME", "")
     if from_env:
-        return Path(from_env).expanduser().resolve()
-    return (Path.home() / ".spec-kitty").resolve()
+        return Path(from_env).expanduser()
+    return Path.home() / ".spec-kitty"
 
 
 def supervisor_dir(daemon_root: Path) -> Path:

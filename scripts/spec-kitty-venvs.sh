@@ -8,7 +8,10 @@ cache="${SPEC_KITTY_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/spec-kitty-supervisor
 python="${PYTHON:-python3}"
 versions=("$@")
 if [ ${#versions[@]} -eq 0 ]; then
-  versions=(3.2.2 3.2.3 3.2.4 3.2.7)
+  # The releases the tests, demo and benchmarks run: KNOWN_VERSIONS of sks_harness, and one
+  # release of each other family (3.1, 3.2.0-3.2.2, 3.2.4-3.2.5) plus 4.0 for the refusal
+  # (tests/interop/test_releases.py). `make matrix` installs every release 3.1.0-3.2.7.
+  versions=(3.1.10 3.2.1 3.2.2 3.2.3 3.2.4 3.2.5 3.2.7 4.0.0rc7)
 fi
 
 mkdir -p "$cache"
@@ -21,9 +24,14 @@ for version in "${versions[@]}"; do
   (
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    # typer 0.25.1: newer typer releases break the 3.2.2/3.2.4 command line (contract document).
+    # typer 0.25.1: newer typer releases break the 3.x command line (contract document). The
+    # 4.0 line requires typer>=0.27.3,<0.28 and works with it, so it gets no pin.
+    pins=("typer==0.25.1")
+    case "$version" in
+      [4-9].*) pins=() ;;
+    esac
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
-      "spec-kitty-cli==$version" "typer==0.25.1" >"$venv.log" 2>&1 \
+      "spec-kitty-cli==$version" ${pins[@]+"${pins[@]}"} >"$venv.log" 2>&1 \
       || { echo "spec-kitty-cli $version: install failed, see $venv.log" >&2; exit 1; }
     touch "$venv/.installed"
   ) &

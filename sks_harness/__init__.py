@@ -25,6 +25,7 @@ from ._contract import (
     DaemonHealth,
     daemon_argv,
     daemon_script,
+    first_daemon_argv,
     parse_daemon_argv,
     post_shutdown,
     probe_health,
@@ -41,6 +42,7 @@ from ._daemons import (
 )
 from ._errors import DaemonStartError, HarnessError, MissingVenvError
 from ._eventually import DEFAULT_TIMEOUT, aeventually, eventually
+from ._fake_spec_kitty import fake_spec_kitty_venv, install_fake_release, linked_venv, relink
 from ._ports import (
     FAMILY_RANGE,
     ORPHAN_PORTS,
@@ -102,8 +104,12 @@ __all__ = [
     "daemon_pids",
     "daemon_script",
     "eventually",
+    "fake_spec_kitty_venv",
+    "first_daemon_argv",
     "free_ports",
+    "install_fake_release",
     "is_alive",
+    "linked_venv",
     "make_orphans",
     "new_token",
     "parse_daemon_argv",
@@ -113,6 +119,7 @@ __all__ = [
     "probe_health",
     "read_identity",
     "read_state_file",
+    "relink",
     "run_blocking",
     "run_upstream_cli",
     "run_upstream_ensure",

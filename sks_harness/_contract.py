@@ -61,6 +61,20 @@ def daemon_argv(python: str, resolved_python: str, root: str, port: int, token: 
     ]
 
 
+def first_daemon_argv(python: str, port: int, token: str) -> list[str]:
+    """How a 3.1.x CLI spawns its daemon (its ``_background_script``): two lines, no markers."""
+    script = (
+        f"from specify_cli.sync.daemon import run_sync_daemon\nrun_sync_daemon({port}, {token!r})\n"
+    )
+    return [python, "-c", script]
+
+
+def spawns_without_marker(version: str) -> bool:
+    """3.1.x daemons carry no root marker (read from their wheels)."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return numbers == (3, 1)
+
+
 @dataclass(frozen=True)
 class DaemonArgv:
     """What a spawn-shaped argv says: its port, token and markers (None when absent)."""

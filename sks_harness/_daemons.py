@@ -30,7 +30,15 @@ from typing import Any, Self, TypeVar
 import anyio
 import psutil
 
-from ._contract import DaemonHealth, daemon_argv, parse_daemon_argv, post_shutdown, probe_health
+from ._contract import (
+    DaemonHealth,
+    daemon_argv,
+    first_daemon_argv,
+    parse_daemon_argv,
+    post_shutdown,
+    probe_health,
+    spawns_without_marker,
+)
 from ._errors import DaemonStartError, HarnessError
 from ._ports import ORPHAN_PORTS, PortRange
 from ._process import ProcessIdentity, is_alive, read_identity, signal_if_same
@@ -154,7 +162,12 @@ def spawn_orphan(
     if not _TOKEN.fullmatch(token):
         raise ValueError(f"a daemon token is 32 lowercase hex characters, not {token!r}")
     python = spec_kitty_python(version)
-    argv = daemon_argv(str(python), os.path.realpath(python), str(sandbox.root), port, token)
+    if spawns_without_marker(version):
+        # 3.1.x: no markers, and its daemon reports "unknown" whatever the environment says.
+        argv = first_daemon_argv(str(python), port, token)
+        report_version = "unknown"
+    else:
+        argv = daemon_argv(str(python), os.path.realpath(python), str(sandbox.root), port, token)
     env = sandbox.env({"SPEC_KITTY_CLI_VERSION": report_version or version})
     if sync:
         env[SAAS_SYNC_ENV] = "1"

@@ -75,7 +75,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 def honours_spec_kitty_home(version: str) -> bool:
-    """3.2.2 ignores ``SPEC_KITTY_HOME`` and always serves ``$HOME/.spec-kitty``."""
+    """3.1.x and 3.2.0-3.2.2 ignore ``SPEC_KITTY_HOME`` and always serve ``$HOME/.spec-kitty``."""
     return _version_key(version) >= (3, 2, 3)
 
 

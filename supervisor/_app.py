@@ -36,6 +36,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     "invalid_env": 400,
     "unsupported_root": 400,
     "no_sync_daemon": 400,
+    "version_mismatch": 400,
     "no_such_daemon": 404,
     "already_retiring": 409,
     "retire_failed": 409,

@@ -28,7 +28,6 @@ from spec_kitty_supervisor_client import (
 )
 from spec_kitty_supervisor_client._discover import (
     SpecKittyNotFound,
-    installed_spec_kitty_version,
     spec_kitty_python,
 )
 
@@ -96,7 +95,9 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_common(ensure)
     ensure.add_argument("--python", help="interpreter with spec-kitty-cli (default: spec-kitty's)")
     ensure.add_argument(
-        "--package-version", help="spec-kitty-cli version (default: asked from --python)"
+        "--package-version",
+        help="the spec-kitty-cli version you expect; refused unless --python has it installed "
+        "(default: the supervisor reads it from --python)",
     )
     ensure.add_argument("--show-token", action="store_true", help="include the daemon's token")
 
@@ -150,14 +151,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensure(args: argparse.Namespace) -> int:
-    try:
-        python = args.python or spec_kitty_python()
-        version = args.package_version or installed_spec_kitty_version(python)
-    except SpecKittyNotFound as exc:
-        print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    with _client(args, autostart=True) as client:
-        answer = client.ensure(python, version)
+    with _client(args, autostart=True) as client:  # the root is checked first
+        try:
+            python = args.python or spec_kitty_python()
+        except SpecKittyNotFound as exc:
+            print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        answer = client.ensure(python, args.package_version)
     if not args.show_token:
         answer = answer.model_copy(
             update={"daemon": answer.daemon.model_copy(update={"token": None})}

@@ -35,6 +35,7 @@ from spec_kitty_supervisor_client._models import (
     StopPath,
     SupervisorView,
 )
+from spec_kitty_supervisor_client._releases import effective_daemon_version
 from spec_kitty_supervisor_client._terms import in_family_range
 
 from . import __version__
@@ -72,6 +73,7 @@ from ._spawn import (
 )
 from ._table import DaemonRecord, Table, load_table, save_table
 from ._verify import read_process_context, verify_daemon
+from ._versions import EstablishedEnsure, InstalledVersions
 
 __all__ = ["LifecycleError", "Supervisor"]
 
@@ -143,6 +145,7 @@ class Supervisor:
         self._quarantined_python: str | None = None
         self._retiring_now: set[int] = set()
         self._interpreters = ValidatedInterpreters()
+        self._versions = InstalledVersions()
         self._handed_out: set[int] = set()
         self._task_group: TaskGroup | None = None
         self._stop_event = anyio.Event()
@@ -354,8 +357,11 @@ class Supervisor:
 
     # ------------------------------------------------------------------ ensure
 
-    async def ensure(self, request: EnsureRequest) -> EnsureResponse:
+    async def ensure(self, wire_request: EnsureRequest) -> EnsureResponse:
         self.note_activity()
+        # The version is the interpreter's installed one, never the client's word (_versions).
+        resolved_python = self._resolve_interpreter(wire_request.python)
+        request = await self._versions.establish(wire_request, resolved_python)
         if not self._lifecycle.locked():
             # Nothing is changing which daemon runs, so the table is the answer: computed
             # without an await, it cannot interleave with another task (the warm hot path).
@@ -368,7 +374,7 @@ class Supervisor:
     def _resolve_interpreter(self, python: str) -> str:
         return self._interpreters.resolve(python)
 
-    def _answer_from_table(self, request: EnsureRequest) -> EnsureResponse | None:
+    def _answer_from_table(self, request: EstablishedEnsure) -> EnsureResponse | None:
         """The answer when the current daemon serves this request as it is; else None."""
         current = self.table.current
         if current is None:
@@ -395,7 +401,7 @@ class Supervisor:
             action=action, daemon=current.view(with_token=True), message=decision.reason
         )
 
-    async def _ensure_locked(self, request: EnsureRequest) -> EnsureResponse:
+    async def _ensure_locked(self, request: EstablishedEnsure) -> EnsureResponse:
         resolved_python = self._resolve_interpreter(request.python)
         if self.table.quarantine_reason is not None:
             self._maybe_lift_quarantine(request)
@@ -433,7 +439,7 @@ class Supervisor:
             message=decision.reason,
         )
 
-    def _maybe_lift_quarantine(self, request: EnsureRequest) -> None:
+    def _maybe_lift_quarantine(self, request: EstablishedEnsure) -> None:
         current_python = self._quarantined_python
         if current_python is not None and request.python != current_python:
             self.lift_quarantine(f"ensure with another interpreter ({request.python})")
@@ -539,7 +545,7 @@ class Supervisor:
                 uid=spawned.identity.uid,
                 port=spawned.port,
                 token=spawned.token,
-                package_version=health.package_version or package_version,
+                package_version=effective_daemon_version(health.package_version, package_version),
                 python=python,
                 resolved_python=resolved_python,
                 origin="spawned",

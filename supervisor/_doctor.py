@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
@@ -33,12 +34,14 @@ from spec_kitty_supervisor_client._models import (
     Settings,
     SupervisorView,
 )
+from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
 
 from ._api import ApiRequest, Route
 from ._classification import RecordedSingleton, SupervisedDaemon, SupervisorFacts
 from ._discovery import Observation, observe
 from ._errors import LifecycleError
 from ._identity import read_identity
+from ._installed import cli_versions_on_path, interpreter_release
 from ._layout import RootLayout
 from ._ledger import Ledger
 from ._legacy_state import (
@@ -250,6 +253,46 @@ def _daemon_findings(
     return findings
 
 
+def legacy_daemon_findings(
+    layout: RootLayout,
+    listeners: list[ListenerRecord],
+    daemons: list[DaemonView],
+    installed: Mapping[str, str],
+) -> list[DoctorFinding]:
+    """The daemon ``R/sync-daemon`` names, when no ``spec-kitty`` on PATH runs its release.
+
+    Reported, never stopped: project venvs and one-off runs that may still use it are
+    invisible from here, and stopping the recorded daemon would fight the CLI that recorded
+    it (DESIGN rule 3). The finding names the command that retires it.
+    """
+    recorded = next((r for r in listeners if r.is_recorded_singleton and r.pid is not None), None)
+    if recorded is None or not installed:
+        return []
+    supervised = next((d for d in daemons if d.pid == recorded.pid), None)
+    python = supervised.python if supervised is not None else recorded.executable_summary
+    version = supervised.package_version if supervised is not None else recorded.package_version
+    if version in (None, UNKNOWN_VERSION) and python:
+        version = interpreter_release(python)  # 3.1 daemons cannot name their own
+    if version is None or version in installed.values():
+        return []
+    commands = ", ".join(f"{path} ({release})" for path, release in installed.items())
+    if supervised is not None:
+        retire = f"`{_command(layout, 'retire', '--pid', str(recorded.pid))}`"
+    else:
+        retire = f"`kill -TERM {recorded.pid}` (a graceful exit: its queued events are kept)"
+    return [
+        DoctorFinding(
+            severity="warning",
+            code="legacy_daemon_unused",
+            message=f"the daemon {layout.legacy_state} names (pid {recorded.pid}, port "
+            f"{recorded.port}) runs spec-kitty-cli {version} ({python}), which no `spec-kitty` "
+            f"on PATH uses any more: {commands}. Project venvs or one-off runs may still use "
+            "it, so --reset leaves it",
+            remediation=f"when nothing uses spec-kitty-cli {version} any more: {retire}",
+        )
+    ]
+
+
 def _state_file_findings(layout: RootLayout) -> list[DoctorFinding]:
     recorded = read_legacy_state(layout.legacy_state)
     if recorded is None or read_identity(recorded.pid) is not None:
@@ -343,6 +386,7 @@ def build_report(
     findings += _daemon_findings(layout, daemon_views, quarantine_reason)
     findings += _orphan_findings(layout, listeners, supervisor is not None)
     findings += _reset_findings(layout, reset_result, planned or [])
+    findings += legacy_daemon_findings(layout, listeners, daemon_views, cli_versions_on_path())
     findings += extra_findings or []
     return DoctorReport(
         supervisor=supervisor,

@@ -9,7 +9,7 @@ the route did not expect. The client maps the same codes back to its exceptions
 ```
 LifecycleError (RuntimeError)   code, message, details
   invalid_python, invalid_cwd, invalid_env, unsupported_root,   the request cannot be served
-  no_sync_daemon
+  no_sync_daemon, version_mismatch
   no_such_daemon                                                it names no supervised daemon
   already_retiring, retire_failed, legacy_lock_busy              it conflicts with what runs now
   spawn_failed                                                  the daemon never became healthy
@@ -32,6 +32,7 @@ ErrorCode = Literal[
     "invalid_env",
     "unsupported_root",
     "no_sync_daemon",
+    "version_mismatch",
     "no_such_daemon",
     "already_retiring",
     "retire_failed",

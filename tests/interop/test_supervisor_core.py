@@ -33,7 +33,11 @@ from sks_harness import (
     run_blocking,
     spec_kitty_python,
 )
-from spec_kitty_supervisor_client import SpawnFailed, SupervisorClient, socket_path_for_root
+from spec_kitty_supervisor_client import (
+    InvalidRequest,
+    SupervisorClient,
+    socket_path_for_root,
+)
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
@@ -236,14 +240,16 @@ def test_status_without_a_supervisor_exits_3_with_a_null_supervisor(
     assert json.loads(result.stdout)["supervisor"] is None
 
 
-def test_an_interpreter_without_spec_kitty_fails_with_the_daemon_log_tail(
+def test_an_interpreter_without_spec_kitty_is_refused_before_any_spawn(
     sup: SupervisorUnderTest,
 ) -> None:
     sup.start()
-    with SupervisorClient(sup.root) as client, pytest.raises(SpawnFailed) as failure:
+    with SupervisorClient(sup.root) as client, pytest.raises(InvalidRequest) as refused:
         client.ensure(sys.executable, "3.2.4", env=sup.env())
-    assert "ModuleNotFoundError" in failure.value.log_tail
+    assert refused.value.code == "invalid_python"
+    assert "spec-kitty-cli is not installed" in refused.value.message
     assert sup.cli_json("status")["daemons"] == []
+    assert not (sup.root / "sync-daemon.log").exists()
 
 
 @pytest.mark.parametrize(
@@ -307,12 +313,15 @@ def test_a_daemon_that_fails_to_bind_is_retried_on_another_port(
     real = spec_kitty_python("3.2.4")
     lost = sup.sandbox.base / "lost-the-race"
     wrapper = sup.sandbox.base / "python-losing-a-race"
+    # Only a daemon's spawn loses; the supervisor asking the interpreter its version does not.
     wrapper.write_text(
         "#!/bin/sh\n"
-        f'if [ ! -e "{lost}" ]; then\n'
-        f'  echo "$2" > "{lost}"\n'
-        '  echo "OSError: [Errno 98] Address already in use" >&2; exit 1\n'
-        "fi\n"
+        'case "$2" in *run_sync_daemon*)\n'
+        f'  if [ ! -e "{lost}" ]; then\n'
+        f'    echo "$2" > "{lost}"\n'
+        '    echo "OSError: [Errno 98] Address already in use" >&2; exit 1\n'
+        "  fi;;\n"
+        "esac\n"
         f'exec {real} "$@"\n'
     )
     wrapper.chmod(0o755)

@@ -19,7 +19,7 @@ import anyio
 import pytest
 from anyio.abc import SocketStream
 
-from sks_harness import DEFAULT_TIMEOUT
+from sks_harness import DEFAULT_TIMEOUT, fake_spec_kitty_venv
 from spec_kitty_supervisor._api import serve_connection
 from spec_kitty_supervisor._app import STATUS_BY_CODE, build_router
 from spec_kitty_supervisor._core import Supervisor
@@ -95,7 +95,8 @@ async def _post(path: Path, target: str, body: object) -> tuple[int, dict[str, o
 
 def _ensure_body(tmp: Path, **changes: object) -> dict[str, object]:
     body: dict[str, object] = {
-        "python": sys.executable,
+        # Reports 3.2.4 without spec-kitty installed: every case is refused before a spawn.
+        "python": str(fake_spec_kitty_venv(tmp, "3.2.4")),
         "package_version": "3.2.4",
         "cwd": str(tmp),
         "env": {"HOME": str(tmp), "PATH": os.defpath},
@@ -135,10 +136,16 @@ def _ensure_cases(tmp: Path) -> list[tuple[str, dict[str, object], int, str]]:
         ("environment with a NUL byte", _ensure_body(tmp, env={"HOME": "/h\x00"}), 400,
          "invalid_env"),
         ("version with a NUL byte", _ensure_body(tmp, package_version="3.2.4\x00"), 400,
-         "invalid_env"),
-        ("3.2.2 for a root it cannot serve", _ensure_body(tmp, package_version="3.2.2"), 400,
+         "version_mismatch"),
+        ("a version the interpreter does not have", _ensure_body(tmp, package_version="3.2.7"),
+         400, "version_mismatch"),
+        ("an interpreter without spec-kitty-cli", _ensure_body(tmp, python=sys.executable,
+         package_version=None), 400, "invalid_python"),
+        ("3.2.2 for a root it cannot serve", _ensure_body(
+            tmp, python=str(fake_spec_kitty_venv(tmp, "3.2.2")), package_version=None), 400,
          "unsupported_root"),
-        ("a release without a sync daemon", _ensure_body(tmp, package_version="4.0.0"), 400,
+        ("a release without a sync daemon", _ensure_body(
+            tmp, python=str(fake_spec_kitty_venv(tmp, "4.0.0rc7")), package_version=None), 400,
          "no_sync_daemon"),
         ("empty version", _ensure_body(tmp, package_version=""), 400, "invalid_request"),
     ]  # fmt: skip
@@ -150,6 +157,8 @@ async def test_bad_ensure_requests_get_their_code_and_change_nothing(served: Ser
         assert (got_status, _error(answer)["code"]) == (status, code), name
     assert served.supervisor.table.daemons == []
     assert not served.supervisor.layout.legacy_state.exists()
+    # Refused before any spawn: no daemon ever wrote to the root's log.
+    assert not served.supervisor.layout.daemon_log.exists()
 
 
 async def test_an_ensure_that_waits_too_long_for_upstreams_lock_is_a_conflict(
@@ -206,6 +215,7 @@ def test_every_error_code_of_the_core_has_a_status_and_none_is_500() -> None:
         ("retire_failed", 409, RequestConflict),
         ("invalid_python", 400, InvalidRequest),
         ("no_sync_daemon", 400, InvalidRequest),
+        ("version_mismatch", 400, InvalidRequest),
         ("no_such_daemon", 404, InvalidRequest),
         ("a_code_of_a_newer_supervisor", 400, RequestFailed),
     ],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -48,6 +49,7 @@ def _client_endpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[s
         body: BaseModel | None = None,
         *,
         may_start: bool = False,
+        before_start: Callable[[], object] | None = None,
     ) -> Any:
         route = path.split("?", 1)[0]
         seen[f"{method} {route}"] = Endpoint(
