@@ -7,9 +7,11 @@
 4. ``spec-kitty-supervisor doctor``, when this version has it;
 5. ``spec-kitty-supervisor ensure`` three times: auto-start (and adoption of what
    ``R/sync-daemon`` names), reuse, and a make-before-break upgrade to 3.2.7;
-6. ``status``, ``events`` (and ``doctor`` again);
-7. the sync daemons of the sandbox root still alive;
-8. ``stop --children``, then every orphan still alive stopped by pid, and the sandbox removed.
+6. spec-kitty itself, integrated: ``integrate`` into a throwaway copy of the 3.2.7 venv, whose
+   own ``ensure_sync_daemon_running`` then gets the supervisor's daemon; ``integrate --remove``;
+7. ``status``, ``events`` (and ``doctor`` again);
+8. the sync daemons of the sandbox root still alive;
+9. ``stop --children``, then every orphan still alive stopped by pid, and the sandbox removed.
 
 Every command is the real CLI, run as a subprocess, so what is printed is what a user sees.
 Nothing outside the sandbox is touched: the real ``~/.spec-kitty`` never appears. Every
@@ -58,6 +60,7 @@ from sks_harness import (
     run_upstream_cli,
     signal_if_same,
     spec_kitty_python,
+    throwaway_venv,
     venvs_dir,
 )
 
@@ -354,8 +357,55 @@ def step_ensure(cli: Cli) -> None:
         )
 
 
+SPEC_KITTY_DRIVER = """\
+from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running
+print(ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED))
+"""
+
+
+def step_integration(cli: Cli) -> None:
+    section(6, f"spec-kitty {UPGRADE_VERSION} itself, integrated, asks for its daemon")
+    sandbox = cli.sandbox
+    if not cli.has("integrate"):
+        note("integrate: not available yet (`spec-kitty-supervisor --help` does not list it)")
+        return
+    venv = throwaway_venv(UPGRADE_VERSION, sandbox.base, "spec-kitty-venv")
+    python = str(venv / "bin" / "python")
+    note(f"a throwaway copy of the {UPGRADE_VERSION} venv: {venv} (the shared one is untouched)")
+    cli.run("integrate", "--python", python)
+    driver = sandbox.base / "bin" / "spec-kitty"
+    driver.parent.mkdir()
+    driver.write_text(f"#!{python}\n{SPEC_KITTY_DRIVER}")
+    driver.chmod(0o755)
+    print("  $ spec-kitty ...   (its own ensure_sync_daemon_running(intent=REMOTE_REQUIRED))")
+    done = subprocess.run(
+        [str(driver)],
+        capture_output=True,
+        text=True,
+        env=cli.env,
+        cwd=sandbox.home,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    indented(done.stdout + done.stderr)
+    current = [
+        d
+        for d in cli.json("status", "--root", str(sandbox.root))["daemons"]
+        if d["role"] == "current"
+    ]
+    match = re.search(r"started=True, skipped_reason=None, pid=(\d+)", done.stdout)
+    if (
+        done.returncode != 0
+        or match is None
+        or [int(match.group(1))] != [d["pid"] for d in current]
+    ):
+        raise DemoFailed(f"the integrated spec-kitty did not get the supervisor's daemon {current}")
+    note(f"spec-kitty's own call answered with the supervisor's daemon, pid {current[0]['pid']}")
+    cli.run("integrate", "--remove", "--python", python)
+
+
 def step_inspect(cli: Cli) -> None:
-    section(6, "status, events" + (" and doctor" if cli.has("doctor") else ""))
+    section(7, "status, events" + (" and doctor" if cli.has("doctor") else ""))
     root = str(cli.sandbox.root)
     cli.run("status", "--root", root)
     cli.run("events", "--root", root)
@@ -364,7 +414,7 @@ def step_inspect(cli: Cli) -> None:
 
 
 def step_count(sandbox: Sandbox, orphans: list[RealDaemon], cli: Cli) -> None:
-    section(7, "Sync daemons of the sandbox root still alive")
+    section(8, "Sync daemons of the sandbox root still alive")
     status = cli.json("status", "--root", str(sandbox.root))
     supervised = {d["pid"]: d for d in status["daemons"]}
     orphan_versions = {o.pid: o.version for o in orphans}
@@ -389,7 +439,7 @@ def step_count(sandbox: Sandbox, orphans: list[RealDaemon], cli: Cli) -> None:
 
 
 def step_stop(cli: Cli, fleet: DaemonFleet, sandbox: Sandbox) -> None:
-    section(8, "Stop everything the demo started")
+    section(9, "Stop everything the demo started")
     supervisor = supervisor_of(sandbox.root)
     cli.run("stop", "--children", "--root", str(sandbox.root))
     if supervisor is not None and not _wait_gone(supervisor, 15.0):
@@ -458,6 +508,7 @@ def main() -> int:
         step_upstream_doctor(sandbox)
         step_doctor(cli, 4, "spec-kitty-supervisor doctor (before any supervisor runs)")
         step_ensure(cli)
+        step_integration(cli)
         step_inspect(cli)
         step_count(sandbox, orphans, cli)
         step_stop(cli, fleet, sandbox)
