@@ -58,6 +58,16 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Request(_Model):
+    """Request bodies take JSON's own types only: ``"yes"`` is not a boolean, ``true`` not a pid.
+
+    Lax parsing would turn ``{"force": "yes"}`` into a forced reset and ``{"pid": true}`` into
+    pid 1; a request that does not say exactly what it means is refused with a 400.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
 class _Lenient(BaseModel):
     """Responses ignore unknown fields so that an older client reads a newer supervisor."""
 
@@ -167,7 +177,7 @@ class StatusResponse(_Lenient):
     daemons: list[DaemonView] = Field(default_factory=list)
 
 
-class EnsureRequest(_Model):
+class EnsureRequest(_Request):
     """Ask for the root's sync daemon, for a given interpreter and spec-kitty-cli version."""
 
     python: str = Field(
@@ -202,7 +212,7 @@ class EnsureResponse(_Lenient):
     message: str = ""
 
 
-class RetireRequest(_Model):
+class RetireRequest(_Request):
     pid: int | None = None
     port: int | None = None
     reason: str = Field(default="requested", max_length=200)
@@ -219,7 +229,7 @@ class RetireResponse(_Lenient):
     stop_path: StopPath
 
 
-class ShutdownRequest(_Model):
+class ShutdownRequest(_Request):
     stop_children: bool = False
 
 
@@ -325,7 +335,7 @@ class DoctorReport(_Lenient):
     reset_result: ResetResult | None = None
 
 
-class ResetRequest(_Model):
+class ResetRequest(_Request):
     force: bool = False
     dry_run: bool = False
     confirmed_pids: list[int] = Field(

@@ -123,6 +123,46 @@ def test_malformed_bodies_get_a_4xx_and_change_nothing(
         assert status in (200, 202), reply[:200]
 
 
+# Each of these meant something else under lax parsing: "yes" was a forced reset, true was
+# pid 1, 1 was "stop the children too" (issue 14, loose types).
+LOOSELY_TYPED = [
+    ("/v1/reset", {"force": "yes"}),
+    ("/v1/reset", {"force": 1}),
+    ("/v1/reset", {"dry_run": "false", "force": True}),
+    ("/v1/reset", {"confirmed_pids": [True]}),
+    ("/v1/reset", {"confirmed_pids": ["4242"]}),
+    ("/v1/sync/retire", {"pid": True}),
+    ("/v1/sync/retire", {"pid": "1"}),
+    ("/v1/sync/retire", {"pid": 1.0}),
+    ("/v1/sync/retire", {"port": "9431"}),
+    ("/v1/shutdown", {"stop_children": "yes"}),
+    ("/v1/shutdown", {"stop_children": 1}),
+    ("/v1/sync/ensure", {"python": "/usr/bin/python3", "package_version": 3.2}),
+    (
+        "/v1/sync/ensure",
+        {"python": "/usr/bin/python3", "package_version": "3.2.4", "env": {"A": 1}},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"), LOOSELY_TYPED, ids=[f"{p}:{json.dumps(b)}" for p, b in LOOSELY_TYPED]
+)
+def test_a_body_of_the_wrong_json_type_is_refused_not_coerced(
+    running: tuple[SupervisorUnderTest, int], path: str, body: dict[str, object]
+) -> None:
+    sup, daemon_pid = running
+    reply = _exchange(
+        socket_path_for_root(sup.root), _request("POST", path, json.dumps(body).encode())
+    )
+    status = int(reply.split(b" ", 2)[1])
+    error = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
+    assert (status, error["code"]) == (400, "invalid_request"), reply[:300]
+    assert "valid" in error["message"]
+    _still_whole(sup, daemon_pid)
+    assert sup.pids(), "the supervisor must still run"
+
+
 @settings(max_examples=100, deadline=None)
 @given(garbage=st.binary(min_size=1, max_size=2000))
 def test_garbage_bytes_never_kill_the_supervisor(
