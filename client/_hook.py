@@ -42,6 +42,7 @@ __all__ = [
     "HOOK_MARKER",
     "INTEGRATION_FILE",
     "SUPERVISOR_COMMAND",
+    "PATCHED_MODULES",
     "TARGET_MODULE",
     "HookFinder",
     "Refused",
@@ -123,7 +124,8 @@ class HookFinder:
 
     @staticmethod
     def find_spec(name: str, path: Any = None, target: Any = None) -> Any:
-        if name != TARGET_MODULE or inert_reason() is not None:
+        patch = _patcher(name)
+        if patch is None or inert_reason() is not None:
             return None
         for finder in sys.meta_path:
             if getattr(finder, "spec_kitty_supervisor_trampoline", False) or finder is HookFinder:
@@ -141,7 +143,7 @@ class HookFinder:
 
         def exec_module(module: ModuleType) -> None:
             execute(module)
-            patch_module(module)
+            patch(module)
 
         with contextlib.suppress(AttributeError, TypeError):
             loader.exec_module = exec_module
@@ -218,6 +220,14 @@ def patch_module(module: ModuleType) -> None:
         setattr(module, HOOK_MARKER, {"patched": sorted(wrappers), "unpatched": None})
     except Exception:  # a broken integration never breaks spec-kitty
         return
+
+
+def _patcher(name: str) -> Callable[[ModuleType], None] | None:
+    return PATCHED_MODULES.get(name)
+
+
+#: Each module the hook patches, and how. The ``.pth`` line forwards exactly these names.
+PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {TARGET_MODULE: patch_module}
 
 
 # ensure

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import spec_kitty_supervisor_client
-from spec_kitty_supervisor_client._hook import HOOK_MARKER
+from spec_kitty_supervisor_client._hook import HOOK_MARKER, PATCHED_MODULES
 
 __all__ = [
     "HOOK_FILE",
@@ -134,7 +134,7 @@ def hook_source(command: Sequence[str]) -> str:
 
 
 def pth_line() -> str:
-    """The ``.pth`` line: a finder that imports the hook only for ``specify_cli.sync.daemon``.
+    """The ``.pth`` line: a finder that imports the hook only for the modules it patches.
 
     ``site`` executes a ``.pth`` line that starts with ``import``. Everything it does is inside
     a ``try``, and the finder swallows every failure (a deleted hook module included), so the
@@ -146,7 +146,7 @@ def pth_line() -> str:
         "  spec_kitty_supervisor_trampoline = True\n"
         "  @staticmethod\n"
         "  def find_spec(name, path=None, target=None):\n"
-        "   if name != 'specify_cli.sync.daemon':\n"
+        f"   if name not in {tuple(sorted(PATCHED_MODULES))!r}:\n"
         "    return None\n"
         "   try:\n"
         f"    import {HOOK_MODULE}\n"
