@@ -35,13 +35,14 @@ from spec_kitty_supervisor_client._models import (
     StopPath,
     SupervisorView,
 )
-from spec_kitty_supervisor_client._releases import effective_daemon_version
+from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION, effective_daemon_version
 from spec_kitty_supervisor_client._terms import in_family_range
 
 from . import __version__
 from ._doctor import sweep_root, sweep_would_act
 from ._errors import LifecycleError
 from ._identity import ProcessIdentity, read_identity
+from ._installed import interpreter_release
 from ._layout import RootLayout
 from ._ledger import Ledger
 from ._legacy_state import (
@@ -291,7 +292,10 @@ class Supervisor:
             uid=identity.uid,
             port=recorded.port,
             token=recorded.token,
-            package_version=verdict.health.package_version or "unknown",
+            # A 3.1 daemon says "unknown": its interpreter's installed release is its version.
+            package_version=effective_daemon_version(
+                verdict.health.package_version, interpreter_release(python) or UNKNOWN_VERSION
+            ),
             python=python,
             resolved_python=(cmdline.exec_marker if cmdline else None) or python,
             origin="adopted",

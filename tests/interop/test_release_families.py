@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from sks_harness import (
     read_identity,
     relink,
     run_blocking,
+    signal_if_same,
     spawn_orphan,
     spec_kitty_python,
     supervisor_pids,
@@ -233,3 +235,26 @@ async def _orphans_of_every_family(sandbox: Sandbox, fleet: DaemonFleet) -> list
 def sup_events(sup: SupervisorUnderTest) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = sup.cli_json("events", "--limit", "1000")["events"]
     return events
+
+
+def test_a_first_daemon_adopted_from_the_state_file_keeps_its_interpreters_version(
+    fleet: DaemonFleet,
+) -> None:
+    # The supervisor dies and its journal is lost: the next one finds the 3.1 daemon only
+    # through R/sync-daemon. Its "unknown" is its interpreter's release, so it is reused.
+    sandbox = fleet.sandbox()
+    python = spec_kitty_python("3.1.10")
+    with SupervisorUnderTest(sandbox) as sup:
+        first = _ensure(sup, python)
+        (pid,) = sup.pids()
+        identity = read_identity(pid)
+        assert identity is not None
+        signal_if_same(identity, signal.SIGKILL)
+        eventually(lambda: sup.pids() == [], what="the supervisor to die")
+        (sandbox.root / "supervisor" / "state.json").unlink()
+
+        again = _ensure(sup, python)
+
+        assert again["action"] == "adopted"
+        assert again["daemon"]["pid"] == first["daemon"]["pid"]
+        assert again["daemon"]["package_version"] == "3.1.10"
