@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sks_harness import (
     spec_kitty_python,
     supervisor_pids,
     wait_healthy,
+    write_state_file,
 )
 from spec_kitty_supervisor_client import SpawnFailed, SupervisorClient
 
@@ -258,3 +260,27 @@ def test_a_first_daemon_adopted_from_the_state_file_keeps_its_interpreters_versi
         assert again["action"] == "adopted"
         assert again["daemon"]["pid"] == first["daemon"]["pid"]
         assert again["daemon"]["package_version"] == "3.1.10"
+
+
+def test_the_recorded_daemon_of_a_release_no_cli_uses_is_reported_and_never_reset(
+    fleet: DaemonFleet,
+) -> None:
+    # A 3.1 CLI left its daemon recorded in R/sync-daemon; the user has since upgraded, and
+    # the only spec-kitty on PATH is 3.2.7.
+    sandbox = fleet.sandbox()
+    (port,) = SPAWN_PORTS.free(1, exclude=[d.port for d in fleet.alive()])
+    old = fleet.add(spawn_orphan(sandbox, "3.1.10", port))
+    run_blocking(wait_healthy, old, 30.0)
+    write_state_file(sandbox.root, old.port, old.token, old.pid)
+    path = {"PATH": f"{spec_kitty_python('3.2.7').parent}:{os.defpath}"}
+    with SupervisorUnderTest(sandbox) as sup:
+        found = sup.cli("doctor", "--json", extra_env=path)
+        reset = sup.cli("doctor", "--reset", "--json", extra_env=path)
+
+    findings = {f["code"]: f for f in json.loads(found.stdout)["findings"]}
+    unused = findings["legacy_daemon_unused"]
+    assert "spec-kitty-cli 3.1.10" in unused["message"]
+    assert "(3.2.7)" in unused["message"]
+    assert f"kill -TERM {old.pid}" in unused["remediation"]
+    assert json.loads(reset.stdout)["reset_result"]["swept"] == []
+    assert old.identity.same_process(read_identity(old.pid))
