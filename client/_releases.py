@@ -12,7 +12,8 @@ Every row was read from the published wheels (``pip download --no-deps spec-kitt
 (``specify_cli/sync/daemon.py``, ``owner.py``, ``orphan_sweep.py``) are byte-identical are one
 family. What each row rests on, in the wheel's ``specify_cli/sync/daemon.py``:
 
-* ``before_3_1`` (2.x, 3.0.x): no ``specify_cli/sync/daemon.py`` at all (3.0.3 read).
+* ``before_3_1`` (0.x to 3.0.x): no ``specify_cli/sync/daemon.py`` at all (0.16.2, 1.0.3, 2.1.3
+  and 3.0.3 read).
 * ``3_1`` (3.1.0-3.1.10 read; 3.1.0/3.1.1 and 3.1.2-3.1.10 differ only in Windows paths):
   ``_ensure_sync_daemon_running_locked`` spawns ``[sys.executable, "-c", _background_script()]``
   (two lines, no marker, no ``env=``, cwd inherited); ``_daemon_root()`` is
@@ -86,7 +87,7 @@ class ReleaseFamily:
 RELEASE_FAMILIES: tuple[ReleaseFamily, ...] = (
     ReleaseFamily(
         key="before_3_1",
-        releases="2.x, 3.0.x",
+        releases="0.x-3.0.x",
         first=(0,),
         has_daemon=False,
         upstream_spawn="none",

@@ -15,6 +15,9 @@ from spec_kitty_supervisor_client._releases import (
 
 # Every release whose wheel was read (docs/versions.md), with the family it was found in.
 READ_RELEASES = {
+    "0.16.2": "before_3_1",
+    "1.0.3": "before_3_1",
+    "2.1.3": "before_3_1",
     "3.0.3": "before_3_1",
     **{f"3.1.{n}": "3_1" for n in (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)},
     "3.2.0": "3_2_0",
