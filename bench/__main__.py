@@ -17,7 +17,7 @@ from typing import Any
 from sks_harness import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
 from sks_harness import spec_kitty_venv as _venv
 
-from . import cold_start, doctor, footprint, integration, reset, warm_ensure
+from . import cold_start, doctor, footprint, idle_connections, integration, reset, warm_ensure
 from ._common import BenchContext, Row, busy_family_ports
 
 Benchmark = Callable[[BenchContext], list[Row]]
@@ -29,6 +29,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     reset.NAME: reset.run,
     footprint.NAME: footprint.run,
     integration.NAME: integration.run,
+    idle_connections.NAME: idle_connections.run,
 }
 
 

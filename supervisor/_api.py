@@ -25,6 +25,8 @@ from pydantic import BaseModel, ValidationError
 
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION, ErrorBody, ErrorDetail
 
+from ._connections import ConnectionLimits, ConnectionPool, ConnectionSlot
+
 __all__ = [
     "PROTOCOL_HEADER",
     "ApiError",
@@ -42,9 +44,6 @@ log = structlog.get_logger("spec_kitty_supervisor.api")
 
 PROTOCOL_HEADER = "spec-kitty-supervisor-protocol"
 MAX_BODY = 1024 * 1024
-#: A request must arrive whole within this time; an idle kept-alive connection may wait longer.
-REQUEST_READ_TIMEOUT = 10.0
-IDLE_CONNECTION_TIMEOUT = 300.0
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -159,17 +158,26 @@ class _Connection:
         if data:
             await self.stream.send(data)
 
-    async def next_event(self, timeout: float) -> h11.Event | type[h11.NEED_DATA] | Any:
+    async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | Any:
+        """The next event, reading as needed; the caller bounds the time it may take."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            with anyio.fail_after(timeout):
-                try:
-                    data = await self.stream.receive(65536)
-                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                    data = b""
-            self.h11.receive_data(data)
+            await self._receive()
+
+    async def request_begun(self) -> None:
+        """Return once the next request's first bytes are here (or the peer hung up)."""
+        data, closed = self.h11.trailing_data
+        if not (data or closed):
+            await self._receive()
+
+    async def _receive(self) -> None:
+        try:
+            data = await self.stream.receive(65536)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+            data = b""
+        self.h11.receive_data(data)
 
     async def respond(self, status: int, body: bytes, keep_alive: bool) -> None:
         headers = [
@@ -194,9 +202,35 @@ class ConnectionTracker(Protocol):
 
 
 async def serve_connection(
-    stream: SocketStream, router: Router, tracker: ConnectionTracker
+    stream: SocketStream,
+    router: Router,
+    tracker: ConnectionTracker,
+    pool: ConnectionPool | None = None,
 ) -> None:
-    """Serve one client until it closes, misbehaves or times out."""
+    """Serve one client until it closes, misbehaves, times out or is closed to make room.
+
+    ``pool`` holds the connection bounds shared by all connections (a private one, with the
+    default time limits, when None).
+    """
+    pool = pool if pool is not None else ConnectionPool()
+    with anyio.CancelScope() as scope:
+        slot = pool.admit(scope)
+        if slot is None:
+            await stream.aclose()
+            return
+        try:
+            await _serve_admitted(stream, router, tracker, pool, slot)
+        finally:
+            pool.close(slot)
+
+
+async def _serve_admitted(
+    stream: SocketStream,
+    router: Router,
+    tracker: ConnectionTracker,
+    pool: ConnectionPool,
+    slot: ConnectionSlot,
+) -> None:
     tracker.connection_opened()
     try:
         async with stream:
@@ -214,7 +248,7 @@ async def serve_connection(
                     keep_alive=False,
                 )
                 return
-            await _serve_requests(_Connection(stream), router, tracker)
+            await _serve_requests(_Connection(stream), router, tracker, pool, slot)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
         pass
     except Exception as exc:  # the server never dies of a client
@@ -224,35 +258,55 @@ async def serve_connection(
 
 
 async def _serve_requests(
-    connection: _Connection, router: Router, tracker: ConnectionTracker
+    connection: _Connection,
+    router: Router,
+    tracker: ConnectionTracker,
+    pool: ConnectionPool,
+    slot: ConnectionSlot,
 ) -> None:
+    limits = pool.limits
+    # The first request's head is due within head_timeout of the accept; later ones may be
+    # awaited for idle_timeout, then their head is due within head_timeout of its first byte.
+    head_deadline = anyio.current_time() + limits.head_timeout
     while True:
         try:
-            event = await connection.next_event(IDLE_CONNECTION_TIMEOUT)
+            # Idle: the only state in which the pool may close this connection for a newcomer,
+            # and nothing of a request has been read, so nothing is lost.
+            pool.idle(slot)
+            with anyio.fail_after(max(0.0, head_deadline - anyio.current_time())):
+                await connection.request_begun()
+            pool.busy(slot)
+            with anyio.fail_after(limits.head_timeout):
+                event = await connection.next_event()
             if isinstance(event, h11.ConnectionClosed):
                 return
             if not isinstance(event, h11.Request):
                 return
-            request, keep_alive = await _read_request(connection, event)
+            request, keep_alive = await _read_request(connection, event, limits)
         except h11.RemoteProtocolError as exc:
             if connection.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                await connection.respond(
-                    exc.error_status_hint,
-                    _error_body("bad_http", f"malformed HTTP request: {exc}"),
-                    keep_alive=False,
-                )
+                with anyio.fail_after(limits.reply_timeout):
+                    await connection.respond(
+                        exc.error_status_hint,
+                        _error_body("bad_http", f"malformed HTTP request: {exc}"),
+                        keep_alive=False,
+                    )
             return
         except _BodyTooLarge:
-            await connection.respond(
-                413,
-                _error_body("body_too_large", f"request bodies are limited to {MAX_BODY} bytes"),
-                keep_alive=False,
-            )
+            with anyio.fail_after(limits.reply_timeout):
+                await connection.respond(
+                    413,
+                    _error_body(
+                        "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
+                    ),
+                    keep_alive=False,
+                )
             return
         tracker.request_started()
         try:
             status, body = await _answer(router, request, event)
-            await connection.respond(status, body, keep_alive)
+            with anyio.fail_after(limits.reply_timeout):
+                await connection.respond(status, body, keep_alive)
         finally:
             tracker.request_finished()
         if not keep_alive or connection.h11.our_state is h11.MUST_CLOSE:
@@ -261,26 +315,30 @@ async def _serve_requests(
             connection.h11.start_next_cycle()
         except h11.LocalProtocolError:
             return
+        head_deadline = anyio.current_time() + limits.idle_timeout
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-async def _read_request(connection: _Connection, head: h11.Request) -> tuple[ApiRequest, bool]:
+async def _read_request(
+    connection: _Connection, head: h11.Request, limits: ConnectionLimits
+) -> tuple[ApiRequest, bool]:
     chunks: list[bytes] = []
     size = 0
-    while True:
-        event = await connection.next_event(REQUEST_READ_TIMEOUT)
-        if isinstance(event, h11.Data):
-            size += len(event.data)
-            if size > MAX_BODY:
-                raise _BodyTooLarge
-            chunks.append(bytes(event.data))
-        elif isinstance(event, h11.EndOfMessage):
-            break
-        else:
-            raise h11.RemoteProtocolError("connection closed mid-request")
+    with anyio.fail_after(limits.body_timeout):
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                if size > MAX_BODY:
+                    raise _BodyTooLarge
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise h11.RemoteProtocolError("connection closed mid-request")
     target = urlsplit(head.target.decode("latin-1"))
     request = ApiRequest(
         method=head.method.decode("ascii", errors="replace"),

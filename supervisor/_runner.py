@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -28,9 +29,10 @@ from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
 from . import __version__
 from ._api import ConnectionTracker, peer_pid, serve_connection
 from ._app import build_router
+from ._connections import ConnectionLimits, ConnectionPool
 from ._core import Supervisor
 from ._doctor import doctor_routes
-from ._fd_limit import raise_fd_limit
+from ._fd_limit import FD_LIMIT_TARGET, raise_fd_limit
 from ._layout import RootLayout
 from ._lock import SupervisorLock
 from ._logging import configure_logging
@@ -244,6 +246,11 @@ class _Untracked:
         pass
 
 
+def _soft_fd_limit() -> int:
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return FD_LIMIT_TARGET if soft == resource.RLIM_INFINITY else soft
+
+
 def _tracker_for(stream: SocketStream, supervisor: Supervisor) -> ConnectionTracker:
     try:
         own = peer_pid(stream.extra(SocketAttribute.raw_socket)) == supervisor.pid
@@ -267,8 +274,10 @@ async def _serve(
             await supervisor.recover()
             router = build_router(supervisor, doctor_routes)
 
+            pool = ConnectionPool(ConnectionLimits().for_descriptor_limit(_soft_fd_limit()))
+
             async def handle(stream: SocketStream) -> None:
-                await serve_connection(stream, router, _tracker_for(stream, supervisor))
+                await serve_connection(stream, router, _tracker_for(stream, supervisor), pool)
 
             group.start_soon(accept_loop, listener, handle, group)
             group.start_soon(_signals, supervisor)

@@ -1,0 +1,217 @@
+"""What a client can hold of the control API (issue 14, slow clients): a bounded number of
+connections, the longest-idle one closed first to make room, and deadlines for a request's
+head, its body, its answer and an idle kept-alive connection. Limits are injected small here;
+the defaults are 512 connections (fewer when descriptors are scarce), 5 s, 10 s, 10 s, 60 s."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.abc import SocketStream
+from pydantic import BaseModel
+
+from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
+from spec_kitty_supervisor._connections import ConnectionLimits, ConnectionPool
+from spec_kitty_supervisor_client._models import SupervisorHealth
+
+pytestmark = pytest.mark.anyio
+
+#: Generous: only a broken server makes a test wait this long.
+HANG_GUARD = 30.0
+HEALTH = b"GET /v1/health HTTP/1.1\r\nHost: s\r\n\r\n"
+
+
+class _Tracker:
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self) -> None:
+        pass
+
+    def request_started(self) -> None:
+        pass
+
+    def request_finished(self) -> None:
+        pass
+
+
+class Server:
+    def __init__(self, path: Path, pool: ConnectionPool) -> None:
+        self.path = path
+        self.pool = pool
+        self.release_slow = anyio.Event()
+        self.slow_started = 0
+
+
+@pytest.fixture
+def limits() -> ConnectionLimits:
+    return ConnectionLimits(
+        max_connections=3, head_timeout=0.5, body_timeout=0.5, reply_timeout=0.5, idle_timeout=0.5
+    )
+
+
+@pytest.fixture
+async def server(tmp_path: Path, limits: ConnectionLimits) -> AsyncIterator[Server]:
+    state = Server(tmp_path / "api.sock", ConnectionPool(limits))
+
+    async def health(request: ApiRequest) -> BaseModel:
+        return SupervisorHealth(pid=1, version="t", protocol_version=1, root="/r")
+
+    async def slow(request: ApiRequest) -> BaseModel:
+        state.slow_started += 1
+        await state.release_slow.wait()
+        return SupervisorHealth(pid=2, version="t", protocol_version=1, root="/r")
+
+    router = Router([Route("GET", "/v1/health", health), Route("GET", "/v1/slow", slow)])
+
+    async def handle(stream: SocketStream) -> None:
+        await serve_connection(stream, router, _Tracker(), state.pool)
+
+    async with (
+        await anyio.create_unix_listener(state.path) as listener,
+        anyio.create_task_group() as group,
+    ):
+        group.start_soon(listener.serve, handle)
+        yield state
+        state.release_slow.set()
+        group.cancel_scope.cancel()
+
+
+async def _reply(stream: SocketStream) -> bytes:
+    """One whole answer (they all carry content-length), or what came before the close."""
+    data = b""
+    with anyio.fail_after(HANG_GUARD):
+        while b"\r\n\r\n" not in data:
+            try:
+                data += await stream.receive()
+            except anyio.EndOfStream:
+                return data
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        while len(body) < length:
+            body += await stream.receive()
+    return data
+
+
+async def _closed_by_server(stream: SocketStream) -> bool:
+    """True once the server closes the connection (EOF), never on our own guard."""
+    with anyio.fail_after(HANG_GUARD):
+        try:
+            while await stream.receive():
+                pass
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return True
+    return True
+
+
+async def _kept_alive(path: Path) -> SocketStream:
+    stream = await anyio.connect_unix(path)
+    await stream.send(HEALTH)
+    assert (await _reply(stream)).startswith(b"HTTP/1.1 200")
+    return stream
+
+
+async def test_a_kept_alive_connection_idle_too_long_is_closed(server: Server) -> None:
+    async with await _kept_alive(server.path) as stream:
+        assert await _closed_by_server(stream)
+
+
+async def test_a_kept_alive_connection_in_use_stays_open(server: Server) -> None:
+    async with await _kept_alive(server.path) as stream:
+        for _ in range(3):
+            await stream.send(HEALTH)
+            assert (await _reply(stream)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_request_head_sent_byte_by_byte_must_still_arrive_in_time(server: Server) -> None:
+    # Each byte comes well within any per-read timeout; the head as a whole never completes.
+    async with await anyio.connect_unix(server.path) as stream:
+        closed = False
+        with anyio.fail_after(HANG_GUARD):
+            for byte in b"GET /v1/health HTTP/1.1\r\nX-Slow: " + b"a" * 10_000:
+                try:
+                    await stream.send(bytes([byte]))
+                except (anyio.BrokenResourceError, OSError):
+                    closed = True
+                    break
+                await anyio.sleep(0.05)
+        assert closed, "a trickled head was never cut off"
+
+
+async def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
+    async with await anyio.connect_unix(server.path) as stream:
+        assert await _closed_by_server(stream)
+
+
+async def test_a_body_that_does_not_arrive_in_time_closes_the_connection(server: Server) -> None:
+    async with await anyio.connect_unix(server.path) as stream:
+        await stream.send(b"POST /v1/health HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\n\r\n{")
+        assert await _closed_by_server(stream)
+
+
+async def test_when_full_the_longest_idle_connection_makes_room(server: Server) -> None:
+    oldest = await _kept_alive(server.path)
+    middle = await _kept_alive(server.path)
+    newest = await _kept_alive(server.path)
+    async with await anyio.connect_unix(server.path) as newcomer:
+        await newcomer.send(HEALTH)
+        assert (await _reply(newcomer)).startswith(b"HTTP/1.1 200")
+    assert await _closed_by_server(oldest)
+    for stream in (middle, newest):  # the others still serve
+        await stream.send(HEALTH)
+        assert (await _reply(stream)).startswith(b"HTTP/1.1 200")
+    for stream in (oldest, middle, newest):
+        await stream.aclose()
+
+
+async def test_when_every_connection_is_mid_request_a_newcomer_is_closed(server: Server) -> None:
+    busy = []
+    for _ in range(3):
+        stream = await anyio.connect_unix(server.path)
+        await stream.send(b"GET /v1/slow HTTP/1.1\r\nHost: s\r\n\r\n")
+        busy.append(stream)
+    with anyio.fail_after(HANG_GUARD):
+        while server.slow_started < 3:
+            await anyio.sleep(0.01)
+    async with await anyio.connect_unix(server.path) as newcomer:
+        assert await _closed_by_server(newcomer)
+    server.release_slow.set()
+    for stream in busy:  # nothing in flight was cut off
+        reply = await _reply(stream)
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["pid"] == 2
+        await stream.aclose()
+
+
+def test_the_default_bound_leaves_descriptors_for_everything_else() -> None:
+    assert ConnectionLimits().for_descriptor_limit(4096).max_connections == 512
+    assert ConnectionLimits().for_descriptor_limit(256).max_connections == 192
+    assert ConnectionLimits().for_descriptor_limit(65).max_connections == 1
+    assert ConnectionLimits().idle_timeout == 60.0
+    assert (ConnectionLimits().head_timeout, ConnectionLimits().body_timeout) == (5.0, 10.0)
+
+
+async def test_the_pool_picks_the_connection_idle_the_longest() -> None:
+    now = [0.0]
+    pool = ConnectionPool(ConnectionLimits(max_connections=2), clock=lambda: now[0])
+    first = pool.admit(anyio.CancelScope())
+    now[0] = 1.0
+    second = pool.admit(anyio.CancelScope())
+    assert first is not None
+    assert second is not None
+    pool.busy(first)  # mid-request: never chosen
+    now[0] = 2.0
+    third = pool.admit(anyio.CancelScope())
+    assert third is not None
+    assert second.evicted
+    assert second.scope.cancel_called
+    assert not first.evicted
+    pool.busy(third)
+    assert pool.admit(anyio.CancelScope()) is None  # all that remain are busy
