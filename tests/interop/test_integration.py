@@ -172,6 +172,10 @@ def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
     ]
     assert _recorded_pid(sandbox) == answer["pid"]  # R/sync-daemon names that daemon
     assert daemon_pids(sandbox.root) == [answer["pid"]]
+    # The supervisor spawned under R/sync-daemon.lock while the caller waited for its answer:
+    # had the caller held that lock, the spawn would have failed and the hook fallen back
+    # to upstream, which it records.
+    assert not (sandbox.root / "supervisor" / "integration.json").exists()
     again = _run(integrated[version], sandbox)
     assert again["pid"] == answer["pid"]
     assert supervisor_pids(sandbox.root) == [supervisor]
