@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sks_harness import ORPHAN_PORTS, DaemonFleet, PortRange, Sandbox
+from sks_harness import ORPHAN_PORTS, DaemonFleet, PortRange, Sandbox, SupervisorUnderTest
 
 
 @pytest.fixture
@@ -32,3 +32,10 @@ def fleet(fleet_ports: PortRange) -> Iterator[DaemonFleet]:
 def sandbox(fleet: DaemonFleet) -> Sandbox:
     """A throwaway HOME watched by the test's fleet, removed after its daemons are stopped."""
     return fleet.sandbox()
+
+
+@pytest.fixture
+def sup(sandbox: Sandbox) -> Iterator[SupervisorUnderTest]:
+    """The supervisor under test for the sandbox, every process of it stopped by pid at the end."""
+    with SupervisorUnderTest(sandbox) as harness:
+        yield harness

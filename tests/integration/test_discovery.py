@@ -98,11 +98,6 @@ while True:
 """
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Processes:
     """Starts listeners on free test ports; ends each one by its pid."""
 

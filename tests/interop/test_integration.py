@@ -22,6 +22,7 @@ from sks_harness import (
     SPAWN_PORTS,
     SUPERVISOR,
     DaemonFleet,
+    PortRange,
     Sandbox,
     SupervisorUnderTest,
     daemon_pids,
@@ -101,9 +102,8 @@ def integrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
 
 
 @pytest.fixture
-def fleet() -> Iterator[DaemonFleet]:
-    with DaemonFleet(port_range=SPAWN_PORTS) as daemons:
-        yield daemons
+def fleet_ports() -> PortRange:
+    return SPAWN_PORTS
 
 
 @pytest.fixture

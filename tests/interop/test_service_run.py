@@ -17,7 +17,6 @@ import pytest
 from sks_harness import (
     SPAWN_PORTS,
     SUPERVISOR,
-    DaemonFleet,
     PortRange,
     SupervisorUnderTest,
     daemon_pids,
@@ -35,12 +34,6 @@ SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
 @pytest.fixture
 def fleet_ports() -> PortRange:
     return SPAWN_PORTS
-
-
-@pytest.fixture
-def sup(fleet: DaemonFleet) -> Iterator[SupervisorUnderTest]:
-    with SupervisorUnderTest(fleet.sandbox()) as harness:
-        yield harness
 
 
 class NotifySocket:

@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from sks_harness import (
     SPAWN_PORTS,
     DaemonFleet,
     PortRange,
-    Sandbox,
     SupervisorUnderTest,
     daemon_pids,
     eventually,
@@ -45,12 +43,6 @@ pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 @pytest.fixture
 def fleet_ports() -> PortRange:
     return SPAWN_PORTS
-
-
-@pytest.fixture
-def sup(sandbox: Sandbox) -> Iterator[SupervisorUnderTest]:
-    with SupervisorUnderTest(sandbox) as harness:
-        yield harness
 
 
 def _health(port: int) -> dict[str, object]:
