@@ -14,6 +14,7 @@ import pytest
 from anyio.abc import SocketStream
 from pydantic import BaseModel
 
+from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
 from spec_kitty_supervisor._connections import ConnectionLimits, ConnectionPool
 from spec_kitty_supervisor_client._models import SupervisorHealth
@@ -178,9 +179,7 @@ async def test_when_every_connection_is_mid_request_a_newcomer_is_closed(server:
         stream = await anyio.connect_unix(server.path)
         await stream.send(b"GET /v1/slow HTTP/1.1\r\nHost: s\r\n\r\n")
         busy.append(stream)
-    with anyio.fail_after(HANG_GUARD):
-        while server.slow_started < 3:
-            await anyio.sleep(0.01)
+    await aeventually(lambda: server.slow_started == 3, what="three slow requests in flight")
     async with await anyio.connect_unix(server.path) as newcomer:
         assert await _closed_by_server(newcomer)
     server.release_slow.set()
