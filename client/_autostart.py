@@ -13,11 +13,11 @@ import os
 import shlex
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from ._errors import SupervisorStartFailed, UnsafeDirectoryError
-from ._wire import StartFailed, UnsafeDirectory, socket_accepts, socket_path_for_root
+from ._wire import StartFailed, UnsafeDirectory, socket_accepts
+from ._wire import replace_exiting_supervisor as _replace_exiting_supervisor
 from ._wire import start_supervisor as _start_supervisor
 
 __all__ = ["replace_exiting_supervisor", "socket_accepts", "start_supervisor", "supervisor_command"]
@@ -52,14 +52,10 @@ def start_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
 
 
 def replace_exiting_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
-    """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one.
-
-    It stops accepting first, then finishes the requests in flight, unlinks its socket and
-    releases the root; a newcomer started before that would find the root still held. The
-    wait is bounded: a supervisor that died on its way out leaves a socket file behind.
-    """
-    socket_path = socket_path_for_root(daemon_root)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (socket_accepts(socket_path) or socket_path.exists()):
-        time.sleep(0.01)
-    start_supervisor(daemon_root)
+    """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one."""
+    try:
+        _replace_exiting_supervisor(daemon_root, supervisor_command, timeout)
+    except StartFailed as exc:
+        raise SupervisorStartFailed(str(exc)) from None
+    except UnsafeDirectory as exc:
+        raise UnsafeDirectoryError(str(exc)) from None

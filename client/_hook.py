@@ -31,6 +31,7 @@ from ._wire import (
     WireError,
     ensure_private_dir,
     passed_environment,
+    replace_exiting_supervisor,
     resolve_daemon_root,
     socket_path_for_root,
     start_supervisor,
@@ -316,6 +317,13 @@ def supervised_daemon_pid(root: Path, version: str, bound: float, *, may_start: 
             start_supervisor(root, trusted_command, _remaining(deadline))
             connection.timeout = _remaining(deadline)
             reply = connection.request("POST", "/v1/sync/ensure", body)
+        else:
+            if may_start and _is_exiting(reply):
+                # It is going away (idle exit, hand-over): a successor answers instead.
+                connection.close()
+                replace_exiting_supervisor(root, trusted_command, _remaining(deadline))
+                connection.timeout = _remaining(deadline)
+                reply = connection.request("POST", "/v1/sync/ensure", body)
     finally:
         connection.close()
     daemon = _answer(reply, "daemon")
@@ -323,6 +331,15 @@ def supervised_daemon_pid(root: Path, version: str, bound: float, *, may_start: 
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise Refused("the supervisor's answer names no daemon pid")
     return pid
+
+
+def _is_exiting(reply: Any) -> bool:
+    if reply.status != 503:
+        return False
+    try:
+        return bool(reply.json()["error"]["code"] == "supervisor_exiting")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _remaining(deadline: float) -> float:

@@ -51,6 +51,7 @@ __all__ = [
     "daemon_root_as_given",
     "ensure_private_dir",
     "passed_environment",
+    "replace_exiting_supervisor",
     "resolve_daemon_root",
     "socket_accepts",
     "socket_path_for_root",
@@ -422,6 +423,22 @@ def start_supervisor(
         _spawn_and_wait(daemon_root, socket_path, list(command()), deadline)
     finally:
         os.close(fd)
+
+
+def replace_exiting_supervisor(
+    daemon_root: Path, command: Callable[[], Sequence[str]], timeout: float = 15.0
+) -> None:
+    """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one.
+
+    It stops accepting first, then finishes the requests in flight, unlinks its socket and
+    releases the root; a newcomer started before that would find the root still held. The
+    wait is bounded: a supervisor that died on its way out leaves a socket file behind.
+    """
+    socket_path = socket_path_for_root(daemon_root)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (socket_accepts(socket_path) or socket_path.exists()):
+        time.sleep(0.01)
+    start_supervisor(daemon_root, command, max(deadline - time.monotonic(), 0.1))
 
 
 def _spawn_and_wait(

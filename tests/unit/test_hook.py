@@ -121,8 +121,9 @@ class _Supervisor:
     On every request it records whether ``R/sync-daemon.lock`` could be taken right then.
     """
 
-    def __init__(self, root: Path, pid: int = 4242) -> None:
+    def __init__(self, root: Path, pid: int = 4242, *, exiting_first: bool = False) -> None:
         self.pid = pid
+        self.exiting_first = exiting_first
         self.lock_free_during_request: list[bool] = []
         self.requests: list[str] = []
         self._root = root
@@ -155,9 +156,17 @@ class _Supervisor:
                 head = data.split(b"\r\n", 1)[0].decode()
                 self.requests.append(head)
                 self.lock_free_during_request.append(self._lock_is_free())
+                status = b"200 OK"
                 body = json.dumps({"action": "spawned", "daemon": {"pid": self.pid}}).encode()
+                if self.exiting_first:
+                    self.exiting_first = False
+                    status = b"503 Service Unavailable"
+                    error = {"code": "supervisor_exiting", "message": "idle exit"}
+                    body = json.dumps({"error": error}).encode()
                 conn.sendall(
-                    b"HTTP/1.1 200 OK\r\nspec-kitty-supervisor-protocol: 1\r\n"
+                    b"HTTP/1.1 "
+                    + status
+                    + b"\r\nspec-kitty-supervisor-protocol: 1\r\n"
                     + f"content-length: {len(body)}\r\n\r\n".encode()
                     + body
                 )
@@ -262,6 +271,22 @@ def test_the_supervisor_is_asked_without_holding_the_daemon_lock(
     assert supervisor.requests == ["POST /v1/sync/ensure HTTP/1.1"]
     assert supervisor.lock_free_during_request == [True]
     assert daemon.CALLS == []  # upstream's own lifecycle never ran
+
+
+def test_a_supervisor_going_away_is_replaced_by_the_spec_kitty_command(
+    supervisor: _Supervisor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replaced: list[Path] = []
+    monkeypatch.setattr(
+        _hook, "replace_exiting_supervisor", lambda root, *args: replaced.append(root)
+    )
+    monkeypatch.setattr(sys, "argv", ["/home/u/.local/bin/spec-kitty"])
+    supervisor.exiting_first = True
+    daemon = _import_daemon()
+    outcome = daemon.ensure_sync_daemon_running(intent=daemon.DaemonIntent.REMOTE_REQUIRED)
+    assert outcome.pid == supervisor.pid
+    assert len(replaced) == 1
+    assert supervisor.requests == ["POST /v1/sync/ensure HTTP/1.1"] * 2
 
 
 def test_outside_the_spec_kitty_command_no_supervisor_is_started(
