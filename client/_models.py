@@ -76,7 +76,7 @@ class _Lenient(BaseModel):
 
 VersionPolicy = Literal["keep_newer", "latest_wins"]
 DaemonOrigin = Literal["spawned", "adopted"]
-DaemonState = Literal["starting", "healthy", "unresponsive", "retiring", "exited"]
+DaemonState = Literal["healthy", "unresponsive", "retiring"]
 DaemonRole = Literal["current", "retiring"]
 RootState = Literal["ok", "quarantined"]
 EnsureAction = Literal["reused", "spawned", "adopted", "upgraded", "kept_newer", "replaced"]

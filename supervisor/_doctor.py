@@ -113,19 +113,19 @@ def _recorded_singleton(layout: RootLayout) -> RecordedSingleton | None:
     return RecordedSingleton(recorded.pid, recorded.port) if recorded is not None else None
 
 
-def supervisor_facts(supervisor: RunningSupervisor) -> SupervisorFacts:
+def supervisor_facts(layout: RootLayout, settings: Settings, table: Table) -> SupervisorFacts:
     """The running supervisor's table as classification facts (read under the legacy lock)."""
-    current = supervisor.table.current
+    current = table.current
     return SupervisorFacts(
-        daemon_root=str(supervisor.layout.daemon_root),
+        daemon_root=str(layout.daemon_root),
         uid=os.getuid(),
         supervised=frozenset(
             SupervisedDaemon(pid=row.pid, port=row.port, process_start=row.process_start)
-            for row in supervisor.table.daemons
+            for row in table.daemons
         ),
-        recorded_singleton=_recorded_singleton(supervisor.layout),
+        recorded_singleton=_recorded_singleton(layout),
         supervisor_running=True,
-        family_range=supervisor.settings.scan_range,
+        family_range=settings.scan_range,
         current_package_version=current.package_version if current is not None else None,
         current_python=current.resolved_python if current is not None else None,
     )
@@ -142,9 +142,9 @@ def standalone_facts(layout: RootLayout, settings: Settings) -> SupervisorFacts:
     )
 
 
-def _current_as_state(supervisor: RunningSupervisor) -> LegacyRecord | None:
-    current = supervisor.table.current
-    if current is None or current.state == "exited":
+def _current_as_state(table: Table) -> LegacyRecord | None:
+    current = table.current
+    if current is None:
         return None
     return LegacyRecord(current.url, current.port, current.token, current.pid)
 
@@ -454,33 +454,34 @@ def _drop_dead_state_file(layout: RootLayout) -> None:
         remove_legacy_state(layout.legacy_state)
 
 
-async def sweep_would_act(supervisor: RunningSupervisor) -> bool:
+async def sweep_would_act(layout: RootLayout, settings: Settings, table: Table) -> bool:
     """Whether a sweep would stop anything now (observes; takes no lock, acts on nothing)."""
     observations = await observe(
-        supervisor_facts(supervisor), supervisor.settings.health_timeout_seconds
+        supervisor_facts(layout, settings, table), settings.health_timeout_seconds
     )
     return bool(plan_sweep(observations, ResetRequest()).to_stop)
 
 
-async def sweep_root(supervisor: RunningSupervisor) -> ResetResult:
+async def sweep_root(
+    layout: RootLayout, settings: Settings, table: Table, ledger: Ledger
+) -> ResetResult:
     """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
 
     The caller holds the supervisor's lifecycle lock, so the table cannot change meanwhile
     (a daemon being spawned is in the table before the legacy lock is released).
     """
-    layout = supervisor.layout
     async with hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT):
-        facts = supervisor_facts(supervisor)
-        observations = await observe(facts, supervisor.settings.health_timeout_seconds)
+        facts = supervisor_facts(layout, settings, table)
+        observations = await observe(facts, settings.health_timeout_seconds)
         result = await sweep(
             observations,
             ResetRequest(),
             legacy_state=layout.legacy_state,
-            grace=supervisor.settings.stop_grace_seconds,
-            replacement=_current_as_state(supervisor),
+            grace=settings.stop_grace_seconds,
+            replacement=_current_as_state(table),
         )
     for swept in result.swept:
-        supervisor.ledger.record(
+        ledger.record(
             "orphan_swept",
             pid=swept.pid,
             port=swept.port,
@@ -488,7 +489,7 @@ async def sweep_root(supervisor: RunningSupervisor) -> ResetResult:
             reason=f"{swept.reason}; stopped by {swept.cleanup_path}",
         )
     for failed in result.failed:
-        supervisor.ledger.record(
+        ledger.record(
             "orphan_sweep_failed", pid=failed.pid, port=failed.port, reason=failed.failure_reason
         )
     return result
@@ -502,10 +503,10 @@ async def supervisor_doctor(
     async def run() -> DoctorReport:
         observations, result, planned = await _observe_and_sweep(
             supervisor.layout,
-            supervisor_facts(supervisor),
+            supervisor_facts(supervisor.layout, supervisor.settings, supervisor.table),
             request,
             supervisor.settings,
-            _current_as_state(supervisor),
+            _current_as_state(supervisor.table),
         )
         return build_report(
             supervisor.layout,

@@ -12,10 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from spec_kitty_supervisor_client._models import VersionPolicy
+#: As ``spec_kitty_supervisor_client.VersionPolicy``, spelled here so that this module needs
+#: only the standard library.
+VersionPolicy = Literal["keep_newer", "latest_wins"]
 
 __all__ = [
     "EnsureDecision",
+    "VersionPolicy",
     "compare_versions",
     "decide_ensure",
     "idle_retirement_due",

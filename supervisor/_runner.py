@@ -112,8 +112,8 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         settings,
         auto_started=options.auto_started or control is not None,
         service_manager=service_manager,
+        child_umask=user_umask,
     )
-    supervisor.child_umask = user_umask
     try:
         anyio.run(_serve, supervisor, notifier, lock, control)
     finally:

@@ -20,7 +20,15 @@ from spec_kitty_supervisor_client._models import DaemonOrigin, DaemonRole, Daemo
 from ._files import RefusedFile, atomic_write, move_aside, move_refused_aside, read_regular_file
 from ._identity import ProcessIdentity
 
-__all__ = ["SCHEMA_VERSION", "DaemonRecord", "LoadedTable", "Table", "load_table", "save_table"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "DaemonRecord",
+    "LoadedTable",
+    "Table",
+    "TableSnapshot",
+    "load_table",
+    "save_table",
+]
 
 SCHEMA_VERSION = 1
 #: A table names a handful of daemons; anything this large is not a journal we wrote.
@@ -83,6 +91,12 @@ class _TableFile(BaseModel):
 
 @dataclass
 class Table:
+    """The rows, and the only code that changes a row's role and state (always together).
+
+    Only the lifecycle calls the transitions, holding its lock; each returns what changed so
+    that the caller can record it. Readers (status, doctor, classification) only read.
+    """
+
     daemons: list[DaemonRecord] = field(default_factory=list)
     quarantine_reason: str | None = None
 
@@ -97,8 +111,89 @@ class Table:
     def by_pid(self, pid: int) -> DaemonRecord | None:
         return next((d for d in self.daemons if d.pid == pid), None)
 
+    # ------------------------------------------------------------------ transitions
+
+    def add_current(self, record: DaemonRecord) -> DaemonRecord | None:
+        """``record`` (healthy) becomes current; returns the previous current, now retiring."""
+        previous = self.current
+        if previous is not None:
+            self.mark_retiring(previous)
+        record.role, record.state = "current", "healthy"
+        self.daemons.append(record)
+        return previous
+
+    def restore(self, record: DaemonRecord, *, answered: bool, now: float) -> None:
+        """A journal row re-proven after a restart: its role as journaled, its health as seen."""
+        if record.role == "retiring":
+            record.state = "retiring"
+        elif answered:
+            record.state = "healthy"
+        else:
+            record.state = "unresponsive"
+            record.unresponsive_since = now
+        self.daemons.append(record)
+
+    def mark_retiring(self, record: DaemonRecord) -> bool:
+        """True when ``record`` was not retiring yet."""
+        if record.role == "retiring":
+            return False
+        record.role, record.state = "retiring", "retiring"
+        return True
+
+    def retire_all(self) -> None:
+        for record in self.daemons:
+            self.mark_retiring(record)
+
+    def mark_healthy(self, record: DaemonRecord, at: str) -> None:
+        if record.role == "retiring":
+            return
+        record.state = "healthy"
+        record.last_healthy_at = at
+        record.unresponsive_since = None
+
+    def mark_unresponsive(self, record: DaemonRecord, now: float) -> bool:
+        """True when ``record`` just stopped answering (it was healthy until now)."""
+        if record.role == "retiring":
+            return False
+        newly = record.state != "unresponsive"
+        record.state = "unresponsive"
+        if record.unresponsive_since is None:
+            record.unresponsive_since = now
+        return newly
+
     def remove(self, record: DaemonRecord) -> None:
         self.daemons = [d for d in self.daemons if d.pid != record.pid]
+
+    def quarantine(self, reason: str) -> None:
+        self.quarantine_reason = reason
+
+    def lift_quarantine(self) -> bool:
+        """True when the root was quarantined."""
+        lifted = self.quarantine_reason is not None
+        self.quarantine_reason = None
+        return lifted
+
+    # ------------------------------------------------------------------ undo
+
+    def snapshot(self) -> TableSnapshot:
+        """What :meth:`rewind` puts back when the journal could not be written."""
+        return TableSnapshot(
+            rows=[(record, record.model_copy()) for record in self.daemons],
+            quarantine_reason=self.quarantine_reason,
+        )
+
+    def rewind(self, snapshot: TableSnapshot) -> None:
+        for record, saved in snapshot.rows:
+            for name in DaemonRecord.model_fields:
+                setattr(record, name, getattr(saved, name))
+        self.daemons = [record for record, _ in snapshot.rows]
+        self.quarantine_reason = snapshot.quarantine_reason
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    rows: list[tuple[DaemonRecord, DaemonRecord]]
+    quarantine_reason: str | None
 
 
 @dataclass(frozen=True)

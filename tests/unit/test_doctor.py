@@ -276,7 +276,7 @@ def test_the_supervisors_table_is_what_classification_calls_supervised(
 ) -> None:
     supervisor.table.daemons.append(_table_row(4321, 9430))
 
-    facts = supervisor_facts(supervisor)
+    facts = supervisor_facts(supervisor.layout, supervisor.settings, supervisor.table)
 
     assert facts.supervisor_running
     assert [(d.pid, d.port, d.process_start) for d in facts.supervised] == [
@@ -319,7 +319,9 @@ async def test_the_supervisors_sweep_stops_safe_auto_only_and_records_it(
         observed(9430, "supervised", "supervised"),
     ]
 
-    result = await sweep_root(supervisor)
+    result = await sweep_root(
+        supervisor.layout, supervisor.settings, supervisor.table, supervisor.ledger
+    )
 
     assert stopped == [orphan.record.pid]
     assert [s.port for s in result.swept] == [9401]

@@ -57,8 +57,7 @@ def layout(tmp_path: Path) -> RootLayout:
 
 @pytest.fixture
 async def served(tmp_path: Path, layout: RootLayout) -> AsyncIterator[Served]:
-    supervisor = Supervisor(layout, Settings())
-    supervisor.legacy_lock_wait = 0.05
+    supervisor = Supervisor(layout, Settings(), legacy_lock_wait=0.05)
     router = build_router(supervisor, doctor_routes)
     path = tmp_path / "api.sock"
 

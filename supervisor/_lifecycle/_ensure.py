@@ -1,0 +1,123 @@
+"""The ``ensure`` path: answer from the table when the current daemon serves, else spawn.
+
+The warm path is spec-kitty's hot path: the interpreter is validated once (a ``stat`` when it
+is already known), the version policy decides once, and when nothing is changing which daemon
+runs (the lifecycle lock is free) the answer comes from the table without an ``await``, so it
+cannot interleave with another task. Otherwise the request waits for the lock and decides
+again on the table as it is then: a spawn (make-before-break, :mod:`._spawning`), unless the
+root is quarantined.
+"""
+
+from __future__ import annotations
+
+from spec_kitty_supervisor_client._models import EnsureAction, EnsureRequest, EnsureResponse
+
+from .._errors import LifecycleError
+from .._policy import EnsureDecision, decide_ensure
+from .._spawn import check_root_supported, child_environment, resolve_working_directory
+from .._table import DaemonRecord
+from ._decisions import quarantine_lifts_for
+from ._effects import SpawnContext
+from ._lifecycle import Lifecycle
+from ._spawning import start_current
+
+__all__ = ["ensure", "lift_quarantine"]
+
+_SPAWN_ACTIONS: dict[str, EnsureAction] = {
+    "spawn": "spawned",
+    "upgrade": "upgraded",
+    "replace": "replaced",
+}
+
+
+async def ensure(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureResponse:
+    resolved_python = lifecycle.interpreters.resolve(request.python)
+    if not lifecycle.lock.locked():
+        answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
+        if answer is not None:
+            return answer
+    async with lifecycle.lock:
+        return await _ensure_locked(lifecycle, request, resolved_python)
+
+
+def _decide(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureDecision:
+    current = lifecycle.table.current
+    return decide_ensure(
+        current.package_version if current else None,
+        current.python if current else None,
+        request.package_version,
+        request.python,
+        lifecycle.settings.version_policy,
+    )
+
+
+def _answer_from_table(
+    lifecycle: Lifecycle, request: EnsureRequest, decision: EnsureDecision
+) -> EnsureResponse | None:
+    """The answer when the current daemon serves this request as it is; else None."""
+    current = lifecycle.table.current
+    if current is None or decision.verdict not in ("reuse", "keep_newer"):
+        return None
+    current.last_ensure_at = lifecycle.clock.now()
+    action: EnsureAction = "reused" if decision.verdict == "reuse" else "kept_newer"
+    if current.pid not in lifecycle.handed_out:
+        # The first client this daemon serves since we adopted it (after our own restart,
+        # a hand-over, or from an upstream CLI) learns it was adopted.
+        lifecycle.handed_out.add(current.pid)
+        if action == "reused":
+            action = "adopted"
+    return EnsureResponse(
+        action=action, daemon=current.view(with_token=True), message=decision.reason
+    )
+
+
+async def _ensure_locked(
+    lifecycle: Lifecycle, request: EnsureRequest, resolved_python: str
+) -> EnsureResponse:
+    if quarantine_lifts_for(lifecycle.quarantined_python, request.python):
+        lift_quarantine(lifecycle, f"ensure with another interpreter ({request.python})")
+    # The table may have changed while this request waited for the lock: decide on it now.
+    decision = _decide(lifecycle, request)
+    answer = _answer_from_table(lifecycle, request, decision)
+    if answer is not None:
+        return answer
+    if lifecycle.table.quarantine_reason is not None:
+        raise LifecycleError(
+            "root_quarantined",
+            f"the root is quarantined: {lifecycle.table.quarantine_reason}. Run "
+            "`spec-kitty-supervisor restart` or ensure with another interpreter.",
+        )
+    new = await _spawn_for(lifecycle, request, resolved_python, decision)
+    lifecycle.handed_out.add(new.pid)
+    return EnsureResponse(
+        action=_SPAWN_ACTIONS[decision.verdict],
+        daemon=new.view(with_token=True),
+        message=decision.reason,
+    )
+
+
+async def _spawn_for(
+    lifecycle: Lifecycle, request: EnsureRequest, resolved_python: str, decision: EnsureDecision
+) -> DaemonRecord:
+    daemon_root = lifecycle.daemon_root
+    env = child_environment(request.env, daemon_root, request.package_version)
+    check_root_supported(env["HOME"], daemon_root, request.package_version)
+    cwd = resolve_working_directory(request.cwd, daemon_root)
+    return await start_current(
+        lifecycle,
+        request.python,
+        resolved_python,
+        request.package_version,
+        SpawnContext(env=env, cwd=cwd),
+        reason=decision.reason,
+    )
+
+
+def lift_quarantine(lifecycle: Lifecycle, reason: str) -> None:
+    """``restart``, or an ensure with another interpreter: restarts and spawns resume."""
+    if lifecycle.table.quarantine_reason is None:
+        return
+    lifecycle.change(lifecycle.table.lift_quarantine)
+    lifecycle.quarantined_python = None
+    lifecycle.death_times.clear()
+    lifecycle.effects.record("quarantine_lifted", reason=reason)

@@ -1,0 +1,92 @@
+"""The heartbeat: one tick, read top to bottom as observe, decide, record, act.
+
+1. Observe: every daemon's health, in parallel and without the lock (a probe may take the
+   whole health timeout; an ``ensure`` must not wait for it).
+2. Record what was seen, under the lock: healthy or unresponsive, and whether an upstream CLI
+   replaced our daemon in ``R/sync-daemon`` (:func:`._adoption.follow_recorded`).
+3. Decide for the current daemon (:func:`._decisions.decide_current`): the watchdog, or idle
+   retirement. The intent is written (the ledger's ``watchdog``, the table's ``retiring``)
+   before anything acts; a retirement whose intent cannot be written is not started.
+4. Act in the background, so that the next tick is never late: retirements, restarts.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+
+from .._errors import LifecycleError
+from .._table import DaemonRecord
+from ._adoption import follow_recorded
+from ._decisions import decide_current
+from ._effects import Health
+from ._exits import restart_wedged
+from ._lifecycle import Lifecycle
+from ._retiring import retire_now
+
+__all__ = ["tick"]
+
+log = structlog.get_logger("spec_kitty_supervisor")
+
+
+async def tick(lifecycle: Lifecycle) -> None:
+    records = list(lifecycle.table.daemons)
+    answers = await _probe_all(lifecycle, records)
+    async with lifecycle.lock:
+        now = lifecycle.clock.now()
+        _record_health(lifecycle, records, answers, now)
+        await follow_recorded(lifecycle)
+        for record in lifecycle.table.retiring:
+            if record.pid not in lifecycle.retiring_now:
+                lifecycle.background(retire_now, lifecycle, record, "retirement resumed")
+        _decide_for_current(lifecycle, now)
+
+
+async def _probe_all(lifecycle: Lifecycle, records: list[DaemonRecord]) -> dict[int, Health | None]:
+    answers: dict[int, Health | None] = {}
+
+    async def probe(record: DaemonRecord) -> None:
+        answers[record.pid] = await lifecycle.effects.probe(record.port)
+
+    async with anyio.create_task_group() as group:
+        for record in records:
+            group.start_soon(probe, record)
+    return answers
+
+
+def _record_health(
+    lifecycle: Lifecycle,
+    records: list[DaemonRecord],
+    answers: dict[int, Health | None],
+    now: float,
+) -> None:
+    table = lifecycle.table
+    for record in records:
+        if table.by_pid(record.pid) is not record:
+            continue  # it left the table while we probed
+        answer = answers.get(record.pid)
+        if answer is not None and answer.token == record.token:
+            table.mark_healthy(record, lifecycle.iso_now())
+        elif table.mark_unresponsive(record, now):
+            lifecycle.event("unresponsive", record, "no health answer with its token")
+
+
+def _decide_for_current(lifecycle: Lifecycle, now: float) -> None:
+    table = lifecycle.table
+    current = table.current
+    if current is None:
+        return
+    verdict = decide_current(
+        current.unresponsive_since, current.last_ensure_at, now, lifecycle.rules
+    )
+    if verdict.action == "restart_wedged":
+        lifecycle.death_times.append(now)
+        lifecycle.event("watchdog", current, verdict.reason)
+        lifecycle.background(restart_wedged, lifecycle, current)
+    elif verdict.action == "retire_idle":
+        try:
+            lifecycle.change(lambda: table.mark_retiring(current))
+        except LifecycleError as exc:
+            log.error("idle_retirement_not_written", pid=current.pid, error=str(exc))
+            return
+        lifecycle.background(retire_now, lifecycle, current, verdict.reason)

@@ -1,0 +1,180 @@
+"""What every lifecycle step shares: the table, its lock, the effects, the clock, the rules.
+
+The steps themselves live one per module (:mod:`._ensure`, :mod:`._spawning`,
+:mod:`._retiring`, :mod:`._exits`, :mod:`._heartbeat`, :mod:`._adoption`) as functions of a
+:class:`Lifecycle`. This module holds only what they all need: writing the table (the intent
+is written before anything acts on it, and a write that fails undoes the change and stops the
+step), recording events, keeping ``R/sync-daemon`` in step with the table, and running steps
+in the background.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+
+from spec_kitty_supervisor_client._models import Settings
+
+from .._errors import LifecycleError
+from .._spawn import ValidatedInterpreters
+from .._table import DaemonRecord, Table
+from ._decisions import Rules
+from ._effects import Clock, Effects, SpawnContext
+
+__all__ = ["Lifecycle", "rules_from"]
+
+log = structlog.get_logger("spec_kitty_supervisor")
+
+_T = TypeVar("_T")
+
+
+def rules_from(settings: Settings) -> Rules:
+    return Rules(
+        restart_backoff_seconds=settings.restart_backoff_seconds,
+        restart_backoff_max_seconds=settings.restart_backoff_max_seconds,
+        quarantine_deaths=settings.quarantine_deaths,
+        quarantine_window_seconds=settings.quarantine_window_seconds,
+        watchdog_seconds=settings.watchdog_seconds,
+        idle_retirement_seconds=settings.idle_retirement_seconds,
+    )
+
+
+class Lifecycle:
+    """One root's daemons: who is current, who is retiring, and what the steps remember."""
+
+    def __init__(
+        self, daemon_root: Path, effects: Effects, clock: Clock, settings: Settings
+    ) -> None:
+        self.daemon_root = daemon_root
+        self.effects = effects
+        self.clock = clock
+        self.settings = settings
+        self.rules = rules_from(settings)
+        self.table = Table()
+        #: Held by every step that changes which daemons run (and by doctor's reset).
+        self.lock = anyio.Lock()
+        self.interpreters = ValidatedInterpreters()
+        #: What each daemon was started with, so that a restart repeats it.
+        self.contexts: dict[int, SpawnContext] = {}
+        self.death_times: list[float] = []
+        self.quarantined_python: str | None = None
+        #: Daemons being stopped now (a second retirement of one would race the first).
+        self.retiring_now: set[int] = set()
+        #: Daemons some client has been given; the first answer after an adoption says so.
+        self.handed_out: set[int] = set()
+        #: Called with each pid that enters the table, to watch for its exit (:mod:`._exits`).
+        self.watch: Callable[[int], None] = lambda pid: None
+        self._task_group: TaskGroup | None = None
+
+    def attach(self, task_group: TaskGroup) -> None:
+        self._task_group = task_group
+
+    def background(self, step: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``step`` beside the caller; its failure is logged, never raised into the loop."""
+        if self._task_group is None:
+            raise RuntimeError("the lifecycle runs background steps only once attached")
+
+        async def guarded() -> None:
+            try:
+                await step(*args)
+            except Exception as exc:  # a background step must never take the supervisor down
+                log.error("background_task_failed", task=step.__name__, error=repr(exc))
+
+        self._task_group.start_soon(guarded)
+
+    def iso_now(self) -> str:
+        return datetime.fromtimestamp(self.clock.now(), UTC).isoformat(timespec="seconds")
+
+    # -------------------------------------------------------------- the journal
+
+    def change(self, transition: Callable[[], _T]) -> _T:
+        """Apply a table transition and write it before anyone acts on it (DESIGN rule 5).
+
+        When the journal cannot be written the transition is undone and the error raised:
+        the caller must then not act (a retirement that was not written is not started).
+        """
+        before = self.table.snapshot()
+        result = transition()
+        try:
+            self.effects.save_table(self.table)
+        except LifecycleError:
+            self.table.rewind(before)
+            raise
+        return result
+
+    def settle(self, transition: Callable[[], _T]) -> _T:
+        """Apply a transition that reflects what already happened (a daemon is gone).
+
+        The table must follow the world even when the journal cannot: a failed write is
+        logged, and the journal catches up at the next write.
+        """
+        result = transition()
+        self.write_journal()
+        return result
+
+    def write_journal(self) -> None:
+        try:
+            self.effects.save_table(self.table)
+        except LifecycleError as exc:
+            log.error("journal_not_written", error=str(exc))
+
+    def event(self, kind: str, record: DaemonRecord, reason: str) -> None:
+        self.effects.record(
+            kind,
+            pid=record.pid,
+            port=record.port,
+            package_version=record.package_version,
+            reason=reason,
+        )
+
+    def forget(self, record: DaemonRecord) -> None:
+        """A daemon that has left: out of the table, reaped, its context dropped."""
+        self.settle(lambda: self.table.remove(record))
+        self.effects.release(record.pid)
+        self.contexts.pop(record.pid, None)
+
+    def context_of(self, record: DaemonRecord) -> SpawnContext:
+        return self.contexts.get(record.pid) or self.effects.default_spawn_context(
+            record.package_version
+        )
+
+    def remember_context(self, pid: int) -> None:
+        context = self.effects.read_spawn_context(pid)
+        if context is not None:
+            self.contexts[pid] = context
+
+    # -------------------------------------------------------------- R/sync-daemon
+
+    async def sync_legacy_state(self) -> None:
+        """Make ``R/sync-daemon`` name the current daemon, or nothing (DESIGN rule 6)."""
+        async with self.effects.legacy_lock():
+            self.write_legacy_state_locked()
+
+    def write_legacy_state_locked(self) -> None:
+        """Call holding ``R/sync-daemon.lock``: name the current daemon, or nothing."""
+        effects = self.effects
+        current = self.table.current
+        recorded = effects.read_legacy_state()
+        if current is not None:
+            if recorded is None or (recorded.pid, recorded.port, recorded.token) != (
+                current.pid,
+                current.port,
+                current.token,
+            ):
+                effects.write_legacy_state(current.port, current.token, current.pid)
+            return
+        if recorded is None:
+            if effects.legacy_state_exists():
+                effects.remove_legacy_state()  # not in upstream's shape
+            return
+        # Upstream CLIs SIGKILL the recorded pid unchecked: never leave one of ours that is
+        # retiring, nor a dead one. A live daemon we do not own is left for adoption.
+        ours = self.table.by_pid(recorded.pid) is not None
+        if ours or effects.read_identity(recorded.pid) is None:
+            effects.remove_legacy_state()

@@ -1,0 +1,35 @@
+"""Orphan sweeps on the supervisor's schedule: at start-up, then every ``sweep_seconds``.
+
+*What* a sweep stops and *how* is :mod:`.._doctor` and :mod:`.._sweep` (reached through
+:meth:`._effects.Effects.sweep_orphans`); this module only decides *when*, and serialises a
+sweep with every other step that changes which daemons run.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from ._lifecycle import Lifecycle
+
+__all__ = ["sweep_orphans", "sweep_orphans_forever"]
+
+log = structlog.get_logger("spec_kitty_supervisor")
+
+
+async def sweep_orphans(lifecycle: Lifecycle) -> None:
+    """Stop this root's ``safe_auto`` orphans; never the supervisor's own daemons."""
+    try:
+        # Look first without any lock: the usual sweep finds nothing, and then an ensure
+        # never waits for it. What it does find is observed again under the locks.
+        if not await lifecycle.effects.orphans_to_sweep(lifecycle.table):
+            return
+        async with lifecycle.lock:
+            await lifecycle.effects.sweep_orphans(lifecycle.table)
+    except Exception as exc:  # a sweep must never take the supervisor down
+        log.error("orphan_sweep_failed", error=repr(exc))
+
+
+async def sweep_orphans_forever(lifecycle: Lifecycle) -> None:
+    while True:
+        await sweep_orphans(lifecycle)
+        await lifecycle.clock.sleep(lifecycle.settings.sweep_seconds)
