@@ -28,7 +28,7 @@ from ._exits import on_exit, restart_wedged, watch_exits
 from ._heartbeat import tick
 from ._lifecycle import Lifecycle, rules_from
 from ._real import LEGACY_LOCK_WAIT, RealEffects, SystemClock
-from ._retiring import retire, retire_now, stop_all
+from ._retiring import retire, retire_later, retire_now, stop_all
 from ._sweeps import sweep_orphans, sweep_orphans_forever
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "recover",
     "restart_wedged",
     "retire",
+    "retire_later",
     "retire_now",
     "rules_from",
     "stop_all",

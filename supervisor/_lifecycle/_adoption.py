@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .._table import DaemonRecord
 from ._lifecycle import Lifecycle
-from ._retiring import retire_now
+from ._retiring import retire_later
 
 __all__ = ["adopt_recorded", "follow_recorded", "recover"]
 
@@ -35,9 +35,7 @@ async def recover(lifecycle: Lifecycle) -> None:
         record.last_ensure_at = lifecycle.clock.now()
         table.restore(record, answered=verdict.answered, now=lifecycle.clock.now())
         if record.role == "retiring":
-            lifecycle.background(
-                retire_now, lifecycle, record, "was retiring when the supervisor stopped"
-            )
+            retire_later(lifecycle, record, "was retiring when the supervisor stopped")
         lifecycle.remember_context(record.pid)
         lifecycle.watch(record.pid)
         lifecycle.event("adopted", record, f"re-adopted from the journal ({verdict.reason})")
@@ -126,4 +124,4 @@ async def follow_recorded(lifecycle: Lifecycle) -> None:
         ),
     )
     reason = f"superseded by upstream pid {adopted.pid}"
-    lifecycle.background(retire_now, lifecycle, current, reason)
+    retire_later(lifecycle, current, reason)

@@ -22,7 +22,7 @@ from ._decisions import decide_current
 from ._effects import Health
 from ._exits import restart_wedged
 from ._lifecycle import Lifecycle
-from ._retiring import retire_now
+from ._retiring import retire_later
 
 __all__ = ["tick"]
 
@@ -37,8 +37,7 @@ async def tick(lifecycle: Lifecycle) -> None:
         _record_health(lifecycle, records, answers, now)
         await follow_recorded(lifecycle)
         for record in lifecycle.table.retiring:
-            if record.pid not in lifecycle.retiring_now:
-                lifecycle.background(retire_now, lifecycle, record, "retirement resumed")
+            retire_later(lifecycle, record, "retirement resumed")
         _decide_for_current(lifecycle, now)
 
 
@@ -89,4 +88,4 @@ def _decide_for_current(lifecycle: Lifecycle, now: float) -> None:
         except LifecycleError as exc:
             log.error("idle_retirement_not_written", pid=current.pid, error=str(exc))
             return
-        lifecycle.background(retire_now, lifecycle, current, verdict.reason)
+        retire_later(lifecycle, current, verdict.reason)

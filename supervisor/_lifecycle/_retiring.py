@@ -16,7 +16,7 @@ from .._table import DaemonRecord
 from ._effects import StopRefused
 from ._lifecycle import Lifecycle
 
-__all__ = ["retire", "retire_now", "stop_all"]
+__all__ = ["retire", "retire_later", "retire_now", "stop_all"]
 
 
 async def retire(lifecycle: Lifecycle, record: DaemonRecord, reason: str) -> StopPath:
@@ -31,6 +31,19 @@ async def retire_now(lifecycle: Lifecycle, record: DaemonRecord, reason: str) ->
     if record.pid in lifecycle.retiring_now:
         raise LifecycleError("already_retiring", f"pid {record.pid} is being retired")
     lifecycle.retiring_now.add(record.pid)
+    return await _retire_claimed(lifecycle, record, reason)
+
+
+def retire_later(lifecycle: Lifecycle, record: DaemonRecord, reason: str) -> None:
+    """Retire in the background. The daemon is claimed now, not when the task starts, so
+    that a heartbeat resuming retirements in the meantime does not start a second one."""
+    if record.pid in lifecycle.retiring_now:
+        return
+    lifecycle.retiring_now.add(record.pid)
+    lifecycle.background(_retire_claimed, lifecycle, record, reason)
+
+
+async def _retire_claimed(lifecycle: Lifecycle, record: DaemonRecord, reason: str) -> StopPath:
     try:
         return await _stop_and_forget(lifecycle, record, reason)
     finally:

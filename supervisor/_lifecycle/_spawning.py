@@ -14,7 +14,7 @@ from .._table import DaemonRecord
 from ._decisions import describe_exit
 from ._effects import SpawnContext, SpawnedChild, SpawnOrder
 from ._lifecycle import Lifecycle
-from ._retiring import retire_now
+from ._retiring import retire_later
 
 __all__ = ["SPAWN_PORT_ATTEMPTS", "start_current"]
 
@@ -47,7 +47,7 @@ async def start_current(
         lifecycle.write_legacy_state_locked()
     lifecycle.event("spawned", new, reason)
     if old is not None:
-        lifecycle.background(retire_now, lifecycle, old, f"superseded by pid {new.pid} ({reason})")
+        retire_later(lifecycle, old, f"superseded by pid {new.pid} ({reason})")
     return new
 
 

@@ -1,0 +1,476 @@
+"""The lifecycle's rules, on fake effects and a fake clock: milliseconds, no process, no sleep.
+
+Each test reads as a specification of one rule; the same rules are proven on real daemons by
+``tests/interop/test_lifecycle.py``. ``effects.acts`` is what the lifecycle did to the world,
+in order ("spawn", "journal" for a table write, "record"/"unrecord" for ``R/sync-daemon``,
+"stop", "abandon"); ``effects.events`` is its ledger.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from spec_kitty_supervisor._errors import LifecycleError
+from spec_kitty_supervisor._lifecycle import (
+    Lifecycle,
+    ensure,
+    lift_quarantine,
+    recover,
+    retire,
+    retire_now,
+    tick,
+)
+from spec_kitty_supervisor._lifecycle import _ensure as ensure_module
+from spec_kitty_supervisor._lifecycle._decisions import (
+    Quarantine,
+    Restart,
+    Rules,
+    after_death,
+    classify_exit,
+    decide_current,
+)
+from spec_kitty_supervisor._table import DaemonRecord
+from spec_kitty_supervisor_client._models import EnsureRequest, EnsureResponse, Settings
+from tests.unit.lifecycle_fakes import FakeClock, FakeDaemon, FakeEffects, make_lifecycle
+
+pytestmark = pytest.mark.anyio
+
+PYTHON = sys.executable
+
+
+@dataclass
+class World:
+    lifecycle: Lifecycle
+    effects: FakeEffects
+    clock: FakeClock
+
+    async def ensure(self, version: str = "3.2.4", python: str = PYTHON) -> EnsureResponse:
+        answer = await ensure(self.lifecycle, EnsureRequest(python=python, package_version=version))
+        await wait_all_tasks_blocked()
+        return answer
+
+    def daemon(self, pid: int) -> FakeDaemon:
+        return self.effects.daemons[pid]
+
+    @property
+    def current(self) -> DaemonRecord:
+        current = self.lifecycle.table.current
+        assert current is not None
+        return current
+
+    async def kill(self, pid: int, returncode: int | None) -> None:
+        self.daemon(pid).exit(returncode)
+        await wait_all_tasks_blocked()
+
+    async def tick(self) -> None:
+        await tick(self.lifecycle)
+        await wait_all_tasks_blocked()
+
+
+@asynccontextmanager
+async def running(**settings: object) -> AsyncIterator[World]:
+    effects, clock = FakeEffects(), FakeClock()
+    lifecycle = make_lifecycle(effects, clock, Settings.model_validate(settings))
+    async with anyio.create_task_group() as group:
+        lifecycle.attach(group)
+        yield World(lifecycle, effects, clock)
+        group.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------------------------
+# ensure
+
+
+async def test_a_cold_ensure_spawns_writes_the_journal_then_the_state_file() -> None:
+    async with running() as world:
+        answer = await world.ensure()
+        pid = answer.daemon.pid
+        assert answer.action == "spawned"
+        assert world.effects.acts[:3] == [f"spawn {pid}", "journal", f"record {pid}"]
+        assert world.effects.journal == [(pid, "current", "healthy")]
+        assert world.effects.kinds() == ["spawned"]
+
+
+async def test_the_warm_ensure_validates_the_interpreter_and_decides_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with running() as world:
+        first = await world.ensure()
+        decisions: list[str] = []
+        resolved: list[str] = []
+        real_decide = ensure_module.decide_ensure
+        real_resolve = world.lifecycle.interpreters.resolve
+
+        def counting_decide(*args: object) -> object:
+            decisions.append("decide")
+            return real_decide(*args)  # type: ignore[arg-type]
+
+        def counting_resolve(python: str) -> str:
+            resolved.append(python)
+            return real_resolve(python)
+
+        monkeypatch.setattr(ensure_module, "decide_ensure", counting_decide)
+        monkeypatch.setattr(world.lifecycle.interpreters, "resolve", counting_resolve)
+        answer = await world.ensure()
+        assert answer.action == "reused"
+        assert answer.daemon.pid == first.daemon.pid
+        assert (len(decisions), len(resolved)) == (1, 1)
+
+
+async def test_the_first_answer_after_an_adoption_says_adopted_then_reused() -> None:
+    async with running() as world:
+        upstream = world.effects.add_daemon("3.2.4", our_child=False)
+        world.effects.record_upstream(upstream)
+        await recover(world.lifecycle)
+        assert [(await world.ensure()).action for _ in range(2)] == ["adopted", "reused"]
+
+
+async def test_a_newer_client_gets_a_new_daemon_healthy_before_the_old_one_is_stopped() -> None:
+    async with running() as world:
+        old = (await world.ensure("3.2.4")).daemon.pid
+        new_answer = await world.ensure("3.2.7")
+        new = new_answer.daemon.pid
+        assert new_answer.action == "upgraded"
+        acts = world.effects.acts
+        assert acts.index(f"spawn {new}") < acts.index(f"record {new}") < acts.index(f"stop {old}")
+        assert [d.pid for d in world.lifecycle.table.daemons] == [new]
+        assert world.effects.legacy is not None
+        assert world.effects.legacy.pid == new
+
+
+async def test_an_older_client_keeps_the_newer_daemon() -> None:
+    async with running() as world:
+        newer = (await world.ensure("3.2.7")).daemon.pid
+        answer = await world.ensure("3.2.4")
+        assert (answer.action, answer.daemon.pid) == ("kept_newer", newer)
+        assert len(world.effects.spawn_orders) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# a crash during a spawn
+
+
+async def test_a_daemon_that_exits_at_once_is_retried_on_the_next_port() -> None:
+    async with running(port_range=(9440, 9444)) as world:
+        world.effects.spawn_outcomes = ["exits_at_once", "healthy"]
+        answer = await world.ensure()
+        assert [order.port for order in world.effects.spawn_orders] == [9440, 9441]
+        assert answer.daemon.port == 9441
+        assert world.effects.kinds() == ["spawn_failed", "spawned"]
+
+
+async def test_a_spawn_that_never_gets_healthy_is_stopped_and_reported_with_its_log() -> None:
+    async with running() as world:
+        world.effects.spawn_outcomes = ["never_healthy"] * 3
+        with pytest.raises(LifecycleError) as raised:
+            await world.ensure()
+        assert raised.value.code == "spawn_failed"
+        assert "ModuleNotFoundError" in str(raised.value.details["log_tail"])
+        assert sum(act.startswith("abandon") for act in world.effects.acts) == 3
+        assert world.lifecycle.table.daemons == []
+        assert world.effects.journal is None  # nothing was ever written
+        assert world.effects.legacy is None
+
+
+async def test_no_free_port_is_refused_before_any_spawn() -> None:
+    async with running(port_range=(9440, 9442)) as world:
+        world.effects.taken_ports = {9440, 9441}
+        with pytest.raises(LifecycleError, match="no free port") as raised:
+            await world.ensure()
+        assert raised.value.code == "no_free_port"
+        assert world.effects.spawn_orders == []
+
+
+# --------------------------------------------------------------------------------------------
+# a failed write before an act: nothing is acted on
+
+
+async def test_a_retirement_that_cannot_be_written_stops_nothing() -> None:
+    async with running() as world:
+        record = world.lifecycle.table.by_pid((await world.ensure()).daemon.pid)
+        assert record is not None
+        world.effects.journal_fails = True
+        with pytest.raises(LifecycleError) as raised:
+            await retire(world.lifecycle, record, "requested")
+        assert raised.value.code == "state_not_writable"
+        assert not any(act.startswith("stop") for act in world.effects.acts)
+        assert (record.role, record.state) == ("current", "healthy")
+
+
+async def test_a_spawn_the_journal_cannot_name_is_stopped_and_never_recorded() -> None:
+    async with running() as world:
+        world.effects.journal_fails = True
+        with pytest.raises(LifecycleError) as raised:
+            await world.ensure()
+        assert raised.value.code == "state_not_writable"
+        spawned = world.effects.spawn_orders and world.effects.acts[0]
+        assert spawned == "spawn 4000"
+        assert world.effects.acts == ["spawn 4000", "abandon 4000"]
+        assert world.lifecycle.table.daemons == []
+        assert world.effects.legacy is None
+
+
+async def test_an_idle_retirement_that_cannot_be_written_is_not_started() -> None:
+    async with running(idle_retirement_seconds=900) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.effects.journal_fails = True
+        world.clock.advance(901)
+        await world.tick()
+        assert f"stop {pid}" not in world.effects.acts
+        assert world.current.pid == pid
+
+
+async def test_a_busy_upstream_lock_spawns_nothing() -> None:
+    async with running() as world:
+        world.effects.legacy_lock_busy = True
+        with pytest.raises(LifecycleError) as raised:
+            await world.ensure()
+        assert raised.value.code == "legacy_lock_busy"
+        assert world.effects.acts == []
+
+
+# --------------------------------------------------------------------------------------------
+# exits: retired, died, replaced upstream
+
+
+async def test_exit_0_is_a_retirement_not_a_death() -> None:
+    async with running() as world:
+        pid = (await world.ensure()).daemon.pid
+        await world.kill(pid, 0)
+        assert world.effects.kinds()[-1] == "retired"
+        assert world.lifecycle.table.daemons == []
+        assert world.lifecycle.death_times == []
+        assert len(world.effects.spawn_orders) == 1
+        assert world.effects.legacy is None  # never left naming a dead pid
+
+
+async def test_a_killed_daemon_is_restarted_after_its_backoff_with_the_same_context() -> None:
+    async with running(restart_backoff_seconds=2) as world:
+        first = (await world.ensure()).daemon.pid
+        await world.kill(first, -9)
+        assert world.effects.kinds()[-3:] == ["died", "spawned", "restarted"]
+        assert 1.6 <= world.clock.slept[-1] <= 2.4
+        first_order, restart_order = world.effects.spawn_orders
+        assert restart_order.context == first_order.context
+        assert world.current.pid != first
+
+
+async def test_an_adopted_daemon_whose_owner_record_still_names_it_died() -> None:
+    async with running() as world:
+        upstream = world.effects.add_daemon(our_child=False)
+        world.effects.record_upstream(upstream)
+        await recover(world.lifecycle)
+        world.effects.owner_record.add(upstream.identity.pid)
+        await world.kill(upstream.identity.pid, None)
+        assert "died" in world.effects.kinds()
+        assert world.current.pid != upstream.identity.pid
+
+
+async def test_an_adopted_daemon_that_removed_its_owner_record_retired() -> None:
+    async with running() as world:
+        upstream = world.effects.add_daemon(our_child=False)
+        world.effects.record_upstream(upstream)
+        await recover(world.lifecycle)
+        await world.kill(upstream.identity.pid, None)
+        assert world.effects.kinds()[-1] == "retired"
+        assert world.lifecycle.table.daemons == []
+
+
+async def test_an_upstream_replacement_is_adopted_not_restarted() -> None:
+    async with running() as world:
+        ours = (await world.ensure("3.2.4")).daemon.pid
+        theirs = world.effects.add_daemon("3.2.7", port=9441, our_child=False)
+        world.effects.record_upstream(theirs)
+        await world.kill(ours, -9)
+        assert world.current.pid == theirs.identity.pid
+        assert "replaced_upstream" in world.effects.kinds()
+        assert "died" not in world.effects.kinds()
+        assert len(world.effects.spawn_orders) == 1
+
+
+async def test_a_replacement_seen_by_the_heartbeat_is_adopted_once_without_thrash() -> None:
+    async with running() as world:
+        ours = (await world.ensure("3.2.4")).daemon.pid
+        theirs = world.effects.add_daemon("3.2.7", port=9441, our_child=False)
+        world.effects.record_upstream(theirs)
+        for _ in range(3):
+            await world.tick()
+        assert world.current.pid == theirs.identity.pid
+        assert world.effects.acts.count(f"stop {ours}") == 1
+        assert world.effects.acts.count(f"stop {theirs.identity.pid}") == 0
+        assert len(world.effects.spawn_orders) == 1
+        assert world.effects.kinds().count("version_skew") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# restart backoff and quarantine
+
+
+def test_backoff_doubles_per_death_within_twenty_percent_and_is_capped() -> None:
+    rules = Rules(restart_backoff_seconds=1, restart_backoff_max_seconds=8, quarantine_deaths=99)
+    rng = random.Random(7)
+    for deaths, expected in [(1, 1.0), (2, 2.0), (3, 4.0), (4, 8.0), (6, 8.0)]:
+        times = [100.0] * deaths
+        for _ in range(200):
+            verdict = after_death(times, 100.0, rules, "killed", rng)
+            assert isinstance(verdict, Restart)
+            assert verdict.deaths == deaths
+            assert 0.8 * expected <= verdict.delay <= min(8.0, 1.2 * expected)
+
+
+def test_quarantine_counts_only_deaths_inside_the_window() -> None:
+    rules = Rules(quarantine_deaths=3, quarantine_window_seconds=60)
+    assert isinstance(after_death([0.0, 10.0, 20.0], 20.0, rules, "x"), Quarantine)
+    assert isinstance(after_death([0.0, 10.0, 100.0], 100.0, rules, "x"), Restart)
+
+
+async def test_deaths_in_the_window_quarantine_the_root_and_another_interpreter_lifts_it(
+    tmp_path: object,
+) -> None:
+    async with running(quarantine_deaths=3, restart_backoff_seconds=1) as world:
+        await world.ensure()
+        for _ in range(3):
+            await world.kill(world.current.pid, -9)
+        assert world.lifecycle.table.current is None
+        assert world.lifecycle.table.quarantine_reason is not None
+        assert world.lifecycle.table.quarantine_reason.startswith("3 deaths")
+        assert world.effects.journal_quarantine == world.lifecycle.table.quarantine_reason
+        spawns = len(world.effects.spawn_orders)
+        with pytest.raises(LifecycleError) as refused:
+            await world.ensure()
+        assert refused.value.code == "root_quarantined"
+        assert len(world.effects.spawn_orders) == spawns
+        answer = await world.ensure(python="/usr/bin/python3")
+        assert answer.action == "spawned"
+        assert world.lifecycle.table.quarantine_reason is None
+        assert world.lifecycle.death_times == []
+
+
+async def test_restart_lifts_the_quarantine() -> None:
+    async with running(quarantine_deaths=1) as world:
+        await world.ensure()
+        await world.kill(world.current.pid, -9)
+        assert world.lifecycle.table.quarantine_reason is not None
+        lift_quarantine(world.lifecycle, "spec-kitty-supervisor restart")
+        assert world.lifecycle.table.quarantine_reason is None
+        assert world.effects.kinds()[-1] == "quarantine_lifted"
+        assert (await world.ensure()).action == "spawned"
+
+
+# --------------------------------------------------------------------------------------------
+# the heartbeat: watchdog and idle retirement
+
+
+def test_the_watchdog_comes_before_idleness() -> None:
+    rules = Rules(watchdog_seconds=60, idle_retirement_seconds=900)
+    assert decide_current(None, 0.0, 100.0, rules).action == "keep"
+    assert decide_current(50.0, 0.0, 100.0, rules).action == "keep"
+    assert decide_current(40.0, 0.0, 100.0, rules).action == "restart_wedged"
+    assert decide_current(None, 0.0, 900.0, rules).action == "retire_idle"
+    assert decide_current(0.0, 0.0, 900.0, rules).action == "restart_wedged"
+
+
+async def test_a_wedged_daemon_is_replaced_new_one_healthy_before_the_old_one_stops() -> None:
+    async with running(watchdog_seconds=60) as world:
+        wedged = (await world.ensure()).daemon.pid
+        world.daemon(wedged).responsive = False
+        await world.tick()
+        assert world.current.state == "unresponsive"
+        assert "unresponsive" in world.effects.kinds()
+        world.clock.advance(61)
+        await world.tick()
+        fresh = world.current.pid
+        assert fresh != wedged
+        acts = world.effects.acts
+        assert (
+            acts.index(f"spawn {fresh}")
+            < acts.index(f"record {fresh}")
+            < acts.index(f"stop {wedged}")
+        )
+        assert "watchdog" in world.effects.kinds()
+        assert len(world.lifecycle.death_times) == 1
+
+
+async def test_a_daemon_that_answers_again_is_healthy_again() -> None:
+    async with running(watchdog_seconds=60) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.daemon(pid).responsive = False
+        await world.tick()
+        world.daemon(pid).responsive = True
+        world.clock.advance(61)
+        await world.tick()
+        assert (world.current.pid, world.current.state) == (pid, "healthy")
+        assert world.current.unresponsive_since is None
+
+
+async def test_an_idle_daemon_is_retired_and_the_next_ensure_spawns() -> None:
+    async with running(idle_retirement_seconds=900) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.clock.advance(899)
+        await world.tick()
+        assert f"stop {pid}" not in world.effects.acts
+        world.clock.advance(2)
+        await world.tick()
+        assert f"stop {pid}" in world.effects.acts
+        assert world.lifecycle.table.daemons == []
+        assert "idle: no ensure for 900 s" in world.effects.events[-1][2]
+        assert (await world.ensure()).action == "spawned"
+
+
+# --------------------------------------------------------------------------------------------
+# retiring, recovery
+
+
+async def test_a_second_retirement_of_the_same_daemon_is_a_conflict() -> None:
+    async with running() as world:
+        record = world.lifecycle.table.by_pid((await world.ensure()).daemon.pid)
+        assert record is not None
+        world.effects.stop_gate = anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(retire, world.lifecycle, record, "first")
+            await wait_all_tasks_blocked()
+            with pytest.raises(LifecycleError) as raised:
+                await retire_now(world.lifecycle, record, "second")
+            assert raised.value.code == "already_retiring"
+            world.effects.stop_gate.set()
+        assert world.effects.acts.count(f"stop {record.pid}") == 1
+
+
+async def test_a_journaled_pid_now_owned_by_another_process_is_dropped_never_stopped() -> None:
+    async with running() as world:
+        gone = world.effects.add_daemon()
+        journaled = DaemonRecord(
+            pid=gone.identity.pid,
+            process_start="boot:earlier",
+            uid=gone.identity.uid,
+            port=gone.port,
+            token=gone.token,
+            package_version="3.2.4",
+            python=PYTHON,
+            resolved_python=PYTHON,
+            origin="spawned",
+            state="healthy",
+            role="current",
+            started_at="2026-01-01T00:00:00+00:00",
+        )
+        world.effects.loaded.daemons.append(journaled)
+        await recover(world.lifecycle)
+        assert world.effects.kinds() == ["journal_dropped"]
+        assert world.lifecycle.table.daemons == []
+        assert not any(act.startswith("stop") for act in world.effects.acts)
+
+
+def test_exits_are_classified_by_status_then_by_the_owner_record() -> None:
+    assert classify_exit(0, owner_record_names_it=True) == "retired"
+    assert classify_exit(-9, owner_record_names_it=False) == "died"
+    assert classify_exit(1, owner_record_names_it=False) == "died"
+    assert classify_exit(None, owner_record_names_it=True) == "died"
+    assert classify_exit(None, owner_record_names_it=False) == "retired"
