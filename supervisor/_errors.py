@@ -17,7 +17,8 @@ LifecycleError (RuntimeError)   code, message, details
   supervisor_exiting
 ```
 
-Standard library only: pure modules of the lifecycle import it.
+Pure: standard library only, no I/O (a wall: tests/unit/test_walls.py); pure decision
+modules may raise these.
 """
 
 from __future__ import annotations

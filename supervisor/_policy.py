@@ -2,6 +2,8 @@
 
 The reconcile loop asks these functions what to do and then does it; keeping them pure is what
 lets every rule be tested exhaustively without sleeping or spawning.
+
+Pure: standard library only, no I/O (a wall: tests/unit/test_walls.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Each step of the lifecycle observes, asks one of these what to do, writes the intent, acts
 and records the outcome. Keeping the verdicts here, apart from every effect, is what lets the
 rules (restart or quarantine, watchdog or idle retirement, retired or died) be read in one
-place and tested with plain values. Standard library and sibling pure modules only.
+place and tested with plain values.
+
+Pure: standard library and other pure modules only, no I/O (a wall: tests/unit/test_walls.py).
 """
 
 from __future__ import annotations

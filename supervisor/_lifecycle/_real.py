@@ -23,7 +23,8 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from spec_kitty_supervisor_client._models import FAMILY_PORT_RANGE, Settings, StopPath
+from spec_kitty_supervisor_client._models import Settings, StopPath
+from spec_kitty_supervisor_client._terms import in_family_range
 
 from .._doctor import sweep_root, sweep_would_act
 from .._errors import LifecycleError
@@ -205,8 +206,7 @@ class RealEffects:
 
     def port_is_free(self, port: int) -> bool:
         """Upstream's test: nothing accepts a connect, and a bind succeeds (a race we retry)."""
-        low, high = FAMILY_PORT_RANGE
-        assert low <= port < high
+        assert in_family_range(port)
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.settimeout(0.2)
             if probe.connect_ex(("127.0.0.1", port)) == 0:

@@ -34,7 +34,10 @@ REQUIRED_PURE = frozenset(
     {
         f"{SUPERVISOR}._classification",
         f"{SUPERVISOR}._daemon_shape",
+        f"{SUPERVISOR}._errors",
         f"{SUPERVISOR}._health",
+        f"{SUPERVISOR}._lifecycle._decisions",
+        f"{SUPERVISOR}._policy",
         f"{CLIENT}._releases",
         f"{CLIENT}._terms",
     }
