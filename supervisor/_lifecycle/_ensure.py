@@ -32,7 +32,7 @@ _SPAWN_ACTIONS: dict[str, EnsureAction] = {
 
 async def ensure(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureResponse:
     resolved_python = lifecycle.interpreters.resolve(request.python)
-    if not lifecycle.lock.locked():
+    if not lifecycle.lock.locked() and lifecycle.table.current is not None:
         answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
         if answer is not None:
             return answer

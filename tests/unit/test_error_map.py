@@ -33,10 +33,13 @@ from spec_kitty_supervisor_client import (
     RootQuarantined,
     Settings,
     SpawnFailed,
+    SupervisorClient,
     SupervisorExiting,
     SupervisorUnavailable,
 )
+from spec_kitty_supervisor_client import _client as client_module
 from spec_kitty_supervisor_client._errors import error_from_response
+from spec_kitty_supervisor_client._transport import Reply
 
 pytestmark = pytest.mark.anyio
 
@@ -233,3 +236,85 @@ def test_only_supervisor_exiting_means_retry_with_a_new_supervisor() -> None:
         if isinstance(error_from_response(code, "why", 503, None), SupervisorUnavailable)
     ]
     assert retried == ["supervisor_exiting"]
+
+
+class _ScriptedTransport:
+    """The sync client's transport, answering each request with the next canned reply."""
+
+    def __init__(self, replies: list[tuple[int, dict[str, object]]]) -> None:
+        self.replies = replies
+        self.closed = 0
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        status, document = self.replies.pop(0)
+        return Reply(status=status, protocol="1", body=json.dumps(document).encode())
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _error_document(code: str) -> dict[str, object]:
+    return {"error": {"code": code, "message": f"the supervisor says {code}"}}
+
+
+def _ensure_answer(pid: int) -> dict[str, object]:
+    return {
+        "action": "spawned",
+        "daemon": {
+            "pid": pid,
+            "port": 9440,
+            "url": "http://127.0.0.1:9440",
+            "package_version": "3.2.4",
+            "python": "/usr/bin/python3",
+            "origin": "spawned",
+            "state": "healthy",
+            "role": "current",
+            "started_at": "2026-12-01T00:00:00+00:00",
+        },
+    }
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(client_module, "start_supervisor", lambda root: calls.append("start"))
+    monkeypatch.setattr(
+        client_module, "replace_exiting_supervisor", lambda root: calls.append("replace")
+    )
+    return calls
+
+
+def test_an_exiting_supervisor_is_replaced_and_the_ensure_retried(
+    tmp_path: Path, started: list[str]
+) -> None:
+    client = SupervisorClient(tmp_path / "root")
+    transport = _ScriptedTransport(
+        [(503, _error_document("supervisor_exiting")), (200, _ensure_answer(7))]
+    )
+    client._transport = transport  # type: ignore[assignment]
+    answer = client.ensure("/usr/bin/python3", "3.2.4", env={})
+    assert answer.daemon.pid == 7
+    assert started == ["replace"]
+    assert transport.closed == 1  # the kept-alive connection to the leaving supervisor
+
+
+@pytest.mark.parametrize("code", ["root_quarantined", "state_not_writable"])
+def test_a_503_that_is_not_supervisor_exiting_is_raised_without_a_retry(
+    tmp_path: Path, started: list[str], code: str
+) -> None:
+    client = SupervisorClient(tmp_path / "root")
+    client._transport = _ScriptedTransport([(503, _error_document(code))])  # type: ignore[assignment]
+    with pytest.raises(RequestFailed) as raised:
+        client.ensure("/usr/bin/python3", "3.2.4", env={})
+    assert raised.value.code == code
+    assert started == []
+
+
+def test_without_autostart_an_exiting_supervisor_is_reported_not_replaced(
+    tmp_path: Path, started: list[str]
+) -> None:
+    client = SupervisorClient(tmp_path / "root", autostart=False)
+    client._transport = _ScriptedTransport([(503, _error_document("supervisor_exiting"))])  # type: ignore[assignment]
+    with pytest.raises(SupervisorExiting):
+        client.ensure("/usr/bin/python3", "3.2.4", env={})
+    assert started == []

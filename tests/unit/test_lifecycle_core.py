@@ -13,6 +13,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import pytest
@@ -37,6 +38,8 @@ from spec_kitty_supervisor._lifecycle._decisions import (
     classify_exit,
     decide_current,
 )
+from spec_kitty_supervisor._policy import EnsureDecision
+from spec_kitty_supervisor._spawn import ValidatedInterpreters
 from spec_kitty_supervisor._table import DaemonRecord
 from spec_kitty_supervisor_client._models import EnsureRequest, EnsureResponse, Settings
 from tests.unit.lifecycle_fakes import FakeClock, FakeDaemon, FakeEffects, make_lifecycle
@@ -99,30 +102,44 @@ async def test_a_cold_ensure_spawns_writes_the_journal_then_the_state_file() -> 
         assert world.effects.kinds() == ["spawned"]
 
 
+@pytest.fixture
+def walk(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Each interpreter validation and each version-policy decision of one ensure, in order."""
+    steps: list[str] = []
+    real_decide = ensure_module.decide_ensure
+    real_resolve = ValidatedInterpreters.resolve
+
+    def counting_decide(*args: Any) -> EnsureDecision:
+        steps.append("decide")
+        return real_decide(*args)
+
+    def counting_resolve(self: ValidatedInterpreters, python: str) -> str:
+        steps.append("validate")
+        return real_resolve(self, python)
+
+    monkeypatch.setattr(ensure_module, "decide_ensure", counting_decide)
+    monkeypatch.setattr(ValidatedInterpreters, "resolve", counting_resolve)
+    return steps
+
+
 async def test_the_warm_ensure_validates_the_interpreter_and_decides_once(
-    monkeypatch: pytest.MonkeyPatch,
+    walk: list[str],
 ) -> None:
     async with running() as world:
         first = await world.ensure()
-        decisions: list[str] = []
-        resolved: list[str] = []
-        real_decide = ensure_module.decide_ensure
-        real_resolve = world.lifecycle.interpreters.resolve
-
-        def counting_decide(*args: object) -> object:
-            decisions.append("decide")
-            return real_decide(*args)  # type: ignore[arg-type]
-
-        def counting_resolve(python: str) -> str:
-            resolved.append(python)
-            return real_resolve(python)
-
-        monkeypatch.setattr(ensure_module, "decide_ensure", counting_decide)
-        monkeypatch.setattr(world.lifecycle.interpreters, "resolve", counting_resolve)
+        walk.clear()
         answer = await world.ensure()
         assert answer.action == "reused"
         assert answer.daemon.pid == first.daemon.pid
-        assert (len(decisions), len(resolved)) == (1, 1)
+        assert walk == ["validate", "decide"]
+
+
+async def test_the_cold_ensure_validates_the_interpreter_and_decides_once(
+    walk: list[str],
+) -> None:
+    async with running() as world:
+        assert (await world.ensure()).action == "spawned"
+        assert walk == ["validate", "decide"]
 
 
 async def test_the_first_answer_after_an_adoption_says_adopted_then_reused() -> None:
