@@ -17,11 +17,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from spec_kitty_supervisor_client._models import StopPath
+from spec_kitty_supervisor_client._models import EnsureRequest, StopPath
 
 from .._identity import ProcessIdentity
 from .._legacy_state import LegacyRecord
 from .._table import LoadedTable, Table
+from .._versions import EstablishedEnsure
 
 __all__ = [
     "Abandoned",
@@ -134,6 +135,16 @@ class Effects(Protocol):
         ...
 
     def read_identity(self, pid: int) -> ProcessIdentity | None: ...
+
+    async def establish_version(
+        self, request: EnsureRequest, resolved_python: str
+    ) -> EstablishedEnsure:
+        """``request`` with the spec-kitty-cli version its interpreter has installed.
+
+        Learnt from the interpreter itself (once, while its site-packages is unchanged);
+        raises ``LifecycleError("version_mismatch")`` when the request claims another.
+        """
+        ...
 
     def read_spawn_context(self, pid: int) -> SpawnContext | None:
         """An adopted daemon's environment and directory, so that a restart repeats them."""

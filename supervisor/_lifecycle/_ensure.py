@@ -16,6 +16,7 @@ from .._errors import LifecycleError
 from .._policy import EnsureDecision, decide_ensure
 from .._spawn import check_root_supported, child_environment, resolve_working_directory
 from .._table import DaemonRecord
+from .._versions import EstablishedEnsure
 from ._decisions import quarantine_lifts_for
 from ._effects import SpawnContext
 from ._lifecycle import Lifecycle
@@ -30,8 +31,10 @@ _SPAWN_ACTIONS: dict[str, EnsureAction] = {
 }
 
 
-async def ensure(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureResponse:
-    resolved_python = lifecycle.interpreters.resolve(request.python)
+async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureResponse:
+    resolved_python = lifecycle.interpreters.resolve(wire_request.python)
+    # The version is the interpreter's installed one, never the client's word (_versions).
+    request = await lifecycle.effects.establish_version(wire_request, resolved_python)
     if not lifecycle.lock.locked() and lifecycle.table.current is not None:
         answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
         if answer is not None:
@@ -40,7 +43,7 @@ async def ensure(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureResponse
         return await _ensure_locked(lifecycle, request, resolved_python)
 
 
-def _decide(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureDecision:
+def _decide(lifecycle: Lifecycle, request: EstablishedEnsure) -> EnsureDecision:
     current = lifecycle.table.current
     return decide_ensure(
         current.package_version if current else None,
@@ -52,7 +55,7 @@ def _decide(lifecycle: Lifecycle, request: EnsureRequest) -> EnsureDecision:
 
 
 def _answer_from_table(
-    lifecycle: Lifecycle, request: EnsureRequest, decision: EnsureDecision
+    lifecycle: Lifecycle, request: EstablishedEnsure, decision: EnsureDecision
 ) -> EnsureResponse | None:
     """The answer when the current daemon serves this request as it is; else None."""
     current = lifecycle.table.current
@@ -72,7 +75,7 @@ def _answer_from_table(
 
 
 async def _ensure_locked(
-    lifecycle: Lifecycle, request: EnsureRequest, resolved_python: str
+    lifecycle: Lifecycle, request: EstablishedEnsure, resolved_python: str
 ) -> EnsureResponse:
     if quarantine_lifts_for(lifecycle.quarantined_python, request.python):
         lift_quarantine(lifecycle, f"ensure with another interpreter ({request.python})")
@@ -97,7 +100,7 @@ async def _ensure_locked(
 
 
 async def _spawn_for(
-    lifecycle: Lifecycle, request: EnsureRequest, resolved_python: str, decision: EnsureDecision
+    lifecycle: Lifecycle, request: EstablishedEnsure, resolved_python: str, decision: EnsureDecision
 ) -> DaemonRecord:
     daemon_root = lifecycle.daemon_root
     env = child_environment(request.env, daemon_root, request.package_version)

@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 import structlog
 
-from spec_kitty_supervisor_client._models import Settings, StopPath
+from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPath
 from spec_kitty_supervisor_client._terms import in_family_range
 
 from .._doctor import sweep_root, sweep_would_act
@@ -44,6 +44,7 @@ from .._signals import SignalRefused, SignalTarget, stop_gracefully
 from .._spawn import child_environment, log_tail, spawn_daemon
 from .._table import LoadedTable, Table, load_table, save_table
 from .._verify import read_process_context, verify_daemon
+from .._versions import EstablishedEnsure, InstalledVersions
 from ._effects import (
     Abandoned,
     Health,
@@ -89,6 +90,7 @@ class RealEffects:
         self._children: dict[int, subprocess.Popen[bytes]] = {}
         self._log_offsets: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
+        self._versions = InstalledVersions()
 
     # -------------------------------------------------------------- processes
 
@@ -161,6 +163,11 @@ class RealEffects:
 
     def read_identity(self, pid: int) -> ProcessIdentity | None:
         return read_identity(pid)
+
+    async def establish_version(
+        self, request: EnsureRequest, resolved_python: str
+    ) -> EstablishedEnsure:
+        return await self._versions.establish(request, resolved_python)
 
     def read_spawn_context(self, pid: int) -> SpawnContext | None:
         context = read_process_context(pid)

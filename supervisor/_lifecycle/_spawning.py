@@ -8,6 +8,8 @@ current daemon. A spawn that never gets healthy is stopped and retried on anothe
 
 from __future__ import annotations
 
+from spec_kitty_supervisor_client._releases import effective_daemon_version
+
 from .._errors import LifecycleError
 from .._spawn import SpawnError
 from .._table import DaemonRecord
@@ -116,7 +118,7 @@ async def _spawn_healthy(
             uid=child.identity.uid,
             port=child.port,
             token=child.token,
-            package_version=health.package_version or package_version,
+            package_version=effective_daemon_version(health.package_version, package_version),
             python=python,
             resolved_python=resolved_python,
             origin="spawned",

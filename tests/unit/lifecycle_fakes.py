@@ -32,7 +32,8 @@ from spec_kitty_supervisor._lifecycle._effects import (
 )
 from spec_kitty_supervisor._spawn import SpawnError
 from spec_kitty_supervisor._table import LoadedTable, Table
-from spec_kitty_supervisor_client._models import Settings, StopPath
+from spec_kitty_supervisor._versions import EstablishedEnsure
+from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPath
 
 ROOT = Path("/home/ada/.spec-kitty")
 
@@ -161,6 +162,14 @@ class FakeEffects:
     def read_identity(self, pid: int) -> ProcessIdentity | None:
         daemon = self.daemons.get(pid)
         return daemon.identity if daemon is not None and daemon.alive else None
+
+    async def establish_version(
+        self, request: EnsureRequest, resolved_python: str
+    ) -> EstablishedEnsure:
+        installed = request.package_version or "3.2.4"
+        return EstablishedEnsure.model_construct(
+            python=request.python, package_version=installed, cwd=request.cwd, env=request.env
+        )
 
     def read_spawn_context(self, pid: int) -> SpawnContext | None:
         return None

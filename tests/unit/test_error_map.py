@@ -292,7 +292,7 @@ def test_an_exiting_supervisor_is_replaced_and_the_ensure_retried(
         [(503, _error_document("supervisor_exiting")), (200, _ensure_answer(7))]
     )
     client._transport = transport  # type: ignore[assignment]
-    answer = client.ensure("/usr/bin/python3", "3.2.4", env={})
+    answer = client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
     assert answer.daemon.pid == 7
     assert started == ["replace"]
     assert transport.closed == 1  # the kept-alive connection to the leaving supervisor
@@ -305,7 +305,7 @@ def test_a_503_that_is_not_supervisor_exiting_is_raised_without_a_retry(
     client = SupervisorClient(tmp_path / "root")
     client._transport = _ScriptedTransport([(503, _error_document(code))])  # type: ignore[assignment]
     with pytest.raises(RequestFailed) as raised:
-        client.ensure("/usr/bin/python3", "3.2.4", env={})
+        client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
     assert raised.value.code == code
     assert started == []
 
@@ -316,5 +316,5 @@ def test_without_autostart_an_exiting_supervisor_is_reported_not_replaced(
     client = SupervisorClient(tmp_path / "root", autostart=False)
     client._transport = _ScriptedTransport([(503, _error_document("supervisor_exiting"))])  # type: ignore[assignment]
     with pytest.raises(SupervisorExiting):
-        client.ensure("/usr/bin/python3", "3.2.4", env={})
+        client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
     assert started == []
