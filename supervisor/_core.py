@@ -41,7 +41,6 @@ from ._lifecycle import (
     recover,
     retire,
     stop_all,
-    sweep_orphans,
     sweep_orphans_forever,
     tick,
     watch_exits,
@@ -180,9 +179,6 @@ class Supervisor:
         ):
             self.ledger.record("idle_exit", reason="no daemon and no client")
             self.request_exit("idle")
-
-    async def sweep_orphans(self) -> None:
-        await sweep_orphans(self.lifecycle)
 
     # ------------------------------------------------------------------ requests
 
