@@ -24,11 +24,13 @@ import anyio.to_thread
 import structlog
 
 from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPath
+from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION, effective_daemon_version
 from spec_kitty_supervisor_client._terms import in_family_range
 
 from .._doctor import sweep_root, sweep_would_act
 from .._errors import LifecycleError
 from .._identity import ProcessIdentity, read_identity
+from .._installed import interpreter_release
 from .._layout import RootLayout
 from .._ledger import Ledger
 from .._legacy_state import (
@@ -195,10 +197,16 @@ class RealEffects:
         )
         cmdline = verdict.cmdline
         python = cmdline.executable if cmdline and cmdline.executable else ""
+        package_version = None
+        if verdict.health is not None:
+            # A 3.1 daemon says "unknown": its interpreter's installed release is its version.
+            package_version = effective_daemon_version(
+                verdict.health.package_version, interpreter_release(python) or UNKNOWN_VERSION
+            )
         return Verification(
             identity=verdict.identity,
             answered=verdict.health is not None,
-            package_version=verdict.health.package_version if verdict.health else None,
+            package_version=package_version,
             python=python,
             resolved_python=(cmdline.exec_marker if cmdline else None) or python,
             reason=verdict.reason,
