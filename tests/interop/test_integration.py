@@ -181,6 +181,23 @@ def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
     assert supervisor_pids(sandbox.root) == [supervisor]
 
 
+@pytest.mark.parametrize(
+    ("version", "env", "reason"),
+    [
+        ("3.2.2", {"SPEC_KITTY_ENABLE_SAAS_SYNC": ""}, "rollout_disabled"),
+        ("3.2.7", {"SPEC_KITTY_ENABLE_SAAS_SYNC": ""}, "rollout_disabled"),
+        ("3.2.7", {"SPEC_KITTY_SYNC_DISABLE": "1"}, "SPEC_KITTY_SYNC_DISABLE is set"),
+    ],
+)
+def test_the_releases_own_skip_decision_starts_nothing(
+    integrated: dict[str, Path], sandbox: Sandbox, version: str, env: dict[str, str], reason: str
+) -> None:
+    answer = _run(integrated[version], sandbox, **env)
+    assert (answer["started"], answer["skipped_reason"], answer["pid"]) == (False, reason, None)
+    assert supervisor_pids(sandbox.root) == []
+    assert daemon_pids(sandbox.root) == []
+
+
 def test_twenty_integrated_processes_at_once_end_with_one_supervisor_and_one_daemon(
     integrated: dict[str, Path], sandbox: Sandbox
 ) -> None:
