@@ -40,6 +40,10 @@ RELEASES = ["3.2.2", "3.2.4", "3.2.7"]
 DRIVER = """\
 import json, sys
 from pathlib import Path
+if "--stop" in sys.argv:
+    from specify_cli.sync.daemon import stop_sync_daemon
+    print(json.dumps({"stop": list(stop_sync_daemon())}))
+    raise SystemExit(0)
 from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running
 outcome = ensure_sync_daemon_running(intent=DaemonIntent.REMOTE_REQUIRED)
 answer = {
@@ -196,6 +200,24 @@ def test_the_releases_own_skip_decision_starts_nothing(
     assert (answer["started"], answer["skipped_reason"], answer["pid"]) == (False, reason, None)
     assert supervisor_pids(sandbox.root) == []
     assert daemon_pids(sandbox.root) == []
+
+
+def test_an_integrated_stop_retires_the_supervisors_daemon_and_the_supervisor_stays(
+    integrated: dict[str, Path], sandbox: Sandbox
+) -> None:
+    daemon = _run(integrated["3.2.7"], sandbox)["pid"]
+    [supervisor] = supervisor_pids(sandbox.root)
+    assert _run(integrated["3.2.7"], sandbox, "--stop") == {"stop": [True, "Sync daemon stopped."]}
+    assert daemon_pids(sandbox.root) == []
+    assert not sandbox.state_file.exists()
+    assert supervisor_pids(sandbox.root) == [supervisor]
+    assert _status(sandbox)["daemons"] == []
+    retired = [event for event in _events(sandbox) if event["kind"] == "retired"]
+    assert [event["pid"] for event in retired] == [daemon]
+    # Nothing current any more: upstream's own stop answers as it does without a daemon.
+    assert _run(integrated["3.2.7"], sandbox, "--stop") == {
+        "stop": [False, "No sync daemon metadata found."]
+    }
 
 
 def test_twenty_integrated_processes_at_once_end_with_one_supervisor_and_one_daemon(
