@@ -263,7 +263,8 @@ def legacy_daemon_findings(
 
     Reported, never stopped: project venvs and one-off runs that may still use it are
     invisible from here, and stopping the recorded daemon would fight the CLI that recorded
-    it (DESIGN rule 3). The finding names the command that retires it.
+    it (cleanup never touches the recorded daemon). The finding names the command that
+    retires it.
     """
     recorded = next((r for r in listeners if r.is_recorded_singleton and r.pid is not None), None)
     if recorded is None or not installed:

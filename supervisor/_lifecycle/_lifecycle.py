@@ -94,7 +94,7 @@ class Lifecycle:
     # -------------------------------------------------------------- the journal
 
     def change(self, transition: Callable[[], _T]) -> _T:
-        """Apply a table transition and write it before anyone acts on it (DESIGN rule 5).
+        """Apply a table transition and write it (atomically) before anyone acts on it.
 
         When the journal cannot be written the transition is undone and the error raised:
         the caller must then not act (a retirement that was not written is not started).
@@ -152,7 +152,8 @@ class Lifecycle:
     # -------------------------------------------------------------- R/sync-daemon
 
     async def sync_legacy_state(self) -> None:
-        """Make ``R/sync-daemon`` name the current daemon, or nothing (DESIGN rule 6)."""
+        """Make ``R/sync-daemon`` name the current daemon, or nothing: never a pid that is not a
+        live, verified daemon of the root (upstream CLIs SIGKILL what it names unchecked)."""
         async with self.effects.legacy_lock():
             self.write_legacy_state_locked()
 

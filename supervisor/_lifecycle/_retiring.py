@@ -1,4 +1,7 @@
-"""Retiring daemons: the state file first (DESIGN rule 6), then a graceful stop, then forget.
+"""Retiring daemons: the state file first, then a graceful stop, then forget.
+
+``R/sync-daemon`` stops naming a daemon before it is stopped: upstream CLIs SIGKILL the pid
+it names without checking who that is.
 
 A retirement is written (role ``retiring``) before the daemon is stopped, so a supervisor that
 dies half-way resumes it after re-adopting the daemon. One daemon is retired by one task at a
