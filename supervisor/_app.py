@@ -124,7 +124,7 @@ def build_router(
         return HandoverResponse(handing_over=True, pid=supervisor.pid, daemons=daemons)
 
     async def restart(request: ApiRequest) -> BaseModel:
-        supervisor.lift_quarantine("spec-kitty-supervisor restart")
+        await supervisor.lift_quarantine("spec-kitty-supervisor restart")
         return supervisor.status()
 
     routes = [

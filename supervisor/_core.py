@@ -192,8 +192,9 @@ class Supervisor:
     async def stop_all(self, reason: str) -> list[int]:
         return await stop_all(self.lifecycle, reason)
 
-    def lift_quarantine(self, reason: str) -> None:
-        lift_quarantine(self.lifecycle, reason)
+    async def lift_quarantine(self, reason: str) -> None:
+        async with self.lifecycle.lock:
+            lift_quarantine(self.lifecycle, reason)
 
     # ------------------------------------------------------------------ views
 

@@ -94,7 +94,10 @@ class Table:
     """The rows, and the only code that changes a row's role and state (always together).
 
     Only the lifecycle calls the transitions, holding its lock; each returns what changed so
-    that the caller can record it. Readers (status, doctor, classification) only read.
+    that the caller can record it. The one exception is :meth:`remove` of a daemon whose
+    retirement has just confirmed it gone: that records a fact, changes no role, and must not
+    wait for a step (``stop --children``) that holds the lock while it waits for retirements.
+    Readers (status, doctor, classification) only read.
     """
 
     daemons: list[DaemonRecord] = field(default_factory=list)

@@ -17,6 +17,11 @@ __all__ = ["adopt_recorded", "follow_recorded", "recover"]
 
 async def recover(lifecycle: Lifecycle) -> None:
     """Start-up: re-prove the journal's daemons, else adopt the recorded one."""
+    async with lifecycle.lock:
+        await _recover_locked(lifecycle)
+
+
+async def _recover_locked(lifecycle: Lifecycle) -> None:
     effects = lifecycle.effects
     loaded = effects.load_table()
     if loaded.problem:

@@ -117,7 +117,10 @@ async def _spawn_for(
 
 
 def lift_quarantine(lifecycle: Lifecycle, reason: str) -> None:
-    """``restart``, or an ensure with another interpreter: restarts and spawns resume."""
+    """``restart``, or an ensure with another interpreter: restarts and spawns resume.
+
+    Call under the lifecycle lock.
+    """
     if lifecycle.table.quarantine_reason is None:
         return
     lifecycle.change(lifecycle.table.lift_quarantine)
