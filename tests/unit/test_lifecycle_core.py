@@ -491,3 +491,51 @@ def test_exits_are_classified_by_status_then_by_the_owner_record() -> None:
     assert classify_exit(1, owner_record_names_it=False) == "died"
     assert classify_exit(None, owner_record_names_it=True) == "died"
     assert classify_exit(None, owner_record_names_it=False) == "retired"
+
+
+async def test_a_restart_that_fails_counts_as_another_death() -> None:
+    async with running(quarantine_deaths=2, restart_backoff_seconds=1) as world:
+        await world.ensure()
+        world.effects.spawn_outcomes = ["never_healthy"] * 3
+        await world.kill(world.current.pid, -9)
+        assert world.effects.kinds()[-2:] == ["restart_failed", "quarantined"]
+        assert world.lifecycle.table.current is None
+        assert len(world.lifecycle.death_times) == 2
+
+
+async def test_a_daemon_whose_pid_is_no_longer_ours_is_forgotten_not_signalled() -> None:
+    async with running() as world:
+        record = world.lifecycle.table.by_pid((await world.ensure()).daemon.pid)
+        assert record is not None
+        world.effects.refuse_stop.add(record.pid)
+        with pytest.raises(LifecycleError) as raised:
+            await retire(world.lifecycle, record, "requested")
+        assert raised.value.code == "retire_failed"
+        assert world.effects.kinds()[-1] == "retire_abandoned"
+        assert world.lifecycle.table.daemons == []
+
+
+async def test_a_journaled_retirement_is_resumed_after_a_restart_of_the_supervisor() -> None:
+    async with running() as world:
+        daemon = world.effects.add_daemon()
+        world.effects.loaded.daemons.append(
+            DaemonRecord(
+                pid=daemon.identity.pid,
+                process_start=daemon.identity.start,
+                uid=daemon.identity.uid,
+                port=daemon.port,
+                token=daemon.token,
+                package_version="3.2.4",
+                python=PYTHON,
+                resolved_python=PYTHON,
+                origin="spawned",
+                state="retiring",
+                role="retiring",
+                started_at="2026-01-01T00:00:00+00:00",
+            )
+        )
+        await recover(world.lifecycle)
+        await wait_all_tasks_blocked()
+        assert f"stop {daemon.identity.pid}" in world.effects.acts
+        assert world.effects.kinds() == ["adopted", "retired"]
+        assert world.lifecycle.table.daemons == []
