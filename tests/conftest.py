@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from sks_harness import ORPHAN_PORTS, DaemonFleet, PortRange, Sandbox, SupervisorUnderTest
+
+# Properties are about logic, not speed: a loaded machine must not turn a slow example into a
+# failure (hypothesis's default 200 ms deadline and its too-slow health check would). In CI the
+# examples are derived from each test's name, so a run's outcome does not depend on chance.
+settings.register_profile(
+    "project",
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    derandomize=bool(os.environ.get("CI")),
+)
+settings.load_profile("project")
 
 
 @pytest.fixture
