@@ -152,6 +152,13 @@ class SupervisorView(_Lenient):
     auto_started: bool
     service_manager: str | None = None
     settings: Settings
+    heartbeats: int = Field(
+        default=0,
+        description=(
+            "Heartbeats completed since this supervisor started: a count that moves on shows the "
+            "lifecycle's loop is alive and that everything it decides on a tick has been decided."
+        ),
+    )
 
 
 class DaemonView(_Lenient):

@@ -88,6 +88,7 @@ class Supervisor:
         self.last_activity = self.clock.now()
         self._stop_event = anyio.Event()
         self._last_tick = self.clock.monotonic()
+        self.heartbeats = 0  # completed ticks, shown in status: proof that a tick has passed
         self._task_group: TaskGroup | None = None
         self.exit_reason = ""
 
@@ -165,6 +166,7 @@ class Supervisor:
             except Exception as exc:
                 log.error("heartbeat_failed", error=repr(exc))
             self._last_tick = self.clock.monotonic()
+            self.heartbeats += 1
 
     async def heartbeat(self) -> None:
         """One tick of the lifecycle, then the supervisor's own idle rule."""
@@ -210,6 +212,7 @@ class Supervisor:
             auto_started=self.auto_started,
             service_manager=self.service_manager,
             settings=self.settings,
+            heartbeats=self.heartbeats,
         )
 
     def status(self) -> StatusResponse:
