@@ -115,9 +115,19 @@ class SupervisorClient:
                 replace_exiting_supervisor(self.daemon_root)
             else:
                 start_supervisor(self.daemon_root)
+            self._follow_socket()
             reply = self._transport.request(method, path, _body(body))
             raise_for_reply(reply)
         return response_model.model_validate_json(reply.body)
+
+    def _follow_socket(self) -> None:
+        """A started supervisor may have recorded a socket folder of its own (a deep root whose
+        predictable folder someone else took): talk to it there."""
+        socket_path = socket_path_for_root(self.daemon_root)
+        if socket_path != self.socket_path:
+            self._transport.close()
+            self.socket_path = socket_path
+            self._transport = SyncTransport(socket_path, self._transport.timeout)
 
     def start(self) -> SupervisorHealth:
         """Make sure a supervisor runs for this root (starting one if needed)."""
@@ -234,6 +244,11 @@ class AsyncSupervisorClient:
             exiting = isinstance(exc, SupervisorExiting)
             restart = replace_exiting_supervisor if exiting else start_supervisor
             await anyio.to_thread.run_sync(restart, self.daemon_root)
+            socket_path = socket_path_for_root(self.daemon_root)
+            if socket_path != self.socket_path:  # see SupervisorClient._follow_socket
+                await self._transport.aclose()
+                self.socket_path = socket_path
+                self._transport = AsyncTransport(socket_path, self._transport.timeout)
             reply = await self._transport.request(method, path, _body(body))
             raise_for_reply(reply)
         return response_model.model_validate_json(reply.body)

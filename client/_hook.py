@@ -316,6 +316,8 @@ def supervised_daemon_pid(root: Path, version: str, bound: float, *, may_start: 
                 raise
             start_supervisor(root, trusted_command, _remaining(deadline))
             connection.timeout = _remaining(deadline)
+            # It may have recorded a socket folder of its own (the predictable one was taken).
+            connection.socket_path = socket_path_for_root(root)
             reply = connection.request("POST", "/v1/sync/ensure", body)
         else:
             if may_start and _is_exiting(reply):

@@ -72,6 +72,7 @@ class AsyncTransport:
         import httpx
 
         self.socket_path = socket_path
+        self.timeout = timeout
         self._client: httpx.AsyncClient = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=str(socket_path), retries=1),
             base_url="http://supervisor",

@@ -40,6 +40,7 @@ __all__ = [
     "PASSED_ENV_PREFIXES",
     "PROTOCOL_HEADER",
     "PROTOCOL_VERSION",
+    "SOCKET_DIR_RECORD",
     "SOCKET_PATH_LIMIT",
     "Busy",
     "Connection",
@@ -50,6 +51,8 @@ __all__ = [
     "WireError",
     "daemon_root_as_given",
     "ensure_private_dir",
+    "open_own_file",
+    "recorded_socket_dir",
     "passed_environment",
     "replace_exiting_supervisor",
     "resolve_daemon_root",
@@ -130,19 +133,55 @@ def _short_socket_dirs() -> list[Path]:
     return candidates
 
 
+#: In ``R/supervisor/``: the socket folder a supervisor chose because the predictable one was
+#: taken by someone else (its absolute path, one line).
+SOCKET_DIR_RECORD = "socket-dir"
+
+
+def recorded_socket_dir(daemon_root: Path) -> Path | None:
+    """The folder ``R/supervisor/socket-dir`` names, if it is still a private folder of ours."""
+    record = supervisor_dir(daemon_root) / SOCKET_DIR_RECORD
+    try:
+        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        text = os.read(fd, 4096).decode("utf-8", errors="replace").strip()
+    finally:
+        os.close(fd)
+    folder = Path(text)
+    if not folder.is_absolute():
+        return None
+    try:
+        info = folder.lstat()
+    except OSError:
+        return None
+    private = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    return folder if private and not info.st_mode & 0o077 else None
+
+
 def socket_path_for_root(daemon_root: Path) -> Path:
     """The control socket of the supervisor that owns ``daemon_root``.
 
     Normally ``R/supervisor/supervisor.sock``. A Unix socket path longer than the platform
     limit cannot be bound, so a deep root falls back to a short per-user path, under
     ``$XDG_RUNTIME_DIR`` when there is one, named by a digest of the root so that two roots
-    never share a socket. The caller that creates the fallback folder makes it 0700 and checks
-    that it owns it (:func:`ensure_private_dir`).
+    never share a socket. When that predictable folder was taken by someone else, the
+    supervisor makes a private folder with a random name instead and records it in
+    ``R/supervisor/socket-dir``, which wins here while it names a private folder of ours.
+    The caller that creates a fallback folder makes it 0700 and checks that it owns it
+    (:func:`ensure_private_dir`).
     """
     preferred = supervisor_dir(daemon_root) / "supervisor.sock"
     if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT:
         return preferred
     name = f"{hashlib.sha256(os.fsencode(daemon_root)).hexdigest()[:16]}.sock"
+    recorded = recorded_socket_dir(daemon_root)
+    if recorded is not None and len(os.fsencode(recorded / name)) <= SOCKET_PATH_LIMIT:
+        return recorded / name
     for folder in _short_socket_dirs():
         if len(os.fsencode(folder / name)) <= SOCKET_PATH_LIMIT:
             return folder / name
@@ -173,6 +212,71 @@ def ensure_private_dir(path: Path) -> Path:
             f"run `chmod 700 {path}`"
         )
     return path
+
+
+# Files of ours in R/supervisor/
+
+#: Opening these errnos means the entry is not a file we could use: a final symlink (ELOOP;
+#: EMLINK on some BSDs), a directory opened for writing, a socket file.
+_NOT_A_FILE = frozenset({errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP})
+
+
+def _kind(info: os.stat_result) -> str:
+    mode = info.st_mode
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if not stat.S_ISREG(mode):
+        return "a device"
+    if info.st_uid != os.getuid():
+        return f"a file of uid {info.st_uid}"
+    return f"a file with {info.st_nlink} hard links"
+
+
+def _move_aside(path: Path) -> Path:
+    for attempt in range(1000):
+        target = path.with_name(f"{path.name}.refused-{attempt}")
+        if not os.path.lexists(target):
+            os.rename(path, target)
+            return target
+    raise FileExistsError(f"too many refused copies of {path}")
+
+
+def open_own_file(path: Path, flags: int, mode: int = 0o600) -> tuple[int, str | None]:
+    """Open, creating it if needed, a file that is ours alone; return ``(fd, what was moved)``.
+
+    Never follows a final symlink, never blocks on a FIFO, never truncates (``flags`` must not
+    carry ``O_TRUNC``: truncate the descriptor once this returned). A symlink, directory, FIFO,
+    socket, another user's file or a file with other hard links at ``path`` is renamed
+    ``<name>.refused-N`` (the entry itself, never what it points to) and a fresh file is made;
+    the second element then says what was moved where, for the caller to log.
+    """
+    if flags & os.O_TRUNC:
+        raise ValueError("open_own_file never truncates before it knows the file is ours")
+    opened = flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    note = None
+    for _ in range(3):
+        try:
+            fd = os.open(path, opened, mode)
+        except OSError as exc:
+            if exc.errno not in _NOT_A_FILE:
+                raise
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue
+        else:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_nlink == 1:
+                return fd, note
+            os.close(fd)
+        note = f"{path} was {_kind(info)}; moved to {_move_aside(path)}"
+    raise OSError(errno.EBUSY, f"{path} keeps being replaced by something that is not a file")
 
 
 # The environment a daemon inherits
@@ -405,7 +509,7 @@ def start_supervisor(
         return
     folder = ensure_private_dir(supervisor_dir(daemon_root))
     deadline = time.monotonic() + timeout
-    fd = os.open(folder / "autostart.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd, _moved = open_own_file(folder / "autostart.lock", os.O_RDWR)
     try:
         while True:
             try:
@@ -418,9 +522,9 @@ def start_supervisor(
                         f"for over {timeout:.0f} s"
                     ) from None
                 time.sleep(0.01)
-        if socket_accepts(socket_path):
+        if socket_accepts(socket_path_for_root(daemon_root)):
             return
-        _spawn_and_wait(daemon_root, socket_path, list(command()), deadline)
+        _spawn_and_wait(daemon_root, list(command()), deadline)
     finally:
         os.close(fd)
 
@@ -434,32 +538,37 @@ def replace_exiting_supervisor(
     releases the root; a newcomer started before that would find the root still held. The
     wait is bounded: a supervisor that died on its way out leaves a socket file behind.
     """
-    socket_path = socket_path_for_root(daemon_root)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (socket_accepts(socket_path) or socket_path.exists()):
+    while time.monotonic() < deadline:
+        socket_path = socket_path_for_root(daemon_root)
+        if not (socket_accepts(socket_path) or socket_path.exists()):
+            break
         time.sleep(0.01)
     start_supervisor(daemon_root, command, max(deadline - time.monotonic(), 0.1))
 
 
-def _spawn_and_wait(
-    daemon_root: Path, socket_path: Path, command: list[str], deadline: float
-) -> None:
+def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> None:
     argv = [*command, "run", "--root", str(daemon_root), "--auto-started"]
     stderr_path = supervisor_dir(daemon_root) / "autostart.stderr"
     for attempt in range(1, 4):
-        with open(stderr_path, "wb") as stderr:
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise StartFailed(f"could not run {argv[0]}: {exc}") from None
+        stderr, _moved = open_own_file(stderr_path, os.O_RDWR)
+        try:
+            os.ftruncate(stderr, 0)  # only now that it is known to be ours
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise StartFailed(f"could not run {argv[0]}: {exc}") from None
+        finally:
+            os.close(stderr)
         while time.monotonic() < deadline:
+            # Asked again each time: the supervisor may record a socket folder of its own.
+            socket_path = socket_path_for_root(daemon_root)
             if socket_accepts(socket_path):
                 _let_go(process)
                 return
@@ -469,16 +578,30 @@ def _spawn_and_wait(
         else:
             _let_go(process)
             raise StartFailed(
-                f"the supervisor for {daemon_root} did not answer on {socket_path} in time; "
-                f"see {stderr_path}"
+                f"the supervisor for {daemon_root} did not answer on "
+                f"{socket_path_for_root(daemon_root)} in time; see {stderr_path}"
             )
         if process.returncode != 0 or attempt == 3:
-            message = stderr_path.read_text(errors="replace").strip()
+            message = _tail(stderr_path)
             raise StartFailed(
                 f"the supervisor for {daemon_root} exited with code {process.returncode}: {message}"
             )
         # Exit 0 without a socket: a supervisor that was shutting down still held the root.
         time.sleep(0.1)
+
+
+def _tail(path: Path, limit: int = 4000) -> str:
+    """The end of what a failed supervisor wrote, read without following a planted link."""
+    try:
+        fd, _moved = open_own_file(path, os.O_RDONLY)
+    except OSError as exc:
+        return f"(its stderr, {path}, could not be read: {exc})"
+    try:
+        size = os.fstat(fd).st_size
+        os.lseek(fd, max(0, size - limit), os.SEEK_SET)
+        return os.read(fd, limit).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
 
 
 def _let_go(process: subprocess.Popen[bytes]) -> None:

@@ -18,11 +18,14 @@ import stat
 import tempfile
 from pathlib import Path
 
+from spec_kitty_supervisor_client._wire import open_own_file
+
 __all__ = [
     "RefusedFile",
     "atomic_write",
     "move_aside",
     "move_refused_aside",
+    "open_own_file",
     "read_regular_file",
 ]
 
@@ -89,6 +92,8 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino))
+        if info.st_uid != os.getuid():
+            raise RefusedFile(path, f"a file of uid {info.st_uid}", (info.st_dev, info.st_ino))
         if info.st_size > max_bytes:
             raise RefusedFile(
                 path, f"{info.st_size} bytes (more than {max_bytes})", (info.st_dev, info.st_ino)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +16,11 @@ from spec_kitty_supervisor_client._paths import (
     socket_path_for_root,
     supervisor_dir,
 )
+from spec_kitty_supervisor_client._wire import SOCKET_DIR_RECORD
 
-__all__ = ["RootLayout"]
+from ._files import atomic_write
+
+__all__ = ["RootLayout", "writable_by_others"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,12 @@ class RootLayout:
     def config(self) -> Path:
         return self.supervisor_dir / "config.toml"
 
-    def prepare(self) -> None:
-        """Create the root and our private folders, refusing folders that are not ours alone."""
+    def prepare(self) -> list[str]:
+        """Create the root and our private folders, refusing folders that are not ours alone.
+
+        Returns what was done instead of the obvious, for the log: a short socket folder taken
+        by someone else is replaced by a fresh private one (recorded for clients).
+        """
         self.daemon_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = self.daemon_root.stat().st_uid
         if owner != os.getuid():
@@ -75,5 +86,59 @@ class RootLayout:
                 f"the daemon root {self.daemon_root} belongs to uid {owner}, not to you "
                 f"(uid {os.getuid()}); refusing to supervise it"
             )
+        problem = writable_by_others(self.daemon_root, self.daemon_root.stat())
+        if problem is not None:
+            raise UnsafeDirectoryError(problem)
         ensure_private_dir(self.supervisor_dir)
-        ensure_private_dir(self.socket.parent)
+        folder = self.socket.parent
+        if folder == self.supervisor_dir:
+            return []
+        try:
+            ensure_private_dir(folder)
+        except UnsafeDirectoryError as taken:
+            # Another user made the predictable name first (or made it writable): a folder
+            # with a random name beside it, 0700 from birth, recorded where clients look.
+            fresh = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
+            atomic_write(self.supervisor_dir / SOCKET_DIR_RECORD, f"{fresh}\n".encode())
+            return [f"{taken}; the socket is in {fresh} instead (recorded in {SOCKET_DIR_RECORD})"]
+        return []
+
+
+def _is_private_group(gid: int) -> bool:
+    """The user's own group (user private groups: same name, primary, no other member)."""
+    try:
+        user = pwd.getpwuid(os.getuid())
+        group = grp.getgrgid(gid)
+    except KeyError:
+        return False
+    return (
+        gid == user.pw_gid and group.gr_name == user.pw_name and set(group.gr_mem) <= {user.pw_name}
+    )
+
+
+def writable_by_others(path: Path, info: os.stat_result) -> str | None:
+    """Why ``path`` can be written by someone else, with the fixing command; None when it cannot.
+
+    Another user who can write in the daemon root can replace ``R/sync-daemon`` (which upstream
+    CLIs act on) or the supervisor's folder. Group write is fine for the user's private group
+    (umask 002 on distributions with one group per user).
+    """
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IWOTH:
+        return (
+            f"the daemon root {path} is writable by others (mode {mode:04o}); "
+            f"run `chmod o-w {path}`"
+        )
+    if mode & stat.S_IWGRP and not _is_private_group(info.st_gid):
+        return (
+            f"the daemon root {path} is writable by group {_group_name(info.st_gid)} "
+            f"(mode {mode:04o}), which is not your own private group; run `chmod g-w {path}`"
+        )
+    return None
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return f"{grp.getgrgid(gid).gr_name} (gid {gid})"
+    except KeyError:
+        return f"gid {gid}"

@@ -7,6 +7,7 @@ the bound. Tokens never enter the ledger: records carry pid, port, version and a
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -17,7 +18,13 @@ from pydantic import ValidationError
 
 from spec_kitty_supervisor_client._models import EventRecord
 
-from ._files import RefusedFile, atomic_write, move_refused_aside, read_regular_file
+from ._files import (
+    RefusedFile,
+    atomic_write,
+    move_refused_aside,
+    open_own_file,
+    read_regular_file,
+)
 
 __all__ = ["Ledger"]
 
@@ -90,7 +97,12 @@ class Ledger:
                 atomic_write(self._path, body.encode())
                 self._lines_in_file = len(self._events)
                 return
-            with self._path.open("a", encoding="utf-8") as handle:
+            # Never appended through a planted link, nor to another file's hard link.
+            fd, moved = open_own_file(self._path, os.O_WRONLY | os.O_APPEND)
+            if moved is not None:
+                log.warning("ledger_refused", problem=moved)
+                self._lines_in_file = 0
+            with os.fdopen(fd, "a", encoding="utf-8") as handle:
                 handle.write(event.model_dump_json() + "\n")
             self._lines_in_file += 1
         except OSError:

@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from ._files import read_regular_file
+from ._files import open_own_file, read_regular_file
 
 __all__ = ["SupervisorLock"]
 
@@ -17,9 +17,14 @@ class SupervisorLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        #: What was found at the path instead of a lock file of ours, and moved aside.
+        self.moved: str | None = None
 
     def try_acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Never follows a planted link and never truncates what is not ours: a symlink,
+        # directory or FIFO there is moved aside and a fresh lock file made.
+        fd, moved = open_own_file(self.path, os.O_RDWR)
+        self.moved = moved or self.moved
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

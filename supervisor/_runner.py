@@ -77,7 +77,7 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     # (256 on macOS), which a few hundred idle clients would exhaust.
     fd_limits = raise_fd_limit()
     try:
-        layout.prepare()
+        prepared = layout.prepare()
         settings = load_settings(layout.config, options.flags)
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
@@ -94,7 +94,11 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         outcome = _take_over_or_yield(layout, lock, options, activated=control is not None)
         if outcome is not None:
             return outcome
-    configure_logging(None if (options.service or service_manager) else layout.log)
+    moved = configure_logging(None if (options.service or service_manager) else layout.log)
+    for problem in [*moved, *([lock.moved] if lock.moved else [])]:
+        log.warning("file_refused", problem=problem)
+    for note in prepared:
+        log.warning("socket_dir_taken", problem=note)
     if fd_limits.error is not None:
         log.warning(
             "fd_limit_not_raised", soft=fd_limits.soft, hard=fd_limits.hard, error=fd_limits.error

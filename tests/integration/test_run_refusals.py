@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,62 @@ def test_a_bad_setting_is_refused_naming_its_source(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "config.toml" in result.stderr
     assert "idle_exit_secs" in result.stderr
+
+
+def test_a_root_writable_by_others_is_refused_with_the_fixing_chmod(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    root.chmod(0o777)
+    result = _run(root)
+    assert result.returncode == 1
+    assert f"run `chmod o-w {root}`" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(root.iterdir()) == []
+
+
+@needs_root
+def test_a_root_writable_by_a_shared_group_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(root, 0, 100)  # the "users" group: shared, not the user's own
+    root.chmod(0o770)
+    result = _run(root)
+    assert result.returncode == 1
+    assert f"run `chmod g-w {root}`" in result.stderr
+    assert list(root.iterdir()) == []
+
+
+def test_a_root_writable_by_the_users_private_group_is_accepted(tmp_path: Path) -> None:
+    user = pwd.getpwuid(os.getuid())
+    group = grp.getgrgid(user.pw_gid)
+    if group.gr_name != user.pw_name or set(group.gr_mem) - {user.pw_name}:
+        pytest.skip("this system has no private group for the user")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(root, os.getuid(), user.pw_gid)
+    root.chmod(0o775)  # what umask 002 gives on a distribution with one group per user
+    # An auto-started supervisor with nothing to do exits by itself: proof it started.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "spec_kitty_supervisor",
+            "run",
+            "--root",
+            str(root),
+            "--auto-started",
+        ],
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(root.parent),
+            "SPEC_KITTY_SUPERVISOR_IDLE_EXIT_SECONDS": "0.5",
+            "SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0.2",
+            "SPEC_KITTY_SUPERVISOR_SWEEP_SECONDS": "3600",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (root / "supervisor" / "supervisor.log").read_text().count("supervisor_ready") == 1
