@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import grp
 import os
 import pwd
@@ -20,7 +21,38 @@ from spec_kitty_supervisor_client._wire import SOCKET_DIR_RECORD
 
 from ._files import atomic_write
 
-__all__ = ["RootLayout", "writable_by_others"]
+__all__ = ["RootLayout", "UnwritableDirectory", "writable_by_others"]
+
+
+class UnwritableDirectory(UnsafeDirectoryError):
+    """Raised when the root or the supervisor's folder cannot be written; names the fix."""
+
+
+#: Errors that mean "not writable by us here", as opposed to a transient failure.
+_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def _unwritable(folder: Path, exc: OSError) -> UnwritableDirectory:
+    if exc.errno == errno.EROFS:
+        return UnwritableDirectory(
+            f"cannot write in {folder}: its file system is read-only; remount it read-write, "
+            "or use another root (--root or SPEC_KITTY_HOME)"
+        )
+    return UnwritableDirectory(
+        f"cannot write in {folder} ({exc.strerror}); run `chmod u+rwx {folder}`"
+    )
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``; :class:`UnwritableDirectory` when we cannot."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+    except OSError as exc:
+        if exc.errno in _NOT_WRITABLE:
+            raise _unwritable(folder, exc) from None
+        raise
+    os.close(fd)
+    os.unlink(name)
 
 
 @dataclass(frozen=True)
@@ -79,6 +111,16 @@ class RootLayout:
         Returns what was done instead of the obvious, for the log: a short socket folder taken
         by someone else is replaced by a fresh private one (recorded for clients).
         """
+        try:
+            return self._prepare()
+        except OSError as exc:
+            if isinstance(exc, UnsafeDirectoryError) or exc.errno not in _NOT_WRITABLE:
+                raise
+            # What could not be made (or looked into) is in a folder we may not write.
+            where = Path(exc.filename).parent if exc.filename else self.daemon_root
+            raise _unwritable(where, exc) from None
+
+    def _prepare(self) -> list[str]:
         self.daemon_root.mkdir(mode=0o700, parents=True, exist_ok=True)
         owner = self.daemon_root.stat().st_uid
         if owner != os.getuid():
@@ -90,6 +132,10 @@ class RootLayout:
         if problem is not None:
             raise UnsafeDirectoryError(problem)
         ensure_private_dir(self.supervisor_dir)
+        # Everything the supervisor records lives in these two: refuse now, with the fix,
+        # rather than fail on the first write with a traceback.
+        check_writable(self.daemon_root)
+        check_writable(self.supervisor_dir)
         folder = self.socket.parent
         if folder == self.supervisor_dir:
             return []

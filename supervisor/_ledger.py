@@ -21,6 +21,7 @@ from spec_kitty_supervisor_client._models import EventRecord
 from ._files import (
     RefusedFile,
     atomic_write,
+    move_aside,
     move_refused_aside,
     open_own_file,
     read_regular_file,
@@ -51,6 +52,10 @@ class Ledger:
         except RefusedFile as refused:
             moved_to = move_refused_aside(refused)
             log.warning("ledger_refused", problem=str(refused), moved_to=str(moved_to))
+            return
+        except PermissionError as exc:
+            moved_to = move_aside(path, "unreadable")
+            log.warning("ledger_refused", problem=f"{path}: {exc.strerror}", moved_to=str(moved_to))
             return
         if raw is None:
             return

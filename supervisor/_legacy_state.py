@@ -62,6 +62,10 @@ def read_legacy_state(path: Path) -> LegacyRecord | None:
         moved_to = move_refused_aside(refused)
         log.warning("legacy_state_refused", problem=str(refused), moved_to=str(moved_to))
         return None
+    except PermissionError as exc:
+        # Upstream's file: left where it is (it is rewritten by rename, or removed, next).
+        log.warning("legacy_state_refused", problem=f"{path}: {exc.strerror}")
+        return None
     if raw is None:
         return None
     try:

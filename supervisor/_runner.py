@@ -90,11 +90,21 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         return 1
     control = next((a.sock for a in activated if a.name in (CONTROL_FD_NAME, "unknown")), None)
     lock = SupervisorLock(layout.lock)
-    if not lock.try_acquire():
-        outcome = _take_over_or_yield(layout, lock, options, activated=control is not None)
-        if outcome is not None:
-            return outcome
-    moved = configure_logging(None if (options.service or service_manager) else layout.log)
+    try:
+        if not lock.try_acquire():
+            outcome = _take_over_or_yield(layout, lock, options, activated=control is not None)
+            if outcome is not None:
+                return outcome
+        moved = configure_logging(None if (options.service or service_manager) else layout.log)
+    except OSError as exc:
+        # A file of ours we may not open (its mode was changed): say which, and the fix.
+        lock.release()
+        path = exc.filename or layout.supervisor_dir
+        print(
+            f"spec-kitty-supervisor: cannot open {path} ({exc.strerror}); run `chmod u+rw {path}`",
+            file=sys.stderr,
+        )
+        return 1
     for problem in [*moved, *([lock.moved] if lock.moved else [])]:
         log.warning("file_refused", problem=problem)
     for note in prepared:

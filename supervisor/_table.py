@@ -228,6 +228,9 @@ def load_table(path: Path) -> LoadedTable:
         return LoadedTable(
             Table(), problem=f"refused state file: {refused}", moved_to=move_refused_aside(refused)
         )
+    except PermissionError as exc:
+        problem = f"unreadable state file ({exc.strerror})"
+        return LoadedTable(Table(), problem=problem, moved_to=move_aside(path, "unreadable"))
     if raw is None:
         return LoadedTable(Table())
     try:

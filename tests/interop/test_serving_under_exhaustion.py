@@ -318,17 +318,25 @@ def _symlink_to_a_fifo(path: Path) -> None:
     path.symlink_to(target)
 
 
+def _deeply_nested(path: Path) -> None:
+    path.write_text("[" * 100_000 + "]" * 100_000)
+
+
 @pytest.mark.parametrize(
-    ("make", "is_kind"),
+    ("make", "is_kind", "aside"),
     [
-        (_fifo, stat.S_ISFIFO),
-        (_directory, stat.S_ISDIR),
-        (_symlink_to_a_fifo, stat.S_ISLNK),
+        (_fifo, stat.S_ISFIFO, "refused"),
+        (_directory, stat.S_ISDIR, "refused"),
+        (_symlink_to_a_fifo, stat.S_ISLNK, "refused"),
+        (_deeply_nested, stat.S_ISREG, "corrupt"),
     ],
-    ids=["fifo", "directory", "symlink"],
+    ids=["fifo", "directory", "symlink", "deeply-nested"],
 )
 def test_a_state_json_that_is_not_a_file_is_moved_aside_and_the_daemon_kept(
-    sup: SupervisorUnderTest, make: Callable[[Path], None], is_kind: Callable[[int], bool]
+    sup: SupervisorUnderTest,
+    make: Callable[[Path], None],
+    is_kind: Callable[[int], bool],
+    aside: str,
 ) -> None:
     daemon = _ensure(sup)["daemon"]
     assert isinstance(daemon, dict)
@@ -342,11 +350,11 @@ def test_a_state_json_that_is_not_a_file_is_moved_aside_and_the_daemon_kept(
     status = sup.cli_json("status")
     current = [d for d in status["daemons"] if d["role"] == "current"]
     assert [d["pid"] for d in current] == [daemon["pid"]]
-    moved = sup.root / "supervisor" / "state.json.refused-0"
+    moved = sup.root / "supervisor" / f"state.json.{aside}-0"
     assert is_kind(moved.lstat().st_mode)
     assert stat.S_ISREG(state.lstat().st_mode)  # the journal is written afresh
     corrupt = [e for e in sup.cli_json("events")["events"] if e["kind"] == "state_corrupt"]
-    assert "refused state file" in corrupt[-1]["reason"]
+    assert f"moved to {moved}" in corrupt[-1]["reason"]
     again = _ensure(sup)
     assert again["daemon"]["pid"] == daemon["pid"]
     assert daemon_pids(sup.root) == [daemon["pid"]]
