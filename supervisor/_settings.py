@@ -55,6 +55,8 @@ def _from_toml(path: Path) -> dict[str, Any]:
         data = tomllib.loads(raw.decode("utf-8"))
     except RefusedFile as exc:
         raise SettingsError(f"{exc}; replace it with a regular file, or remove it") from None
+    except RecursionError:
+        raise SettingsError(f"{path}: nested too deeply to be a settings file") from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{path}: {exc}") from exc
     unknown = sorted(set(data) - set(Settings.model_fields))

@@ -191,3 +191,16 @@ def test_the_lock_holder_of_a_fifo_lock_file_is_unknown_not_a_hang(tmp_path: Pat
     path = tmp_path / "supervisor.lock"
     _fifo(path)
     assert SupervisorLock(path).holder_pid() is None
+
+
+def test_a_deeply_nested_config_toml_is_a_settings_error_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("heartbeat_seconds = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(SettingsError, match="nested too deeply"):
+        load_settings(path, environ={})
+
+
+def test_a_deeply_nested_ledger_line_is_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert Ledger(path).events() == []
