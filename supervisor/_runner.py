@@ -82,6 +82,11 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # Anything else the file system refuses before we own the root (no inode left, an
+        # I/O error): the message names the path; nothing was taken.
+        print(f"spec-kitty-supervisor: cannot prepare {layout.daemon_root}: {exc}", file=sys.stderr)
+        return 1
     service_manager = _under_service_manager()
     try:
         activated = listen_fds_from_env()

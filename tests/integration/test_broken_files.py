@@ -127,3 +127,28 @@ def test_a_folder_the_supervisor_cannot_write_is_a_clear_error(
     )
     assert "Traceback" not in result.stderr
     assert after == before
+
+
+def test_a_file_system_without_room_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    # A private tmpfs with two inodes (itself and the root): R/supervisor cannot be made.
+    if os.getuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a private tmpfs")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    root = mount / "root"
+    script = (
+        "mount --make-rprivate / && "
+        f"mount -t tmpfs -o size=1m,nr_inodes=2 none {mount} && mkdir {root} && "
+        f"exec {' '.join(SUPERVISOR)} run --root {root}"
+    )
+    result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot prepare {root}" in result.stderr
+    assert "No space left on device" in result.stderr
+    assert "Traceback" not in result.stderr
