@@ -74,6 +74,8 @@ from typing import Any
 SUPERVISOR_COMMAND: tuple[str, ...] = ()
 
 TARGET_MODULE = "specify_cli.sync.daemon"
+#: ``spec-kitty doctor restart-daemon`` (3.2.0+); its module imports the daemon's lazily.
+RESTART_MODULE = "specify_cli.sync.restart"
 DISABLE_ENV = "SPEC_KITTY_SUPERVISOR_DISABLE"
 #: Set on the patched module: which names were wrapped, or why none was.
 HOOK_MARKER = "__spec_kitty_supervisor_hook__"
@@ -88,6 +90,7 @@ _ENSURE = "ensure_sync_daemon_running"
 _STOP = "stop_sync_daemon"
 _ENSURE_KEYWORDS = frozenset({"intent", "config", "health_wait_seconds"})
 _FORCE = "force_explicit"
+_RESTART = "restart_daemon"
 
 
 class Refused(WireError):
@@ -207,18 +210,51 @@ def patch_module(module: ModuleType) -> None:
             _ENSURE: _ensure_wrapper(module, originals[_ENSURE]),
             _STOP: _stop_wrapper(module, originals[_STOP]),
         }
-        for name, wrapper in wrappers.items():
-            setattr(module, name, wrapper)
-        # A module that imported the names by `from ... import` while this one was still
-        # executing (an import cycle) holds the originals: rebind those too.
-        for other in list(sys.modules.values()):
-            namespace = getattr(other, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for name, original in originals.items():
-                if namespace.get(name) is original:
-                    namespace[name] = wrappers[name]
-        setattr(module, HOOK_MARKER, {"patched": sorted(wrappers), "unpatched": None})
+        _install(module, originals, wrappers)
+    except Exception:  # a broken integration never breaks spec-kitty
+        return
+
+
+def _install(
+    module: ModuleType,
+    originals: dict[str, Callable[..., Any]],
+    wrappers: dict[str, Callable[..., Any]],
+) -> None:
+    for name, wrapper in wrappers.items():
+        setattr(module, name, wrapper)
+    # A module that imported the names by `from ... import` while this one was still
+    # executing (an import cycle) holds the originals: rebind those too.
+    for other in list(sys.modules.values()):
+        namespace = getattr(other, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for name, original in originals.items():
+            if namespace.get(name) is original:
+                namespace[name] = wrappers[name]
+    setattr(module, HOOK_MARKER, {"patched": sorted(wrappers), "unpatched": None})
+
+
+def restart_shape_problem(module: ModuleType) -> str | None:
+    """Why ``specify_cli.sync.restart`` cannot be patched, or None (3.2.0-3.2.7 have it)."""
+    restart = _parameters(getattr(module, _RESTART, None))
+    if restart is None or len(restart[0]) != 1 or restart[1]:
+        return f"{_RESTART} is not a function of one positional argument"
+    fields = getattr(getattr(module, "RestartResult", None), "__dataclass_fields__", {})
+    if list(fields) != ["status", "exit_code", "previous_pid", "new_pid", "error"]:
+        return "RestartResult is not (status, exit_code, previous_pid, new_pid, error)"
+    return None
+
+
+def patch_restart_module(module: ModuleType) -> None:
+    """Wrap ``restart_daemon`` of an executed ``specify_cli.sync.restart`` whole."""
+    try:
+        problem = restart_shape_problem(module)
+        if problem is not None:
+            setattr(module, HOOK_MARKER, {"patched": [], "unpatched": problem})
+            _note(resolve_daemon_root(), "unpatched", problem)
+            return
+        original = getattr(module, _RESTART)
+        _install(module, {_RESTART: original}, {_RESTART: _restart_wrapper(module, original)})
     except Exception:  # a broken integration never breaks spec-kitty
         return
 
@@ -228,7 +264,10 @@ def _patcher(name: str) -> Callable[[ModuleType], None] | None:
 
 
 #: Each module the hook patches, and how. The ``.pth`` line forwards exactly these names.
-PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {TARGET_MODULE: patch_module}
+PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {
+    TARGET_MODULE: patch_module,
+    RESTART_MODULE: patch_restart_module,
+}
 
 
 # ensure
@@ -288,25 +327,29 @@ def _bound(health_wait_seconds: object) -> float:
     return UPSTREAM_HEALTH_WAIT_SECONDS
 
 
-def supervised_daemon_pid(root: Path, version: str, bound: float, *, may_start: bool) -> int:
+def supervised_daemon_pid(
+    root: Path, version: str, bound: float, *, may_start: bool, replace: bool = False
+) -> int:
     """The pid of the supervisor's current daemon of ``root`` for this interpreter and version.
 
     Asks the running supervisor; when none answers and ``may_start``, starts one with the
     recorded command first. Everything, the start included, happens within ``bound`` seconds.
+    ``replace`` asks for a new daemon even when the current one would serve (restart-daemon).
     """
     deadline = time.monotonic() + bound
     try:
         cwd: str | None = os.getcwd()
     except OSError:
         cwd = None
-    body = json.dumps(
-        {
-            "python": sys.executable,
-            "package_version": version,
-            "cwd": cwd,
-            "env": passed_environment(os.environ),
-        }
-    ).encode()
+    request: dict[str, Any] = {
+        "python": sys.executable,
+        "package_version": version,
+        "cwd": cwd,
+        "env": passed_environment(os.environ),
+    }
+    if replace:
+        request["replace"] = True  # only when asked: an ordinary ensure stays as it was
+    body = json.dumps(request).encode()
     connection = Connection(socket_path_for_root(root), bound)
     try:
         try:
@@ -431,6 +474,92 @@ def retire_current_daemon(root: Path, timeout: float) -> bool:
         return False  # it went away meanwhile
     _answer(reply, "retired")
     return True
+
+
+# restart-daemon
+
+
+def _restart_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    """``restart_daemon`` whole: the supervisor replaces its current daemon make-before-break.
+
+    Upstream composes stop then ensure (retire, then spawn: a moment with no daemon). When a
+    supervisor runs and has a current daemon, it is asked instead for a new daemon of this
+    interpreter, version, environment and working directory, healthy before the old one is
+    retired; the answer is upstream's ``RestartResult``: ``restarted`` (exit 0), or
+    ``respawn_failed`` (exit 2) with the supervisor's reason. In every other case (no
+    supervisor, no current daemon, the release's own skip decision, the hook inert) upstream's
+    restart runs, whose stop and ensure are the hook's wrappers; it gives exits 1 and 3.
+    """
+
+    @functools.wraps(original)
+    def restart_daemon(*args: Any, **kwargs: Any) -> Any:
+        if inert_reason() is not None:
+            return original(*args, **kwargs)
+        root = None
+        try:
+            daemon = sys.modules.get(TARGET_MODULE)
+            if daemon is None:
+                import importlib
+
+                daemon = importlib.import_module(TARGET_MODULE)
+            if not getattr(daemon, HOOK_MARKER, {}).get("patched"):
+                return original(*args, **kwargs)
+            # Upstream's restart ensures with REMOTE_REQUIRED and, where the release has it,
+            # force_explicit: its skip decision is made the same way first.
+            takes_force = (
+                _FORCE in (_parameters(daemon._daemon_start_skip_reason) or ([], set()))[1]
+            )
+            intent = {"intent": daemon.DaemonIntent.REMOTE_REQUIRED, _FORCE: True}
+            if _skip_reason(daemon, intent, takes_force) is not None:
+                return original(*args, **kwargs)
+            root = resolve_daemon_root(str(daemon._daemon_root()))
+            previous = current_daemon_pid(root, UPSTREAM_HEALTH_WAIT_SECONDS)
+            if previous is None:
+                return original(*args, **kwargs)
+            version = str(daemon._get_package_version())
+        except Exception as exc:
+            if root is not None and not isinstance(exc, Unavailable):
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+        try:
+            new = supervised_daemon_pid(
+                root,
+                version,
+                UPSTREAM_HEALTH_WAIT_SECONDS,
+                may_start=is_spec_kitty_command(),
+                replace=True,
+            )
+        except Refused as exc:
+            return module.RestartResult(
+                status="respawn_failed",
+                exit_code=2,
+                previous_pid=previous,
+                new_pid=None,
+                error=f"Respawn failed: {exc}",
+            )
+        except Exception as exc:
+            _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+        return module.RestartResult(
+            status="restarted", exit_code=0, previous_pid=previous, new_pid=new, error=None
+        )
+
+    return restart_daemon
+
+
+def current_daemon_pid(root: Path, timeout: float) -> int | None:
+    """The pid of the running supervisor's current daemon of ``root``, or None when it has none."""
+    connection = Connection(socket_path_for_root(root), timeout)
+    try:
+        daemons = _answer(connection.request("GET", "/v1/status"), "daemons")
+    finally:
+        connection.close()
+    for daemon in daemons or []:
+        if isinstance(daemon, dict) and daemon.get("role") == "current":
+            pid = daemon.get("pid")
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                return pid
+    return None
 
 
 # What doctor shows

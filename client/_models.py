@@ -204,6 +204,15 @@ class EnsureRequest(_Request):
         default_factory=dict,
         description="The client's environment; only allow-listed variables are passed on.",
     )
+    replace: bool = Field(
+        default=False,
+        description=(
+            "Replace the current daemon even when it would serve this request (what "
+            "`spec-kitty doctor restart-daemon` asks for): a new daemon for this interpreter, "
+            "version, environment and working directory is started and healthy before the "
+            "current one is retired. With no current daemon it is an ordinary spawn."
+        ),
+    )
 
     @field_validator("python")
     @classmethod

@@ -135,6 +135,5 @@ class InstalledVersions:
                 {"claimed": claimed, "installed": version},
             )
         # The fields were validated when the request was parsed; only the version is new.
-        return EstablishedEnsure.model_construct(
-            python=request.python, package_version=version, cwd=request.cwd, env=request.env
-        )
+        # Every field of the request (a new one included) carries over.
+        return EstablishedEnsure.model_construct(**{**dict(request), "package_version": version})

@@ -5,7 +5,8 @@ is already known), the version policy decides once, and when nothing is changing
 runs (the lifecycle lock is free) the answer comes from the table without an ``await``, so it
 cannot interleave with another task. Otherwise the request waits for the lock and decides
 again on the table as it is then: a spawn (make-before-break, :mod:`._spawning`), unless the
-root is quarantined.
+root is quarantined. ``replace`` (``spec-kitty doctor restart-daemon``) skips the table's answer
+and always spawns, make-before-break, for the caller's interpreter, version, environment and cwd.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureRes
     resolved_python = lifecycle.interpreters.resolve(wire_request.python)
     # The version is the interpreter's installed one, never the client's word (_versions).
     request = await lifecycle.effects.establish_version(wire_request, resolved_python)
-    if not lifecycle.lock.locked() and lifecycle.table.current is not None:
+    if not request.replace and not lifecycle.lock.locked() and lifecycle.table.current is not None:
         answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
         if answer is not None:
             return answer
@@ -81,6 +82,9 @@ async def _ensure_locked(
         lift_quarantine(lifecycle, f"ensure with another interpreter ({request.python})")
     # The table may have changed while this request waited for the lock: decide on it now.
     decision = _decide(lifecycle, request)
+    if request.replace and lifecycle.table.current is not None:
+        # `doctor restart-daemon`: a new daemon even though the current one would serve.
+        decision = EnsureDecision("replace", "the caller asked for a restart (replace)")
     answer = _answer_from_table(lifecycle, request, decision)
     if answer is not None:
         return answer

@@ -26,6 +26,7 @@ from sks_harness import (
     Sandbox,
     SupervisorUnderTest,
     daemon_pids,
+    eventually,
     site_packages,
     supervisor_pids,
     throwaway_venv,
@@ -426,3 +427,49 @@ def test_3_2_4_and_3_2_7_alternating_never_thrash_and_preflight_is_as_adr_0003_s
     assert after["pid"] != upgraded
     current = [d for d in _status(sandbox)["daemons"] if d["role"] == "current"]
     assert [(d["pid"], d["package_version"]) for d in current] == [(after["pid"], "3.2.4")]
+
+
+def _spec_kitty(driver: Path) -> Path:
+    """The release's own ``spec-kitty`` console script, next to the driver's interpreter."""
+    return Path(driver.read_text().splitlines()[0][2:]).parent / "spec-kitty"
+
+
+def test_an_integrated_restart_daemon_replaces_the_daemon_make_before_break(
+    integrated: dict[str, Path], sandbox: Sandbox
+) -> None:
+    old = _run(integrated["3.2.7"], sandbox)["pid"]
+    [supervisor] = supervisor_pids(sandbox.root)
+    restart = subprocess.run(
+        [str(_spec_kitty(integrated["3.2.7"])), "doctor", "restart-daemon", "--json"],
+        env=_env(sandbox),
+        cwd=sandbox.home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert restart.returncode == 0, restart.stdout + restart.stderr
+    result = json.loads(restart.stdout.strip().splitlines()[-1])
+    new = result["new_pid"]
+    assert result == {
+        "status": "restarted",
+        "exit_code": 0,
+        "previous_pid": old,
+        "new_pid": new,
+        "error": None,
+    }
+    assert new != old
+    current = [d for d in _status(sandbox)["daemons"] if d["role"] == "current"]
+    assert [(d["pid"], d["package_version"], d["state"]) for d in current] == [
+        (new, "3.2.7", "healthy")
+    ]
+    assert _recorded_pid(sandbox) == new
+    eventually(lambda: daemon_pids(sandbox.root) == [new], what="the old daemon to be retired")
+    # Make-before-break, from the ledger: the new daemon was spawned (healthy: the supervisor
+    # records `spawned` only after its health answered) before the old one was retired, so
+    # at no moment was there no daemon. Stop-then-ensure would retire first.
+    events = [(event["kind"], event.get("pid")) for event in _events(sandbox)]
+    assert events.index(("spawned", new)) < events.index(("retired", old))
+    assert ("retired", new) not in events
+    assert supervisor_pids(sandbox.root) == [supervisor]
+    assert not (sandbox.root / "supervisor" / "integration.json").exists()

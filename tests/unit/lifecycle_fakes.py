@@ -167,9 +167,7 @@ class FakeEffects:
         self, request: EnsureRequest, resolved_python: str
     ) -> EstablishedEnsure:
         installed = request.package_version or "3.2.4"
-        return EstablishedEnsure.model_construct(
-            python=request.python, package_version=installed, cwd=request.cwd, env=request.env
-        )
+        return EstablishedEnsure.model_construct(**{**dict(request), "package_version": installed})
 
     def read_spawn_context(self, pid: int) -> SpawnContext | None:
         return None

@@ -81,6 +81,29 @@ class SyncConfig:
 
 IMPORTER = "from specify_cli.sync.daemon import ensure_sync_daemon_running, stop_sync_daemon\n"
 
+# specify_cli.sync.restart of 3.2.0-3.2.7 reduced to its composition: stop, then ensure.
+RESTART = """
+import dataclasses
+
+@dataclasses.dataclass(frozen=True)
+class RestartResult:
+    status: str
+    exit_code: int
+    previous_pid: int | None
+    new_pid: int | None
+    error: str | None
+
+def restart_daemon(_repo_root):
+    from specify_cli.sync.daemon import DaemonIntent, ensure_sync_daemon_running, stop_sync_daemon
+    stopped, message = stop_sync_daemon(timeout=1.0)
+    if not stopped:
+        return RestartResult("stop_failed", 3, None, None, f"Stop reported no action: {message}")
+    outcome = ensure_sync_daemon_running(
+        intent=DaemonIntent.REMOTE_REQUIRED, health_wait_seconds=3.0, force_explicit=True
+    )
+    return RestartResult("restarted", 0, None, outcome.pid, None)
+"""
+
 
 @pytest.fixture
 def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
@@ -91,6 +114,7 @@ def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (package / "sync" / "__init__.py").write_text("")
     (package / "sync" / "config.py").write_text(CONFIG)
     (package / "sync" / "daemon.py").write_text(RELEASE_3_2_7)
+    (package / "sync" / "restart.py").write_text(RESTART)
     (package / "importer.py").write_text(IMPORTER)
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
@@ -124,6 +148,11 @@ class _Supervisor:
     def __init__(self, root: Path, pid: int = 4242, *, exiting_first: bool = False) -> None:
         self.pid = pid
         self.exiting_first = exiting_first
+        #: The pid ``GET /v1/status`` names as the current daemon (None: no daemon).
+        self.current: int | None = None
+        #: An error answered to ensure instead of a daemon.
+        self.ensure_error: dict[str, str] | None = None
+        self.bodies: list[dict[str, Any]] = []
         self.lock_free_during_request: list[bool] = []
         self.requests: list[str] = []
         self._root = root
@@ -154,10 +183,27 @@ class _Supervisor:
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
                 head = data.split(b"\r\n", 1)[0].decode()
+                headers, _, received = data.partition(b"\r\n\r\n")
+                length = 0
+                for line in headers.decode().split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                while len(received) < length:
+                    received += conn.recv(65536)
                 self.requests.append(head)
+                self.bodies.append(json.loads(received) if received else {})
                 self.lock_free_during_request.append(self._lock_is_free())
                 status = b"200 OK"
                 body = json.dumps({"action": "spawned", "daemon": {"pid": self.pid}}).encode()
+                if head.startswith("GET /v1/status"):
+                    daemons = (
+                        [] if self.current is None else [{"pid": self.current, "role": "current"}]
+                    )
+                    body = json.dumps({"daemons": daemons}).encode()
+                elif self.ensure_error is not None:
+                    status = b"409 Conflict"
+                    body = json.dumps({"error": self.ensure_error}).encode()
                 if self.exiting_first:
                     self.exiting_first = False
                     status = b"503 Service Unavailable"
@@ -389,3 +435,77 @@ def test_a_daemons_argv_makes_the_hook_inert(monkeypatch: pytest.MonkeyPatch) ->
     assert _hook.inert_reason() is None
     monkeypatch.setenv(_hook.DISABLE_ENV, "1")
     assert _hook.inert_reason() == f"{_hook.DISABLE_ENV}=1"
+
+
+# restart-daemon
+
+
+def _import_restart() -> ModuleType:
+    import importlib
+
+    return importlib.import_module("specify_cli.sync.restart")
+
+
+def test_restart_is_one_replace_request_answered_with_upstreams_result(
+    supervisor: _Supervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    supervisor.current = 4000
+    restart = _import_restart()
+    assert getattr(restart, _hook.HOOK_MARKER) == {"patched": ["restart_daemon"], "unpatched": None}
+    result = restart.restart_daemon(tmp_path)
+    assert result == restart.RestartResult("restarted", 0, 4000, supervisor.pid, None)
+    assert type(result) is restart.RestartResult
+    assert supervisor.requests == ["GET /v1/status HTTP/1.1", "POST /v1/sync/ensure HTTP/1.1"]
+    asked = supervisor.bodies[1]
+    assert (asked["replace"], asked["python"], asked["cwd"]) == (
+        True,
+        sys.executable,
+        str(tmp_path),
+    )
+    assert asked["package_version"] == "3.2.7"
+    # Not retire-then-spawn: upstream's stop and ensure never ran.
+    assert sys.modules["specify_cli.sync.daemon"].CALLS == []
+
+
+def test_a_restart_the_supervisor_refuses_is_respawn_failed_with_its_reason(
+    supervisor: _Supervisor,
+) -> None:
+    supervisor.current = 4000
+    supervisor.ensure_error = {"code": "root_quarantined", "message": "the root is quarantined"}
+    restart = _import_restart()
+    result = restart.restart_daemon(Path("/"))
+    assert result == restart.RestartResult(
+        "respawn_failed",
+        2,
+        4000,
+        None,
+        "Respawn failed: root_quarantined: the root is quarantined",
+    )
+
+
+def test_a_restart_with_no_current_daemon_is_upstreams(supervisor: _Supervisor) -> None:
+    restart = _import_restart()
+    result = restart.restart_daemon(Path("/"))
+    # Upstream's own composition ran: the wrapped stop found no current daemon, so upstream's
+    # stop answered, and upstream's restart turned that into its exit 3.
+    assert (result.status, result.exit_code) == ("stop_failed", 3)
+    assert sys.modules["specify_cli.sync.daemon"].CALLS == [("upstream_stop", 1.0)]
+    assert all("ensure" not in request for request in supervisor.requests)
+
+
+def test_a_restart_without_a_supervisor_is_upstreams(release: Path) -> None:
+    restart = _import_restart()
+    result = restart.restart_daemon(Path("/"))
+    assert (result.status, result.exit_code) == ("stop_failed", 3)
+    assert sys.modules["specify_cli.sync.daemon"].CALLS == [("upstream_stop", 1.0)]
+
+
+def test_a_restart_module_of_another_shape_is_left_unpatched(release: Path) -> None:
+    path = release.parent / "site" / "specify_cli" / "sync" / "restart.py"
+    path.write_text(RESTART.replace("def restart_daemon(_repo_root)", "def restart_daemon()"))
+    restart = _import_restart()
+    state = getattr(restart, _hook.HOOK_MARKER)
+    assert state["patched"] == []
+    assert "restart_daemon" in state["unpatched"]
+    assert not hasattr(restart.restart_daemon, "__wrapped__")

@@ -163,6 +163,30 @@ async def test_a_newer_client_gets_a_new_daemon_healthy_before_the_old_one_is_st
         assert world.effects.legacy.pid == new
 
 
+async def test_replace_starts_a_new_daemon_healthy_before_the_old_one_is_stopped() -> None:
+    async with running() as world:
+        old = (await world.ensure("3.2.7")).daemon.pid
+        request = EnsureRequest(python=PYTHON, package_version="3.2.7", cwd="/", replace=True)
+        answer = await ensure(world.lifecycle, request)
+        await wait_all_tasks_blocked()
+        new = answer.daemon.pid
+        assert (answer.action, new != old) == ("replaced", True)
+        acts = world.effects.acts
+        assert acts.index(f"spawn {new}") < acts.index(f"record {new}") < acts.index(f"stop {old}")
+        assert [d.pid for d in world.lifecycle.table.daemons] == [new]
+        assert world.effects.spawn_orders[-1].context.cwd == "/"
+        # Replace is asked once: the next ordinary ensure reuses the new daemon.
+        assert (await world.ensure("3.2.7")).daemon.pid == new
+
+
+async def test_replace_with_no_current_daemon_is_an_ordinary_spawn() -> None:
+    async with running() as world:
+        request = EnsureRequest(python=PYTHON, package_version="3.2.4", replace=True)
+        answer = await ensure(world.lifecycle, request)
+        assert answer.action == "spawned"
+        assert len(world.effects.spawn_orders) == 1
+
+
 async def test_an_older_client_keeps_the_newer_daemon() -> None:
     async with running() as world:
         newer = (await world.ensure("3.2.7")).daemon.pid
