@@ -13,14 +13,27 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from ._errors import SupervisorStartFailed, UnsafeDirectoryError
-from ._wire import StartFailed, UnsafeDirectory, socket_accepts
+from ._errors import (
+    SupervisorExiting,
+    SupervisorStartFailed,
+    SupervisorUnavailable,
+    UnsafeDirectoryError,
+)
+from ._transport import Reply, SyncTransport, raise_for_reply
+from ._wire import StartFailed, UnsafeDirectory, socket_accepts, socket_path_for_root
 from ._wire import replace_exiting_supervisor as _replace_exiting_supervisor
 from ._wire import start_supervisor as _start_supervisor
 
-__all__ = ["replace_exiting_supervisor", "socket_accepts", "start_supervisor", "supervisor_command"]
+__all__ = [
+    "replace_exiting_supervisor",
+    "request_or_start",
+    "socket_accepts",
+    "start_supervisor",
+    "supervisor_command",
+]
 
 COMMAND_ENV = "SPEC_KITTY_SUPERVISOR_COMMAND"
 
@@ -59,3 +72,38 @@ def replace_exiting_supervisor(daemon_root: Path, timeout: float = 15.0) -> None
         raise SupervisorStartFailed(str(exc)) from None
     except UnsafeDirectory as exc:
         raise UnsafeDirectoryError(str(exc)) from None
+
+
+def request_or_start(
+    transport: SyncTransport,
+    daemon_root: Path,
+    method: str,
+    path: str,
+    body: bytes | None,
+    *,
+    may_start: bool,
+    before_start: Callable[[], object] | None = None,
+) -> Reply:
+    """One request; when no supervisor answers (or it is leaving) and ``may_start``, start one
+    and ask again. Returns the successful reply; an error answer is raised as our exception.
+
+    Standard library and this package's light modules only: the one-call
+    ``ensure_sync_daemon`` rides on it without importing pydantic.
+    """
+    try:
+        reply = transport.request(method, path, body)
+        raise_for_reply(reply)
+    except SupervisorUnavailable as exc:
+        if not may_start:
+            raise
+        if before_start is not None:
+            before_start()  # refuses what no supervisor could serve, before starting one
+        if isinstance(exc, SupervisorExiting):
+            transport.close()
+            replace_exiting_supervisor(daemon_root)
+        else:
+            start_supervisor(daemon_root)
+        transport.follow(socket_path_for_root(daemon_root))
+        reply = transport.request(method, path, body)
+        raise_for_reply(reply)
+    return reply

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._autostart import replace_exiting_supervisor, start_supervisor
+from ._autostart import replace_exiting_supervisor, request_or_start, start_supervisor
 from ._discover import check_spec_kitty_interpreter
 from ._environment import passed_environment
 from ._errors import InvalidRequest, SupervisorExiting, SupervisorUnavailable
@@ -36,7 +35,7 @@ from ._models import (
 from ._paths import resolve_daemon_root, socket_path_for_root
 from ._transport import AsyncTransport, SyncTransport, raise_for_reply
 
-__all__ = ["AsyncSupervisorClient", "SupervisorClient", "ensure_sync_daemon"]
+__all__ = ["AsyncSupervisorClient", "SupervisorClient"]
 
 _R = TypeVar("_R", bound=BaseModel)
 
@@ -102,32 +101,17 @@ class SupervisorClient:
         may_start: bool = False,
         before_start: Callable[[], object] | None = None,
     ) -> _R:
-        try:
-            reply = self._transport.request(method, path, _body(body))
-            raise_for_reply(reply)
-        except SupervisorUnavailable as exc:
-            if not (may_start and self.autostart):
-                raise
-            if before_start is not None:
-                before_start()  # refuses what no supervisor could serve, before starting one
-            if isinstance(exc, SupervisorExiting):
-                self._transport.close()
-                replace_exiting_supervisor(self.daemon_root)
-            else:
-                start_supervisor(self.daemon_root)
-            self._follow_socket()
-            reply = self._transport.request(method, path, _body(body))
-            raise_for_reply(reply)
+        reply = request_or_start(
+            self._transport,
+            self.daemon_root,
+            method,
+            path,
+            _body(body),
+            may_start=may_start and self.autostart,
+            before_start=before_start,
+        )
+        self.socket_path = self._transport.socket_path  # a started supervisor may move it
         return response_model.model_validate_json(reply.body)
-
-    def _follow_socket(self) -> None:
-        """A started supervisor may have recorded a socket folder of its own (a deep root whose
-        predictable folder someone else took): talk to it there."""
-        socket_path = socket_path_for_root(self.daemon_root)
-        if socket_path != self.socket_path:
-            self._transport.close()
-            self.socket_path = socket_path
-            self._transport = SyncTransport(socket_path, self._transport.timeout)
 
     def start(self) -> SupervisorHealth:
         """Make sure a supervisor runs for this root (starting one if needed)."""
@@ -307,24 +291,3 @@ class AsyncSupervisorClient:
     ) -> DoctorReport:
         request = ResetRequest(force=force, dry_run=dry_run, confirmed_pids=confirmed_pids or [])
         return await self._call("POST", "/v1/reset", DoctorReport, request)
-
-
-def ensure_sync_daemon(
-    python: str | None = None,
-    version: str | None = None,
-    root: str | os.PathLike[str] | Path | None = None,
-) -> EnsureResponse:
-    """One call: the root's sync daemon, with url, port, token, pid and what the supervisor did.
-
-    ``python=None`` means the interpreter of the ``spec-kitty`` command on PATH; the
-    supervisor reads the spec-kitty-cli version installed for it (``version``, when given,
-    must be that one)::
-
-        answer = ensure_sync_daemon()
-        requests.post(answer.daemon.url + "/api/sync/trigger", json={"token": answer.daemon.token})
-    """
-    from ._discover import spec_kitty_python
-
-    interpreter = python or spec_kitty_python()
-    with SupervisorClient(root) as client:
-        return client.ensure(interpreter, version)

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 from ._errors import InvalidRequest, SupervisorError
-from ._releases import UNKNOWN_VERSION, without_daemon_reason
 
 __all__ = [
     "SpecKittyNotFound",
@@ -75,6 +74,10 @@ def check_spec_kitty_interpreter(python: str, claimed_version: str | None = None
     given, must be that version), and that release must have a sync daemon. Otherwise a
     supervisor would start only to refuse the request. Returns the installed version.
     """
+    # Imported here: only the cold path (no supervisor answers) checks, and the release table
+    # (dataclasses, re) is not worth importing on the one-call path's warm side.
+    from ._releases import UNKNOWN_VERSION, without_daemon_reason
+
     installed = installed_spec_kitty_version(python)
     # "unknown" is what every 3.1 CLI says of itself: no claim at all.
     if claimed_version not in (None, UNKNOWN_VERSION, installed):

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ._terms import FAMILY_PORT_RANGE, CleanupClass, StopPath, family_sub_range_error
+from ._wire import PROTOCOL_VERSION
 
 __all__ = [
     "FAMILY_PORT_RANGE",
@@ -51,7 +52,6 @@ __all__ = [
 ]
 
 #: The protocol this package speaks. A supervisor refuses a client of another major version.
-PROTOCOL_VERSION = 1
 
 
 class _Model(BaseModel):

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._errors import ProtocolMismatch, SupervisorBusy, SupervisorUnavailable, error_from_response
-from ._models import PROTOCOL_VERSION
-from ._wire import PROTOCOL_HEADER, Busy, Connection, Reply, Unavailable
+from ._wire import PROTOCOL_HEADER, PROTOCOL_VERSION, Busy, Connection, Reply, Unavailable
 
 if TYPE_CHECKING:
     import httpx
@@ -52,6 +51,14 @@ class SyncTransport:
 
     def close(self) -> None:
         self._connection.close()
+
+    def follow(self, socket_path: Path) -> None:
+        """Talk to ``socket_path`` from now on: a supervisor just started may have recorded a
+        socket folder of its own (a deep root whose predictable folder someone else took)."""
+        if socket_path != self.socket_path:
+            self._connection.close()
+            self.socket_path = socket_path
+            self._connection = Connection(socket_path, self.timeout)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         try:

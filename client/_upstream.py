@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._client import SupervisorClient, ensure_sync_daemon
+from ._client import SupervisorClient
 from ._errors import SupervisorError, SupervisorUnavailable
 from ._models import DoctorFinding, DoctorReport, ListenerRecord, ResetResult
+from ._one_call import ensure_sync_daemon
 
 __all__ = [
     "UPSTREAM_ORPHAN_KEYS",

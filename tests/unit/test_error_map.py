@@ -37,7 +37,7 @@ from spec_kitty_supervisor_client import (
     SupervisorExiting,
     SupervisorUnavailable,
 )
-from spec_kitty_supervisor_client import _client as client_module
+from spec_kitty_supervisor_client import _autostart as autostart_module
 from spec_kitty_supervisor_client._errors import error_from_response
 from spec_kitty_supervisor_client._transport import Reply
 
@@ -277,9 +277,9 @@ def _ensure_answer(pid: int) -> dict[str, object]:
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    monkeypatch.setattr(client_module, "start_supervisor", lambda root: calls.append("start"))
+    monkeypatch.setattr(autostart_module, "start_supervisor", lambda root: calls.append("start"))
     monkeypatch.setattr(
-        client_module, "replace_exiting_supervisor", lambda root: calls.append("replace")
+        autostart_module, "replace_exiting_supervisor", lambda root: calls.append("replace")
     )
     return calls
 

@@ -1,0 +1,131 @@
+"""The one-call path: ``import spec_kitty_supervisor_client`` and ``ensure_sync_daemon()``.
+
+A spec-kitty process pays for this path once per command, so what it must not do is pinned
+here: the package's import imports none of its modules, and the call sends no version it
+would have to ask a subprocess for, runs no subprocess, and imports pydantic (for the
+documented ``EnsureResponse``) only after the supervisor has answered. Each check runs in a
+fresh interpreter, because ``sys.modules`` of the test process already holds everything.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spec_kitty_supervisor_client._one_call import ensure_request_body
+
+HEAVY = ("pydantic", "httpx", "anyio", "spec_kitty_supervisor_client._models")
+
+_ONE_CALL_SCRIPT = r"""
+import json, socket, subprocess, sys, threading
+root = sys.argv[1]
+import spec_kitty_supervisor_client as client
+heavy = %(heavy)r
+after_import = sorted(m for m in sys.modules if m in heavy or m.startswith(client.__name__ + "."))
+from spec_kitty_supervisor_client._wire import ensure_private_dir, resolve_daemon_root
+from spec_kitty_supervisor_client._wire import socket_path_for_root
+path = socket_path_for_root(resolve_daemon_root(root))
+ensure_private_dir(path.parent)
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(str(path))
+listener.listen(1)
+seen = {}
+answer = json.dumps({"action": "reused", "daemon": {
+    "pid": 4242, "port": 9440, "url": "http://127.0.0.1:9440", "package_version": "3.2.4",
+    "python": "/opt/sk/bin/python", "origin": "spawned", "state": "healthy",
+    "role": "current", "started_at": "2026-12-01T00:00:00+00:00", "token": "t"}}).encode()
+
+def serve():
+    conn, _ = listener.accept()
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += conn.recv(65536)
+    head, body = buffer.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += conn.recv(65536)
+    seen["request_line"] = head.split(b"\r\n")[0].decode()
+    seen["body"] = json.loads(body)
+    seen["heavy_when_asked"] = sorted(m for m in heavy if m in sys.modules)
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+        b"spec-kitty-supervisor-protocol: 1\r\ncontent-length: %%d\r\n\r\n" %% len(answer)
+        + answer
+    )
+    conn.close()
+
+threading.Thread(target=serve, daemon=True).start()
+
+def no_subprocess(*args, **kwargs):
+    raise AssertionError(f"a subprocess on the one-call path: {args!r}")
+
+subprocess.Popen = no_subprocess
+result = client.ensure_sync_daemon(python="/opt/sk/bin/python", root=root)
+print(json.dumps({
+    "after_import": after_import,
+    "seen": seen,
+    "type": type(result).__module__ + "." + type(result).__qualname__,
+    "pid": result.daemon.pid,
+    "token": result.daemon.token,
+}))
+"""
+
+
+def _run(tmp_path: Path) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-c", _ONE_CALL_SCRIPT % {"heavy": HEAVY}, str(tmp_path / "root")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def test_importing_the_package_imports_none_of_its_modules(tmp_path: Path) -> None:
+    assert _run(tmp_path)["after_import"] == []
+
+
+def test_the_one_call_sends_no_version_and_imports_pydantic_only_after_the_answer(
+    tmp_path: Path,
+) -> None:
+    result = _run(tmp_path)
+    seen = result["seen"]
+    assert seen["request_line"] == "POST /v1/sync/ensure HTTP/1.1"
+    assert seen["body"]["python"] == "/opt/sk/bin/python"
+    assert "package_version" not in seen["body"]
+    assert seen["heavy_when_asked"] == []
+    # The documented return type, built from the answer.
+    assert result["type"] == "spec_kitty_supervisor_client._models.EnsureResponse"
+    assert (result["pid"], result["token"]) == (4242, "t")
+
+
+def test_the_ensure_body_is_what_the_schema_accepts() -> None:
+    from spec_kitty_supervisor_client import EnsureRequest
+
+    without = EnsureRequest.model_validate_json(ensure_request_body("/usr/bin/python3", None, "/"))
+    assert without.package_version is None
+    claimed = EnsureRequest.model_validate_json(ensure_request_body("/p/bin/python", "3.2.7", "/w"))
+    assert (claimed.python, claimed.package_version, claimed.cwd) == (
+        "/p/bin/python",
+        "3.2.7",
+        "/w",
+    )
+
+
+def test_a_public_name_is_bound_once_imported_and_an_unknown_one_is_an_attribute_error() -> None:
+    import spec_kitty_supervisor_client as client
+
+    assert client.SupervisorError.__module__ == "spec_kitty_supervisor_client._errors"
+    assert "SupervisorError" in vars(client)
+    assert set(client.__all__) <= set(dir(client))
+    with pytest.raises(AttributeError, match="NotAName"):
+        client.NotAName  # type: ignore[attr-defined]  # noqa: B018
