@@ -17,13 +17,23 @@ from typing import Any
 from sks_harness import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
 from sks_harness import spec_kitty_venv as _venv
 
-from . import cold_start, doctor, footprint, idle_connections, integration, reset, warm_ensure
+from . import (
+    cold_start,
+    doctor,
+    footprint,
+    idle_connections,
+    integration,
+    one_call,
+    reset,
+    warm_ensure,
+)
 from ._common import BenchContext, Row, busy_family_ports
 
 Benchmark = Callable[[BenchContext], list[Row]]
 
 BENCHMARKS: dict[str, Benchmark] = {
     warm_ensure.NAME: warm_ensure.run,
+    one_call.NAME: one_call.run,
     cold_start.NAME: cold_start.run,
     doctor.NAME: doctor.run,
     reset.NAME: reset.run,

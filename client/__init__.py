@@ -2,9 +2,8 @@
 
 Importing the package imports nothing else: each public name is imported from its module the
 first time it is used (PEP 562's module ``__getattr__``). A spec-kitty process that only calls
-:func:`ensure_sync_daemon` so imports neither httpx nor, until the supervisor has answered,
-pydantic (``python -X importtime -c "import spec_kitty_supervisor_client"`` lists this file
-alone).
+:func:`ensure_sync_daemon` so imports neither pydantic nor httpx
+(``python -X importtime -c "import spec_kitty_supervisor_client"`` lists this file alone).
 """
 
 from __future__ import annotations
@@ -68,7 +67,7 @@ if TYPE_CHECKING:
         SweptRecord,
         VersionPolicy,
     )
-    from ._one_call import ensure_sync_daemon
+    from ._one_call import DaemonAnswer, EnsureAnswer, ensure_sync_daemon
     from ._paths import (
         SOCKET_PATH_LIMIT,
         ensure_private_dir,
@@ -136,6 +135,8 @@ _MODULE_OF: dict[str, str] = {
     "SupervisorView": "._models",
     "SweptRecord": "._models",
     "VersionPolicy": "._models",
+    "DaemonAnswer": "._one_call",
+    "EnsureAnswer": "._one_call",
     "ensure_sync_daemon": "._one_call",
     "SOCKET_PATH_LIMIT": "._paths",
     "ensure_private_dir": "._paths",
@@ -153,6 +154,8 @@ __all__ = [
     "SpecKittyNotFound",
     "SupervisorClient",
     "ensure_sync_daemon",
+    "DaemonAnswer",
+    "EnsureAnswer",
     "installed_spec_kitty_version",
     "spec_kitty_python",
     "InvalidRequest",

@@ -2,9 +2,9 @@
 
 A spec-kitty process pays for this path once per command, so what it must not do is pinned
 here: the package's import imports none of its modules, and the call sends no version it
-would have to ask a subprocess for, runs no subprocess, and imports pydantic (for the
-documented ``EnsureResponse``) only after the supervisor has answered. Each check runs in a
-fresh interpreter, because ``sys.modules`` of the test process already holds everything.
+would have to ask a subprocess for, runs no subprocess, and imports no pydantic (the answer
+is an ``EnsureAnswer``, read with :mod:`json`). The process checks run in a fresh
+interpreter, because ``sys.modules`` of the test process already holds everything.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from spec_kitty_supervisor_client._one_call import ensure_request_body
+from spec_kitty_supervisor_client import EnsureRequest, EnsureResponse, ProtocolMismatch
+from spec_kitty_supervisor_client._one_call import EnsureAnswer, ensure_request_body
 
 HEAVY = ("pydantic", "httpx", "anyio", "spec_kitty_supervisor_client._models")
 
@@ -71,6 +72,7 @@ print(json.dumps({
     "after_import": after_import,
     "seen": seen,
     "type": type(result).__module__ + "." + type(result).__qualname__,
+    "heavy_at_end": sorted(m for m in heavy if m in sys.modules),
     "pid": result.daemon.pid,
     "token": result.daemon.token,
 }))
@@ -94,7 +96,7 @@ def test_importing_the_package_imports_none_of_its_modules(tmp_path: Path) -> No
     assert _run(tmp_path)["after_import"] == []
 
 
-def test_the_one_call_sends_no_version_and_imports_pydantic_only_after_the_answer(
+def test_the_one_call_sends_no_version_runs_no_subprocess_and_imports_no_pydantic(
     tmp_path: Path,
 ) -> None:
     result = _run(tmp_path)
@@ -103,14 +105,12 @@ def test_the_one_call_sends_no_version_and_imports_pydantic_only_after_the_answe
     assert seen["body"]["python"] == "/opt/sk/bin/python"
     assert "package_version" not in seen["body"]
     assert seen["heavy_when_asked"] == []
-    # The documented return type, built from the answer.
-    assert result["type"] == "spec_kitty_supervisor_client._models.EnsureResponse"
+    assert result["heavy_at_end"] == []
+    assert result["type"] == "spec_kitty_supervisor_client._one_call.EnsureAnswer"
     assert (result["pid"], result["token"]) == (4242, "t")
 
 
 def test_the_ensure_body_is_what_the_schema_accepts() -> None:
-    from spec_kitty_supervisor_client import EnsureRequest
-
     without = EnsureRequest.model_validate_json(ensure_request_body("/usr/bin/python3", None, "/"))
     assert without.package_version is None
     claimed = EnsureRequest.model_validate_json(ensure_request_body("/p/bin/python", "3.2.7", "/w"))
@@ -129,3 +129,53 @@ def test_a_public_name_is_bound_once_imported_and_an_unknown_one_is_an_attribute
     assert set(client.__all__) <= set(dir(client))
     with pytest.raises(AttributeError, match="NotAName"):
         client.NotAName  # type: ignore[attr-defined]  # noqa: B018
+
+
+_DAEMON = {
+    "pid": 7,
+    "port": 9440,
+    "url": "http://127.0.0.1:9440",
+    "package_version": "3.2.7",
+    "python": "/p/bin/python",
+    "origin": "adopted",
+    "state": "healthy",
+    "role": "current",
+    "started_at": "2026-12-01T00:00:00+00:00",
+    "last_healthy_at": "2026-12-01T00:00:05+00:00",
+    "token": "secret",
+}
+
+
+def test_the_answer_reads_what_the_model_reads_and_converts_to_it() -> None:
+    body = json.dumps(
+        {"action": "adopted", "daemon": {**_DAEMON, "newer_field": 1}, "message": "m", "x": 2}
+    ).encode()
+    answer = EnsureAnswer.from_json(body)
+    model = EnsureResponse.model_validate_json(body)
+    assert answer.to_model() == model
+    assert (answer.action, answer.daemon.pid, answer.daemon.token) == ("adopted", 7, "secret")
+    minimal = {k: v for k, v in _DAEMON.items() if k not in ("last_healthy_at", "token")}
+    bare = EnsureAnswer.from_json(json.dumps({"action": "reused", "daemon": minimal}).encode())
+    assert (bare.message, bare.daemon.token, bare.daemon.last_healthy_at) == ("", None, None)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"action": "reused"},
+        {"action": "reused", "daemon": {**_DAEMON, "pid": True}},
+        {"action": "reused", "daemon": {**_DAEMON, "port": "9440"}},
+        {"action": 3, "daemon": _DAEMON},
+        {"action": "reused", "daemon": {**_DAEMON, "token": 5}},
+        {"action": "reused", "daemon": [1, 2]},
+        [1],
+    ],
+)
+def test_an_answer_of_another_shape_is_a_protocol_mismatch(document: object) -> None:
+    with pytest.raises(ProtocolMismatch, match="not protocol v1's"):
+        EnsureAnswer.from_json(json.dumps(document).encode())
+
+
+def test_an_answer_that_is_not_json_is_a_protocol_mismatch() -> None:
+    with pytest.raises(ProtocolMismatch):
+        EnsureAnswer.from_json(b"<html>")

@@ -17,6 +17,7 @@ import spec_kitty_supervisor_client as client
 PUBLIC_NAMES = [
     "AsyncSupervisorClient",
     "CleanupClass",
+    "DaemonAnswer",
     "DaemonOrigin",
     "DaemonRole",
     "DaemonStartOutcome",
@@ -25,6 +26,7 @@ PUBLIC_NAMES = [
     "DoctorFinding",
     "DoctorReport",
     "EnsureAction",
+    "EnsureAnswer",
     "EnsureRequest",
     "EnsureResponse",
     "ErrorBody",
