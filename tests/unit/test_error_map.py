@@ -244,6 +244,8 @@ class _ScriptedTransport:
     def __init__(self, replies: list[tuple[int, dict[str, object]]]) -> None:
         self.replies = replies
         self.closed = 0
+        self.socket_path = Path("/unused/supervisor.sock")
+        self.followed: list[Path] = []
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         status, document = self.replies.pop(0)
@@ -251,6 +253,9 @@ class _ScriptedTransport:
 
     def close(self) -> None:
         self.closed += 1
+
+    def follow(self, socket_path: Path) -> None:
+        self.followed.append(socket_path)
 
 
 def _error_document(code: str) -> dict[str, object]:
