@@ -8,10 +8,7 @@ reports failures in the library's terms.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shlex
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +37,11 @@ COMMAND_ENV = "SPEC_KITTY_SUPERVISOR_COMMAND"
 
 def supervisor_command() -> list[str]:
     """How to start a supervisor from here: an override, this interpreter, or the console script."""
+    # Imported here: only starting a supervisor needs them, never the one call's warm path.
+    import importlib.util
+    import shlex
+    import shutil
+
     override = os.environ.get(COMMAND_ENV, "")
     if override:
         return shlex.split(override)

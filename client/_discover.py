@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 from ._errors import InvalidRequest, SupervisorError
@@ -29,6 +27,8 @@ def spec_kitty_python(path: str | None = None) -> str:
     Unresolved on purpose: a venv's ``bin/python`` is the daemon's key even when it is a link
     to a shared base interpreter.
     """
+    import shutil  # not at the top: the one call imports this module, and seldom needs it
+
     script = shutil.which("spec-kitty", path=path)
     if script is None:
         raise SpecKittyNotFound("no `spec-kitty` command on PATH; pass python= explicitly")
@@ -51,6 +51,8 @@ def installed_spec_kitty_version(python: str) -> str:
         raise SpecKittyNotFound(f"python {python} does not exist")
     if not Path(python).is_file() or not os.access(python, os.X_OK):
         raise SpecKittyNotFound(f"python {python} is not an executable file")
+    import subprocess
+
     try:
         result = subprocess.run(
             [python, "-c", _VERSION_SCRIPT],

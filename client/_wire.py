@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import socket
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import subprocess
 
 __all__ = [
     "PASSED_ENV_NAMES",
@@ -178,6 +179,10 @@ def socket_path_for_root(daemon_root: Path) -> Path:
     preferred = supervisor_dir(daemon_root) / "supervisor.sock"
     if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT:
         return preferred
+    # Imported here, as subprocess below: loading OpenSSL's hashes costs a spec-kitty process
+    # milliseconds, and only a deep root needs a digest (a supervisor start, a subprocess).
+    import hashlib
+
     name = f"{hashlib.sha256(os.fsencode(daemon_root)).hexdigest()[:16]}.sock"
     recorded = recorded_socket_dir(daemon_root)
     if recorded is not None and len(os.fsencode(recorded / name)) <= SOCKET_PATH_LIMIT:
@@ -548,6 +553,8 @@ def replace_exiting_supervisor(
 
 
 def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> None:
+    import subprocess
+
     argv = [*command, "run", "--root", str(daemon_root), "--auto-started"]
     stderr_path = supervisor_dir(daemon_root) / "autostart.stderr"
     for attempt in range(1, 4):
