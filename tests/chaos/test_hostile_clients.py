@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sks_harness import SPAWN_PORTS, DaemonFleet, SupervisorUnderTest, spec_kitty_python
@@ -69,6 +69,21 @@ def _still_whole(sup: SupervisorUnderTest, daemon_pid: int) -> None:
     assert [d["pid"] for d in journal["daemons"]] == [daemon_pid]
 
 
+def _daemon_port(sup: SupervisorUnderTest) -> int:
+    with SupervisorClient(sup.root, autostart=False, timeout=10) as client:
+        return next(d.port for d in client.status().daemons)
+
+
+def _names(body: bytes, pid: int, port: int) -> bool:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and (
+        document.get("pid") == pid or document.get("port") == port
+    )
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
     lambda children: (
@@ -108,6 +123,9 @@ def test_malformed_bodies_get_a_4xx_and_change_nothing(
     running: tuple[SupervisorUnderTest, int], endpoint: tuple[str, str], body: bytes
 ) -> None:
     sup, daemon_pid = running
+    # A well-formed retire that happens to name our daemon would rightly retire it: that is
+    # not a malformed body, and it would take the daemon from every later example.
+    assume(endpoint[1] != "/v1/sync/retire" or not _names(body, daemon_pid, _daemon_port(sup)))
     reply = _exchange(socket_path_for_root(sup.root), _request(*endpoint, body))
     status = int(reply.split(b" ", 2)[1])
     document = json.loads(reply.partition(b"\r\n\r\n")[2])
