@@ -127,3 +127,23 @@ def decide_current(
 def quarantine_lifts_for(quarantined_python: str | None, requested_python: str) -> bool:
     """An ensure with another interpreter than the one that kept dying lifts the quarantine."""
     return quarantined_python is not None and requested_python != quarantined_python
+
+
+#: Heartbeats in a row a daemon may miss before an ``ensure`` that asks for it doubts it. One
+#: miss is what a single-threaded daemon busy for a moment looks like; two are not.
+DOUBT_AFTER_MISSED_HEARTBEATS = 2
+
+
+def ensure_verdict_for_current(
+    missed_heartbeats: int, answers_now: bool | None
+) -> Literal["serve", "probe", "replace"]:
+    """What an ``ensure`` that would be served by the current daemon does with it.
+
+    ``answers_now`` is None before the ensure's own probe, then whether that probe got the
+    daemon's health with its token. A daemon nobody asks for is left to the watchdog.
+    """
+    if missed_heartbeats < DOUBT_AFTER_MISSED_HEARTBEATS:
+        return "serve"
+    if answers_now is None:
+        return "probe"
+    return "serve" if answers_now else "replace"

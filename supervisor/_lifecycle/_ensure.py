@@ -7,6 +7,11 @@ cannot interleave with another task. Otherwise the request waits for the lock an
 again on the table as it is then: a spawn (make-before-break, :mod:`._spawning`), unless the
 root is quarantined. ``replace`` (``spec-kitty doctor restart-daemon``) skips the table's answer
 and always spawns, make-before-break, for the caller's interpreter, version, environment and cwd.
+
+A current daemon that missed two heartbeats in a row is not handed out on trust: the request
+takes the lock and probes it once more; when that probe fails too, the request starts its
+replacement (make-before-break) and answers with the new daemon. The watchdog still replaces
+a daemon nobody asks for.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from .._policy import EnsureDecision, decide_ensure
 from .._spawn import check_root_supported, child_environment, resolve_working_directory
 from .._table import DaemonRecord
 from .._versions import EstablishedEnsure
-from ._decisions import quarantine_lifts_for
+from ._decisions import ensure_verdict_for_current, quarantine_lifts_for
 from ._effects import SpawnContext
 from ._lifecycle import Lifecycle
 from ._spawning import start_current
@@ -36,7 +41,13 @@ async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureRes
     resolved_python = lifecycle.interpreters.resolve(wire_request.python)
     # The version is the interpreter's installed one, never the client's word (_versions).
     request = await lifecycle.effects.establish_version(wire_request, resolved_python)
-    if not request.replace and not lifecycle.lock.locked() and lifecycle.table.current is not None:
+    current = lifecycle.table.current
+    if (
+        not request.replace
+        and not lifecycle.lock.locked()
+        and current is not None
+        and not _doubted(lifecycle, current)
+    ):
         answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
         if answer is not None:
             return answer
@@ -85,6 +96,16 @@ async def _ensure_locked(
     if request.replace and lifecycle.table.current is not None:
         # `doctor restart-daemon`: a new daemon even though the current one would serve.
         decision = EnsureDecision("replace", "the caller asked for a restart (replace)")
+    current = lifecycle.table.current
+    if current is not None and decision.verdict in ("reuse", "keep_newer"):
+        replacement = await _replace_if_wedged(lifecycle, current)
+        if replacement is not None:
+            lifecycle.handed_out.add(replacement.pid)
+            return EnsureResponse(
+                action="replaced",
+                daemon=replacement.view(with_token=True),
+                message=f"pid {current.pid} stopped answering health; replaced",
+            )
     answer = _answer_from_table(lifecycle, request, decision)
     if answer is not None:
         return answer
@@ -100,6 +121,39 @@ async def _ensure_locked(
         action=_SPAWN_ACTIONS[decision.verdict],
         daemon=new.view(with_token=True),
         message=decision.reason,
+    )
+
+
+def _doubted(lifecycle: Lifecycle, current: DaemonRecord) -> bool:
+    missed = lifecycle.missed_heartbeats.get(current.pid, 0)
+    return ensure_verdict_for_current(missed, None) != "serve"
+
+
+async def _replace_if_wedged(lifecycle: Lifecycle, current: DaemonRecord) -> DaemonRecord | None:
+    """Probe a doubted current daemon once more; replace it when that probe fails too.
+
+    None when the daemon serves (it was not doubted, or it answers again: a daemon busy for a
+    moment is kept). Call under the lifecycle lock.
+    """
+    missed = lifecycle.missed_heartbeats.get(current.pid, 0)
+    if ensure_verdict_for_current(missed, None) == "serve":
+        return None
+    health = await lifecycle.effects.probe(current.port)
+    answers = health is not None and health.token == current.token
+    if ensure_verdict_for_current(missed, answers) == "serve":
+        lifecycle.table.mark_healthy(current, lifecycle.iso_now())
+        lifecycle.missed_heartbeats.pop(current.pid, None)
+        return None
+    reason = f"missed {missed} heartbeats and the probe of an ensure; replacing"
+    lifecycle.death_times.append(lifecycle.clock.now())
+    lifecycle.event("watchdog", current, reason)
+    return await start_current(
+        lifecycle,
+        current.python,
+        current.resolved_python,
+        current.package_version,
+        lifecycle.context_of(current),
+        reason=f"pid {current.pid} stopped answering health ({reason})",
     )
 
 

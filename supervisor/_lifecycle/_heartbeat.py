@@ -66,7 +66,11 @@ def _record_health(
         answer = answers.get(record.pid)
         if answer is not None and answer.token == record.token:
             table.mark_healthy(record, lifecycle.iso_now())
-        elif table.mark_unresponsive(record, now):
+            lifecycle.missed_heartbeats.pop(record.pid, None)
+            continue
+        missed = lifecycle.missed_heartbeats
+        missed[record.pid] = missed.get(record.pid, 0) + 1
+        if table.mark_unresponsive(record, now):
             lifecycle.event("unresponsive", record, "no health answer with its token")
 
 

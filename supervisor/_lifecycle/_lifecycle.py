@@ -63,6 +63,9 @@ class Lifecycle:
         #: What each daemon was started with, so that a restart repeats it.
         self.contexts: dict[int, SpawnContext] = {}
         self.death_times: list[float] = []
+        #: Heartbeats in a row each daemon did not answer (in memory: a fresh supervisor
+        #: starts counting again, as the watchdog's window does).
+        self.missed_heartbeats: dict[int, int] = {}
         self.quarantined_python: str | None = None
         #: Daemons being stopped now (a second retirement of one would race the first).
         self.retiring_now: set[int] = set()
@@ -138,6 +141,7 @@ class Lifecycle:
         self.settle(lambda: self.table.remove(record))
         self.effects.release(record.pid)
         self.contexts.pop(record.pid, None)
+        self.missed_heartbeats.pop(record.pid, None)
 
     def context_of(self, record: DaemonRecord) -> SpawnContext:
         return self.contexts.get(record.pid) or self.effects.default_spawn_context(

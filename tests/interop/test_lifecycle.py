@@ -240,6 +240,75 @@ def test_a_wedged_daemon_is_restarted_after_the_watchdog_window(sandbox: Sandbox
         assert daemon_pids(sup.root) == [current["pid"]]
 
 
+def _two_heartbeats_missed(sup: SupervisorUnderTest, pid: int) -> None:
+    """Wait until ``pid`` has missed two heartbeats in a row (it is stopped by the caller)."""
+
+    def unresponsive() -> bool:
+        return any(
+            d["pid"] == pid and d["state"] == "unresponsive"
+            for d in sup.cli_json("status")["daemons"]
+        )
+
+    eventually(unresponsive, what="the stopped daemon to be seen unresponsive")
+    # The tick that marked it may still be running when status shows it: two more completed
+    # ticks include at least one more miss after it.
+    beats = sup.cli_json("status")["supervisor"]["heartbeats"]
+    eventually(
+        lambda: sup.cli_json("status")["supervisor"]["heartbeats"] >= beats + 2,
+        what="two more heartbeats",
+    )
+
+
+def test_an_ensure_replaces_a_stopped_daemon_long_before_the_watchdog(sandbox: Sandbox) -> None:
+    # The watchdog's window stays at its 60 s default: only the ensure can replace it in time.
+    with _supervisor(sandbox, heartbeat_seconds="0.5") as sup:
+        stopped = _ensure(sup, "3.2.4")["daemon"]
+        identity = read_identity(stopped["pid"])
+        assert identity is not None
+        assert signal_if_same(identity, signal.SIGSTOP)
+        try:
+            _two_heartbeats_missed(sup, stopped["pid"])
+            answer = _ensure(sup, "3.2.4")
+            assert answer["action"] == "replaced"
+            fresh = answer["daemon"]
+            assert fresh["pid"] != stopped["pid"]
+            assert fresh["state"] == "healthy"
+            eventually(
+                lambda: read_identity(stopped["pid"]) is None, what="the stopped one to retire"
+            )
+        finally:
+            signal_if_same(identity, signal.SIGCONT)
+        events = _events(sup)
+        watchdog = [e for e in events if e["kind"] == "watchdog"]
+        assert watchdog[0]["pid"] == stopped["pid"]
+        assert "probe of an ensure" in watchdog[0]["reason"]
+        spawned = next(e for e in events if e["kind"] == "spawned" and e["pid"] == fresh["pid"])
+        retired = next(e for e in events if e["kind"] == "retired" and e["pid"] == stopped["pid"])
+        assert spawned["seq"] < retired["seq"]  # make-before-break
+        assert _current(sup)["pid"] == fresh["pid"]  # type: ignore[index]
+        assert daemon_pids(sup.root) == [fresh["pid"]]
+
+
+def test_a_daemon_busy_for_a_moment_is_not_replaced_by_an_ensure(sandbox: Sandbox) -> None:
+    # A generous health timeout: the resumed daemon must get the time to answer the probe.
+    with _supervisor(sandbox, heartbeat_seconds="0.5", health_timeout_seconds="5") as sup:
+        busy = _ensure(sup, "3.2.4")["daemon"]
+        identity = read_identity(busy["pid"])
+        assert identity is not None
+        assert signal_if_same(identity, signal.SIGSTOP)
+        try:
+            _two_heartbeats_missed(sup, busy["pid"])
+        finally:
+            assert signal_if_same(identity, signal.SIGCONT)
+        answer = _ensure(sup, "3.2.4")
+        assert answer["action"] == "reused"
+        assert answer["daemon"]["pid"] == busy["pid"]
+        kinds = [e["kind"] for e in _events(sup)]
+        assert kinds.count("spawned") == 1
+        assert "watchdog" not in kinds
+        assert daemon_pids(sup.root) == [busy["pid"]]
+
+
 @pytest.mark.parametrize("version", ["3.2.2", "3.2.4"])
 def test_kill_9_of_the_supervisor_then_ensure_keeps_the_same_daemon(
     sandbox: Sandbox, version: str

@@ -99,6 +99,8 @@ class FakeEffects:
         self.taken_ports: set[int] = set()
         self.stop_gate: anyio.Event | None = None
         self.refuse_stop: set[int] = set()
+        #: Every health probe, by port, in order.
+        self.probes: list[int] = []
 
     # -------------------------------------------------------------- test controls
 
@@ -176,6 +178,7 @@ class FakeEffects:
         return SpawnContext(env={"SPEC_KITTY_CLI_VERSION": package_version}, cwd=str(ROOT))
 
     async def probe(self, port: int) -> Health | None:
+        self.probes.append(port)
         for daemon in self.daemons.values():
             if daemon.port == port and daemon.alive and daemon.responsive:
                 return Health(daemon.token, daemon.package_version)

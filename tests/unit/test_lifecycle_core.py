@@ -37,6 +37,7 @@ from spec_kitty_supervisor._lifecycle._decisions import (
     after_death,
     classify_exit,
     decide_current,
+    ensure_verdict_for_current,
 )
 from spec_kitty_supervisor._policy import EnsureDecision
 from spec_kitty_supervisor._spawn import ValidatedInterpreters
@@ -450,6 +451,74 @@ async def test_a_daemon_that_answers_again_is_healthy_again() -> None:
         await world.tick()
         assert (world.current.pid, world.current.state) == (pid, "healthy")
         assert world.current.unresponsive_since is None
+
+
+def test_an_ensure_doubts_a_daemon_only_after_two_missed_heartbeats() -> None:
+    assert ensure_verdict_for_current(0, None) == "serve"
+    assert ensure_verdict_for_current(1, None) == "serve"  # busy for a moment
+    assert ensure_verdict_for_current(2, None) == "probe"
+    assert ensure_verdict_for_current(2, True) == "serve"
+    assert ensure_verdict_for_current(2, False) == "replace"
+    assert ensure_verdict_for_current(7, False) == "replace"
+
+
+async def test_a_daemon_that_missed_one_heartbeat_is_handed_out_without_a_probe() -> None:
+    async with running(watchdog_seconds=60) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.daemon(pid).responsive = False
+        await world.tick()
+        probes = len(world.effects.probes)
+        answer = await world.ensure()
+        assert (answer.action, answer.daemon.pid) == ("reused", pid)
+        assert len(world.effects.probes) == probes
+        assert world.effects.kinds().count("spawned") == 1
+
+
+async def test_a_daemon_busy_for_two_heartbeats_that_answers_the_ensure_probe_is_kept() -> None:
+    async with running(watchdog_seconds=60) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.daemon(pid).responsive = False
+        await world.tick()
+        await world.tick()
+        assert world.lifecycle.missed_heartbeats[pid] == 2
+        world.daemon(pid).responsive = True  # it was only busy
+        probes = len(world.effects.probes)
+        answer = await world.ensure()
+        assert (answer.action, answer.daemon.pid) == ("reused", pid)
+        assert world.effects.probes[probes:] == [world.daemon(pid).port]
+        assert world.current.state == "healthy"
+        assert pid not in world.lifecycle.missed_heartbeats
+        assert world.effects.kinds().count("spawned") == 1
+        assert f"stop {pid}" not in world.effects.acts
+
+
+async def test_an_ensure_replaces_a_daemon_that_missed_two_heartbeats_and_its_probe() -> None:
+    async with running(watchdog_seconds=60) as world:
+        wedged = (await world.ensure()).daemon.pid
+        world.daemon(wedged).responsive = False
+        await world.tick()
+        await world.tick()
+        # Nobody asked: well inside the watchdog's window the heartbeat alone replaces nothing.
+        assert world.current.pid == wedged
+        assert world.effects.kinds().count("spawned") == 1
+        answer = await world.ensure()
+        fresh = answer.daemon.pid
+        assert answer.action == "replaced"
+        assert fresh != wedged
+        assert answer.daemon.state == "healthy"
+        assert world.current.pid == fresh
+        acts = world.effects.acts
+        assert (
+            acts.index(f"spawn {fresh}")
+            < acts.index(f"record {fresh}")
+            < acts.index(f"stop {wedged}")
+        )
+        assert world.lifecycle.table.by_pid(wedged) is None
+        watchdog = [e for e in world.effects.events if e[0] == "watchdog"]
+        assert watchdog[0][1] == wedged
+        assert "probe of an ensure" in watchdog[0][2]
+        # The next ensure is served by the new daemon, warm.
+        assert (await world.ensure()).daemon.pid == fresh
 
 
 async def test_an_idle_daemon_is_retired_and_the_next_ensure_spawns() -> None:
