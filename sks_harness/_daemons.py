@@ -217,7 +217,7 @@ def _log_tail(log: Path, lines: int = 15) -> str:
 
 async def wait_healthy(
     daemon: RealDaemon,
-    timeout: float = 15.0,
+    timeout: float = 30.0,
     *,
     sync_running: bool = False,
 ) -> DaemonHealth:
@@ -413,7 +413,7 @@ class DaemonFleet:
         port: int | None = None,
         token: str | None = None,
         *,
-        timeout: float = 15.0,
+        timeout: float = 30.0,
         **options: Any,
     ) -> tuple[RealDaemon, DaemonHealth]:
         daemon = self.spawn(sandbox, version, port, token, **options)

@@ -48,11 +48,27 @@ class Server:
         self.slow_started = 0
 
 
+#: Timeouts no busy machine reaches by accident: for the tests about anything but timeouts.
+GENEROUS = ConnectionLimits(
+    max_connections=3,
+    head_timeout=HANG_GUARD,
+    body_timeout=HANG_GUARD,
+    reply_timeout=HANG_GUARD,
+    idle_timeout=HANG_GUARD,
+)
+#: Timeouts that expire quickly: only for the tests that wait for one to expire.
+QUICK = ConnectionLimits(
+    max_connections=3, head_timeout=0.5, body_timeout=0.5, reply_timeout=0.5, idle_timeout=0.5
+)
+quick_timeouts = pytest.mark.parametrize("limits", [QUICK], indirect=True, ids=["quick"])
+
+
 @pytest.fixture
-def limits() -> ConnectionLimits:
-    return ConnectionLimits(
-        max_connections=3, head_timeout=0.5, body_timeout=0.5, reply_timeout=0.5, idle_timeout=0.5
-    )
+def limits(request: pytest.FixtureRequest) -> ConnectionLimits:
+    # A stall of the test process longer than a quick timeout would close a connection that a
+    # test about eviction or keep-alive expects open: those get generous timeouts.
+    limits: ConnectionLimits = getattr(request, "param", GENEROUS)
+    return limits
 
 
 @pytest.fixture
@@ -120,6 +136,7 @@ async def _kept_alive(path: Path) -> SocketStream:
     return stream
 
 
+@quick_timeouts
 async def test_a_kept_alive_connection_idle_too_long_is_closed(server: Server) -> None:
     async with await _kept_alive(server.path) as stream:
         assert await _closed_by_server(stream)
@@ -132,6 +149,7 @@ async def test_a_kept_alive_connection_in_use_stays_open(server: Server) -> None
             assert (await _reply(stream)).startswith(b"HTTP/1.1 200")
 
 
+@quick_timeouts
 async def test_a_request_head_sent_byte_by_byte_must_still_arrive_in_time(server: Server) -> None:
     # Each byte comes well within any per-read timeout; the head as a whole never completes.
     async with await anyio.connect_unix(server.path) as stream:
@@ -147,11 +165,13 @@ async def test_a_request_head_sent_byte_by_byte_must_still_arrive_in_time(server
         assert closed, "a trickled head was never cut off"
 
 
+@quick_timeouts
 async def test_a_connection_that_sends_nothing_is_closed(server: Server) -> None:
     async with await anyio.connect_unix(server.path) as stream:
         assert await _closed_by_server(stream)
 
 
+@quick_timeouts
 async def test_a_body_that_does_not_arrive_in_time_closes_the_connection(server: Server) -> None:
     async with await anyio.connect_unix(server.path) as stream:
         await stream.send(b"POST /v1/health HTTP/1.1\r\nHost: s\r\nContent-Length: 100\r\n\r\n{")
