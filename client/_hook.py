@@ -76,6 +76,10 @@ SUPERVISOR_COMMAND: tuple[str, ...] = ()
 TARGET_MODULE = "specify_cli.sync.daemon"
 #: ``spec-kitty doctor restart-daemon`` (3.2.0+); its module imports the daemon's lazily.
 RESTART_MODULE = "specify_cli.sync.restart"
+#: What ``spec-kitty auth doctor`` scans and sweeps with; its module imports the names.
+ORPHAN_MODULE = "specify_cli.sync.orphan_sweep"
+#: Where 3.2.4+ defines the schema-2 record and its enums (imported by the orphan module).
+CLASSIFICATION_MODULE = "specify_cli.sync.classification"
 DISABLE_ENV = "SPEC_KITTY_SUPERVISOR_DISABLE"
 #: Set on the patched module: which names were wrapped, or why none was.
 HOOK_MARKER = "__spec_kitty_supervisor_hook__"
@@ -261,13 +265,6 @@ def patch_restart_module(module: ModuleType) -> None:
 
 def _patcher(name: str) -> Callable[[ModuleType], None] | None:
     return PATCHED_MODULES.get(name)
-
-
-#: Each module the hook patches, and how. The ``.pth`` line forwards exactly these names.
-PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {
-    TARGET_MODULE: patch_module,
-    RESTART_MODULE: patch_restart_module,
-}
 
 
 # ensure
@@ -560,6 +557,237 @@ def current_daemon_pid(root: Path, timeout: float) -> int | None:
             if isinstance(pid, int) and not isinstance(pid, bool):
                 return pid
     return None
+
+
+# auth doctor
+
+
+_ENUMERATE_RECORDS = "enumerate_identity_records"
+_RESET_ORPHANS = "reset_orphans"
+_RECORD_FIELDS = [
+    "daemon_family",
+    "pid",
+    "port",
+    "protocol_version",
+    "package_version",
+    "singleton_scope_id",
+    "daemon_root",
+    "queue_db_path",
+    "auth_scope",
+    "server_url",
+    "owner_present",
+    "identity_source",
+    "executable_summary",
+    "spawn_shape_ok",
+    "self_report_matches_listener",
+    "is_recorded_singleton",
+    "cleanup_class",
+    "skip_reason",
+]
+_RESET_ENTRIES = {
+    "SweptEntry": ["pid", "port", "package_version", "protocol_version", "cleanup_path", "reason"],
+    "SkippedEntry": ["pid", "port", "cleanup_class", "skip_reason"],
+    "FailedEntry": ["pid", "port", "failure_reason"],
+}
+#: A doctor question may scan the whole family range; it is bounded all the same.
+DOCTOR_TIMEOUT_SECONDS = 120.0
+
+
+def orphan_shape_problem(module: ModuleType) -> str | None:
+    """Why ``specify_cli.sync.orphan_sweep`` (3.2.4+) cannot be patched, or None."""
+    enumerate_ = _parameters(getattr(module, _ENUMERATE_RECORDS, None))
+    if enumerate_ is None or enumerate_[0] or enumerate_[1]:
+        return f"{_ENUMERATE_RECORDS} is not a function of no arguments"
+    reset = _parameters(getattr(module, _RESET_ORPHANS, None))
+    if reset is None or reset[0] != ["records"] or reset[1] != {"include_operator_required"}:
+        return f"{_RESET_ORPHANS} is not (records, *, include_operator_required)"
+    classes = {"ResetResult": ["swept", "skipped", "failed"], **_RESET_ENTRIES}
+    for name, expected in classes.items():
+        if list(getattr(getattr(module, name, None), "__dataclass_fields__", {})) != expected:
+            return f"{name} is not ({', '.join(expected)})"
+    classification = sys.modules.get(CLASSIFICATION_MODULE)
+    record = getattr(classification, "DaemonIdentityRecord", None)
+    if list(getattr(record, "__dataclass_fields__", {})) != _RECORD_FIELDS:
+        return "DaemonIdentityRecord does not have schema 2's fields"
+    for enum in ("IdentitySource", "CleanupClass", "SkipReason"):
+        if not callable(getattr(classification, enum, None)):
+            return f"{CLASSIFICATION_MODULE}.{enum} is missing"
+    daemon = getattr(module, "_daemon", None)
+    if not callable(getattr(daemon, "_daemon_root", None)):
+        return "_daemon._daemon_root is missing"
+    return None
+
+
+def patch_orphan_module(module: ModuleType) -> None:
+    """Wrap what ``auth doctor`` scans and sweeps with (3.2.4+), all or none."""
+    try:
+        if not hasattr(module, _ENUMERATE_RECORDS):
+            return  # 3.2.0-3.2.3: their pair is not wrapped (yet); upstream runs unchanged
+        problem = orphan_shape_problem(module)
+        if problem is not None:
+            setattr(module, HOOK_MARKER, {"patched": [], "unpatched": problem})
+            _note(resolve_daemon_root(), "unpatched", problem)
+            return
+        originals = {
+            _ENUMERATE_RECORDS: getattr(module, _ENUMERATE_RECORDS),
+            _RESET_ORPHANS: getattr(module, _RESET_ORPHANS),
+        }
+        wrappers = {
+            _ENUMERATE_RECORDS: _enumerate_wrapper(module, originals[_ENUMERATE_RECORDS]),
+            _RESET_ORPHANS: _reset_wrapper(module, originals[_RESET_ORPHANS]),
+        }
+        _install(module, originals, wrappers)
+    except Exception:  # a broken integration never breaks spec-kitty
+        return
+
+
+class _Raw(str):
+    """A classification value this release's enum does not know, kept as the supervisor said."""
+
+    @property
+    def value(self) -> str:
+        return str(self)
+
+
+def _member(enum: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    try:
+        return enum(value)
+    except ValueError:
+        return _Raw(value)
+
+
+def _identity_record(entry: dict[str, Any]) -> Any:
+    """Upstream's own record (schema 2) of one orphan the supervisor classified."""
+    classification = sys.modules[CLASSIFICATION_MODULE]
+    values = {name: entry.get(name) for name in _RECORD_FIELDS}
+    values["identity_source"] = _member(
+        classification.IdentitySource, values["identity_source"] or "none"
+    )
+    values["cleanup_class"] = _member(classification.CleanupClass, values["cleanup_class"])
+    values["skip_reason"] = _member(classification.SkipReason, values["skip_reason"])
+    return classification.DaemonIdentityRecord(**values)
+
+
+def _reset_result(module: ModuleType, result: Any) -> Any:
+    if not isinstance(result, dict):
+        raise Refused("the supervisor's reset answer has no reset_result")
+    lists = {}
+    for key, name in (
+        ("swept", "SweptEntry"),
+        ("skipped", "SkippedEntry"),
+        ("failed", "FailedEntry"),
+    ):
+        entry_class = getattr(module, name)
+        lists[key] = [
+            entry_class(**{field: entry.get(field) for field in _RESET_ENTRIES[name]})
+            for entry in result.get(key) or []
+            if isinstance(entry, dict)
+        ]
+    return module.ResetResult(**lists)
+
+
+def supervisor_doctor(root: Path, reset: bool, force: bool) -> dict[str, Any]:
+    """The supervisor's doctor report of ``root`` (after a reset when ``reset``).
+
+    A running supervisor is asked; with none, the recorded command's ``doctor --json`` runs,
+    which probes the range itself under the supervisor's lock. Neither starts a supervisor: a
+    doctor must not start what it diagnoses.
+    """
+    connection = Connection(socket_path_for_root(root), DOCTOR_TIMEOUT_SECONDS)
+    try:
+        if reset:
+            body = json.dumps({"force": force}).encode()
+            reply = connection.request("POST", "/v1/reset", body)
+        else:
+            reply = connection.request("GET", "/v1/doctor")
+        _answer(reply, "orphans")  # an error answer raises here
+        report = reply.json()
+    except Unavailable:
+        report = _doctor_command(root, reset, force)
+    finally:
+        connection.close()
+    if not isinstance(report, dict) or not isinstance(report.get("orphans"), list):
+        raise Refused("the supervisor's doctor report has no orphans")
+    return report
+
+
+def _doctor_command(root: Path, reset: bool, force: bool) -> Any:
+    import subprocess
+
+    command = [*trusted_command(), "doctor", "--json", "--root", str(root)]
+    if reset:
+        command.append("--reset")
+        if force:
+            command.append("--force")
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=DOCTOR_TIMEOUT_SECONDS,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    # Exit 1 means "something needs attention", with the report on stdout all the same.
+    try:
+        return json.loads(result.stdout)
+    except ValueError:
+        last = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
+        raise Refused(f"`spec-kitty-supervisor doctor` failed: {last}") from None
+
+
+def _orphan_root(module: ModuleType) -> Path:
+    return resolve_daemon_root(str(module._daemon._daemon_root()))
+
+
+def _enumerate_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def enumerate_identity_records(*args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or inert_reason() is not None:
+            return original(*args, **kwargs)
+        root = None
+        try:
+            root = _orphan_root(module)
+            report = supervisor_doctor(root, reset=False, force=False)
+            return [
+                _identity_record(entry) for entry in report["orphans"] if isinstance(entry, dict)
+            ]
+        except Exception as exc:
+            if root is not None:
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+
+    return enumerate_identity_records
+
+
+def _reset_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def reset_orphans(records: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or set(kwargs) - {"include_operator_required"} or inert_reason() is not None:
+            return original(records, *args, **kwargs)
+        root = None
+        try:
+            root = _orphan_root(module)
+            # The supervisor classifies again at the moment it sweeps: what it stops is what
+            # is an orphan then, never a record that went stale meanwhile.
+            force = bool(kwargs.get("include_operator_required", False))
+            report = supervisor_doctor(root, reset=True, force=force)
+            return _reset_result(module, report.get("reset_result"))
+        except Exception as exc:
+            if root is not None:
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(records, *args, **kwargs)
+
+    return reset_orphans
+
+
+#: Each module the hook patches, and how. The ``.pth`` line forwards exactly these names.
+PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {
+    TARGET_MODULE: patch_module,
+    RESTART_MODULE: patch_restart_module,
+    ORPHAN_MODULE: patch_orphan_module,
+}
 
 
 # What doctor shows

@@ -8,6 +8,7 @@ a start only from the ``spec-kitty`` command, upstream's own function whenever a
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import socket
@@ -81,6 +82,90 @@ class SyncConfig:
 
 IMPORTER = "from specify_cli.sync.daemon import ensure_sync_daemon_running, stop_sync_daemon\n"
 
+# 3.2.4+'s schema-2 record and its enums (specify_cli.sync.classification), reduced.
+CLASSIFICATION = """
+import dataclasses, enum
+
+class CleanupClass(enum.StrEnum):
+    SAFE_AUTO = "safe_auto"
+    OPERATOR_REQUIRED = "operator_required"
+    NEVER_TOUCH = "never_touch"
+
+class SkipReason(enum.StrEnum):
+    cross_root = "cross_root"
+    pid_port_mismatch = "pid_port_mismatch"
+
+class IdentitySource(enum.StrEnum):
+    owner_record = "owner_record"
+    none = "none"
+
+@dataclasses.dataclass(frozen=True)
+class DaemonIdentityRecord:
+    daemon_family: str
+    pid: int | None
+    port: int
+    protocol_version: int | None
+    package_version: str | None
+    singleton_scope_id: str | None
+    daemon_root: str | None
+    queue_db_path: str | None
+    auth_scope: str | None
+    server_url: str | None
+    owner_present: bool
+    identity_source: IdentitySource
+    executable_summary: str | None
+    spawn_shape_ok: bool
+    self_report_matches_listener: bool
+    is_recorded_singleton: bool
+    cleanup_class: CleanupClass
+    skip_reason: SkipReason | None
+"""
+
+# specify_cli.sync.orphan_sweep of 3.2.4+, its scan and sweep reduced to a record of calls.
+ORPHAN_SWEEP = """
+import dataclasses
+from specify_cli.sync import daemon as _daemon
+from specify_cli.sync.classification import CleanupClass, DaemonIdentityRecord
+
+CALLS = []
+
+@dataclasses.dataclass
+class SweptEntry:
+    pid: int | None
+    port: int
+    package_version: str | None
+    protocol_version: int | None
+    cleanup_path: str
+    reason: str
+
+@dataclasses.dataclass
+class SkippedEntry:
+    pid: int | None
+    port: int
+    cleanup_class: str
+    skip_reason: str | None
+
+@dataclasses.dataclass
+class FailedEntry:
+    pid: int | None
+    port: int
+    failure_reason: str
+
+@dataclasses.dataclass
+class ResetResult:
+    swept: list = dataclasses.field(default_factory=list)
+    skipped: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)
+
+def enumerate_identity_records():
+    CALLS.append("upstream_enumerate")
+    return []
+
+def reset_orphans(records, *, include_operator_required=False):
+    CALLS.append(("upstream_reset", include_operator_required))
+    return ResetResult()
+"""
+
 # specify_cli.sync.restart of 3.2.0-3.2.7 reduced to its composition: stop, then ensure.
 RESTART = """
 import dataclasses
@@ -115,6 +200,8 @@ def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (package / "sync" / "config.py").write_text(CONFIG)
     (package / "sync" / "daemon.py").write_text(RELEASE_3_2_7)
     (package / "sync" / "restart.py").write_text(RESTART)
+    (package / "sync" / "classification.py").write_text(CLASSIFICATION)
+    (package / "sync" / "orphan_sweep.py").write_text(ORPHAN_SWEEP)
     (package / "importer.py").write_text(IMPORTER)
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
@@ -153,6 +240,8 @@ class _Supervisor:
         #: An error answered to ensure instead of a daemon.
         self.ensure_error: dict[str, str] | None = None
         self.bodies: list[dict[str, Any]] = []
+        #: What ``GET /v1/doctor`` and ``POST /v1/reset`` answer.
+        self.doctor: dict[str, Any] = {"orphans": []}
         self.lock_free_during_request: list[bool] = []
         self.requests: list[str] = []
         self._root = root
@@ -201,6 +290,8 @@ class _Supervisor:
                         [] if self.current is None else [{"pid": self.current, "role": "current"}]
                     )
                     body = json.dumps({"daemons": daemons}).encode()
+                elif head.startswith(("GET /v1/doctor", "POST /v1/reset")):
+                    body = json.dumps(self.doctor).encode()
                 elif self.ensure_error is not None:
                     status = b"409 Conflict"
                     body = json.dumps({"error": self.ensure_error}).encode()
@@ -509,3 +600,146 @@ def test_a_restart_module_of_another_shape_is_left_unpatched(release: Path) -> N
     assert state["patched"] == []
     assert "restart_daemon" in state["unpatched"]
     assert not hasattr(restart.restart_daemon, "__wrapped__")
+
+
+# auth doctor (3.2.4+)
+
+ORPHAN = {
+    "daemon_family": "sync",
+    "pid": 5001,
+    "port": 9401,
+    "protocol_version": 1,
+    "package_version": "3.2.2",
+    "singleton_scope_id": None,
+    "daemon_root": "/home/u/.spec-kitty",
+    "queue_db_path": None,
+    "auth_scope": None,
+    "server_url": None,
+    "owner_present": True,
+    "identity_source": "kernel_root",
+    "executable_summary": "python",
+    "spawn_shape_ok": True,
+    "self_report_matches_listener": True,
+    "is_recorded_singleton": False,
+    "cleanup_class": "safe_auto",
+    "skip_reason": None,
+    "uid": 1000,  # ours: not in upstream's record
+}
+
+
+def _import_orphan_sweep() -> ModuleType:
+    import importlib
+
+    return importlib.import_module("specify_cli.sync.orphan_sweep")
+
+
+def test_auth_doctors_orphans_are_the_supervisors_in_upstreams_own_records(
+    supervisor: _Supervisor,
+) -> None:
+    supervisor.doctor = {"orphans": [ORPHAN]}
+    sweep = _import_orphan_sweep()
+    assert getattr(sweep, _hook.HOOK_MARKER) == {
+        "patched": ["enumerate_identity_records", "reset_orphans"],
+        "unpatched": None,
+    }
+    [record] = sweep.enumerate_identity_records()
+    classification = sys.modules["specify_cli.sync.classification"]
+    assert type(record) is classification.DaemonIdentityRecord
+    assert record.cleanup_class is classification.CleanupClass.SAFE_AUTO
+    # A value this release's enum lacks is kept as the supervisor said it, and serialises.
+    assert (record.identity_source, record.identity_source.value) == ("kernel_root", "kernel_root")
+    assert dataclasses.asdict(record) == {k: v for k, v in ORPHAN.items() if k != "uid"}
+    assert supervisor.requests == ["GET /v1/doctor HTTP/1.1"]
+    assert sweep.CALLS == []
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_auth_doctors_reset_is_the_supervisors_in_upstreams_result(
+    supervisor: _Supervisor, force: bool
+) -> None:
+    supervisor.doctor = {
+        "orphans": [],
+        "reset_result": {
+            "swept": [
+                {
+                    "pid": 5001,
+                    "port": 9401,
+                    "package_version": "3.2.2",
+                    "protocol_version": 1,
+                    "cleanup_path": "http_shutdown",
+                    "reason": "safe_auto",
+                }
+            ],
+            "skipped": [
+                {
+                    "pid": 5002,
+                    "port": 9402,
+                    "cleanup_class": "operator_required",
+                    "skip_reason": "cross_root",
+                }
+            ],
+            "failed": [{"pid": 5003, "port": 9403, "failure_reason": "still alive"}],
+        },
+    }
+    sweep = _import_orphan_sweep()
+    result = sweep.reset_orphans([], include_operator_required=force)
+    assert type(result) is sweep.ResetResult
+    assert result == sweep.ResetResult(
+        swept=[sweep.SweptEntry(5001, 9401, "3.2.2", 1, "http_shutdown", "safe_auto")],
+        skipped=[sweep.SkippedEntry(5002, 9402, "operator_required", "cross_root")],
+        failed=[sweep.FailedEntry(5003, 9403, "still alive")],
+    )
+    assert supervisor.requests == ["POST /v1/reset HTTP/1.1"]
+    assert supervisor.bodies == [{"force": force}]
+    assert sweep.CALLS == []
+
+
+def _recorded_command(tmp_path: Path, answer: str, code: int) -> tuple[Path, Path]:
+    """A stand-in `spec-kitty-supervisor` that logs its argv and prints ``answer``."""
+    log, reply = tmp_path / "argv.json", tmp_path / "answer.txt"
+    reply.write_text(answer)
+    command = tmp_path / "spec-kitty-supervisor"
+    command.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"open({str(log)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"print(open({str(reply)!r}).read())\n"
+        f"raise SystemExit({code})\n"
+    )
+    command.chmod(0o755)
+    return command, log
+
+
+def test_without_a_supervisor_auth_doctor_asks_the_recorded_commands_doctor(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Exit 1 ("needs attention") with the report on stdout, as `doctor` answers with orphans.
+    empty = {"swept": [], "skipped": [], "failed": []}
+    answer = {"orphans": [ORPHAN], "reset_result": empty}
+    command, log = _recorded_command(tmp_path, json.dumps(answer), 1)
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(command),))
+    sweep = _import_orphan_sweep()
+    [record] = sweep.enumerate_identity_records()
+    assert record.pid == ORPHAN["pid"]
+    assert json.loads(log.read_text()) == ["doctor", "--json", "--root", str(release)]
+    assert sweep.reset_orphans([record], include_operator_required=True) == sweep.ResetResult()
+    assert json.loads(log.read_text()) == [
+        "doctor",
+        "--json",
+        "--root",
+        str(release),
+        "--reset",
+        "--force",
+    ]
+    assert sweep.CALLS == []
+
+
+def test_a_doctor_that_fails_falls_back_to_upstreams_scan_and_is_recorded(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command, _ = _recorded_command(tmp_path, "not json", 2)
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(command),))
+    sweep = _import_orphan_sweep()
+    assert sweep.enumerate_identity_records() == []
+    assert sweep.CALLS == ["upstream_enumerate"]
+    assert "Refused" in _integration_record(release)["failure"]["last_error"]
