@@ -25,6 +25,7 @@ from . import (
     integration,
     one_call,
     reset,
+    under_load,
     warm_ensure,
 )
 from ._common import BenchContext, Row, busy_family_ports
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     footprint.NAME: footprint.run,
     integration.NAME: integration.run,
     idle_connections.NAME: idle_connections.run,
+    under_load.NAME: under_load.run,
 }
 
 
