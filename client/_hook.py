@@ -563,6 +563,8 @@ def current_daemon_pid(root: Path, timeout: float) -> int | None:
 
 
 _ENUMERATE_RECORDS = "enumerate_identity_records"
+_ENUMERATE_ORPHANS = "enumerate_orphans"
+_SWEEP_ORPHANS = "sweep_orphans"
 _RESET_ORPHANS = "reset_orphans"
 _RECORD_FIELDS = [
     "daemon_family",
@@ -612,29 +614,53 @@ def orphan_shape_problem(module: ModuleType) -> str | None:
     for enum in ("IdentitySource", "CleanupClass", "SkipReason"):
         if not callable(getattr(classification, enum, None)):
             return f"{CLASSIFICATION_MODULE}.{enum} is missing"
-    daemon = getattr(module, "_daemon", None)
-    if not callable(getattr(daemon, "_daemon_root", None)):
-        return "_daemon._daemon_root is missing"
+    return _daemon_root_problem()
+
+
+def _daemon_root_problem() -> str | None:
+    if not callable(getattr(sys.modules.get(TARGET_MODULE), "_daemon_root", None)):
+        return f"{TARGET_MODULE}._daemon_root is missing"
     return None
+
+
+def legacy_orphan_shape_problem(module: ModuleType) -> str | None:
+    """Why ``specify_cli.sync.orphan_sweep`` of 3.2.0-3.2.3 cannot be patched, or None."""
+    enumerate_ = _parameters(getattr(module, _ENUMERATE_ORPHANS, None))
+    if enumerate_ is None or enumerate_[0] or enumerate_[1]:
+        return f"{_ENUMERATE_ORPHANS} is not a function of no arguments"
+    sweep = _parameters(getattr(module, _SWEEP_ORPHANS, None))
+    if sweep is None or sweep[0] != ["orphans"] or sweep[1] != {"timeout_s"}:
+        return f"{_SWEEP_ORPHANS} is not (orphans, *, timeout_s)"
+    classes = {
+        "OrphanDaemon": ["port", "pid", "package_version", "protocol_version"],
+        "SweepReport": ["swept", "failed", "duration_s"],
+    }
+    for name, expected in classes.items():
+        if list(getattr(getattr(module, name, None), "__dataclass_fields__", {})) != expected:
+            return f"{name} is not ({', '.join(expected)})"
+    return _daemon_root_problem()
 
 
 def patch_orphan_module(module: ModuleType) -> None:
     """Wrap what ``auth doctor`` scans and sweeps with (3.2.4+), all or none."""
     try:
-        if not hasattr(module, _ENUMERATE_RECORDS):
-            return  # 3.2.0-3.2.3: their pair is not wrapped (yet); upstream runs unchanged
-        problem = orphan_shape_problem(module)
+        # 3.2.4+ scan with identity records (schema 2); 3.2.0-3.2.3 with OrphanDaemon (schema 1).
+        # 3.2.4+ still define the schema-1 pair, but their `auth doctor` does not use it.
+        schema_2 = hasattr(module, _ENUMERATE_RECORDS)
+        problem = (orphan_shape_problem if schema_2 else legacy_orphan_shape_problem)(module)
         if problem is not None:
             setattr(module, HOOK_MARKER, {"patched": [], "unpatched": problem})
             _note(resolve_daemon_root(), "unpatched", problem)
             return
-        originals = {
-            _ENUMERATE_RECORDS: getattr(module, _ENUMERATE_RECORDS),
-            _RESET_ORPHANS: getattr(module, _RESET_ORPHANS),
-        }
+        if schema_2:
+            names = (_ENUMERATE_RECORDS, _RESET_ORPHANS)
+            makers = (_enumerate_wrapper, _reset_wrapper)
+        else:
+            names = (_ENUMERATE_ORPHANS, _SWEEP_ORPHANS)
+            makers = (_enumerate_orphans_wrapper, _sweep_wrapper)
+        originals = {name: getattr(module, name) for name in names}
         wrappers = {
-            _ENUMERATE_RECORDS: _enumerate_wrapper(module, originals[_ENUMERATE_RECORDS]),
-            _RESET_ORPHANS: _reset_wrapper(module, originals[_RESET_ORPHANS]),
+            name: make(module, originals[name]) for name, make in zip(names, makers, strict=True)
         }
         _install(module, originals, wrappers)
     except Exception:  # a broken integration never breaks spec-kitty
@@ -738,7 +764,85 @@ def _doctor_command(root: Path, reset: bool, force: bool) -> Any:
 
 
 def _orphan_root(module: ModuleType) -> Path:
-    return resolve_daemon_root(str(module._daemon._daemon_root()))
+    return resolve_daemon_root(str(sys.modules[TARGET_MODULE]._daemon_root()))
+
+
+#: What 3.2.0-3.2.3 cannot do from `auth doctor` (it has no --force): the command that can.
+FORCE_COMMAND = "spec-kitty-supervisor doctor --reset --force"
+
+
+def _enumerate_orphans_wrapper(
+    module: ModuleType, original: Callable[..., Any]
+) -> Callable[..., Any]:
+    """3.2.0-3.2.3: the supervisor's orphans, as schema 1's ``OrphanDaemon`` (four fields)."""
+
+    @functools.wraps(original)
+    def enumerate_orphans(*args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or inert_reason() is not None:
+            return original(*args, **kwargs)
+        root = None
+        try:
+            root = _orphan_root(module)
+            report = supervisor_doctor(root, reset=False, force=False)
+            return [_orphan_daemon(module, entry) for entry in report["orphans"]]
+        except Exception as exc:
+            if root is not None:
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+
+    return enumerate_orphans
+
+
+def _orphan_daemon(module: ModuleType, entry: Any) -> Any:
+    if not isinstance(entry, dict) or not isinstance(entry.get("port"), int):
+        raise Refused("an orphan of the supervisor's report has no port")
+    return module.OrphanDaemon(
+        port=entry["port"],
+        pid=entry.get("pid"),
+        package_version=entry.get("package_version"),
+        protocol_version=entry.get("protocol_version"),
+    )
+
+
+def _sweep_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    """3.2.0-3.2.3's ``--reset``: the supervisor stops only ``safe_auto`` orphans (no --force).
+
+    What it skipped is reported in ``failed`` (schema 1 has no other place), its reason naming
+    the command that can do more.
+    """
+
+    @functools.wraps(original)
+    def sweep_orphans(orphans: Any, *args: Any, **kwargs: Any) -> Any:
+        if args or set(kwargs) - {"timeout_s"} or inert_reason() is not None:
+            return original(orphans, *args, **kwargs)
+        root = None
+        started = time.monotonic()
+        try:
+            root = _orphan_root(module)
+            report = supervisor_doctor(root, reset=True, force=False)
+            result = report.get("reset_result")
+            if not isinstance(result, dict):
+                raise Refused("the supervisor's reset answer has no reset_result")
+            swept = [_orphan_daemon(module, entry) for entry in result.get("swept") or []]
+            failed = [
+                (_orphan_daemon(module, entry), str(entry.get("failure_reason")))
+                for entry in result.get("failed") or []
+            ]
+            failed += [
+                (
+                    _orphan_daemon(module, entry),
+                    f"not stopped: {entry.get('cleanup_class')} ({entry.get('skip_reason')}); "
+                    f"`{FORCE_COMMAND}` can stop it",
+                )
+                for entry in result.get("skipped") or []
+            ]
+        except Exception as exc:
+            if root is not None:
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(orphans, *args, **kwargs)
+        return module.SweepReport(swept=swept, failed=failed, duration_s=time.monotonic() - started)
+
+    return sweep_orphans
 
 
 def _enumerate_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:

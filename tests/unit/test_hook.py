@@ -743,3 +743,81 @@ def test_a_doctor_that_fails_falls_back_to_upstreams_scan_and_is_recorded(
     assert sweep.enumerate_identity_records() == []
     assert sweep.CALLS == ["upstream_enumerate"]
     assert "Refused" in _integration_record(release)["failure"]["last_error"]
+
+
+# auth doctor (3.2.0-3.2.3, schema 1)
+
+LEGACY_ORPHAN_SWEEP = """
+import dataclasses
+from specify_cli.sync.daemon import _daemon_root
+
+CALLS = []
+
+@dataclasses.dataclass(frozen=True)
+class OrphanDaemon:
+    port: int
+    pid: int | None = None
+    package_version: str | None = None
+    protocol_version: int | None = None
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    swept: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)
+    duration_s: float = 0.0
+
+def enumerate_orphans():
+    CALLS.append("upstream_enumerate")
+    return []
+
+def sweep_orphans(orphans, *, timeout_s=5.0):
+    CALLS.append("upstream_sweep")
+    return SweepReport()
+"""
+
+
+@pytest.fixture
+def legacy_sweep(release: Path) -> ModuleType:
+    path = release.parent / "site" / "specify_cli" / "sync" / "orphan_sweep.py"
+    path.write_text(LEGACY_ORPHAN_SWEEP)
+    return _import_orphan_sweep()
+
+
+def test_a_schema_1_release_gets_the_supervisors_orphans_with_four_fields(
+    supervisor: _Supervisor, legacy_sweep: ModuleType
+) -> None:
+    supervisor.doctor = {"orphans": [ORPHAN]}
+    assert getattr(legacy_sweep, _hook.HOOK_MARKER) == {
+        "patched": ["enumerate_orphans", "sweep_orphans"],
+        "unpatched": None,
+    }
+    assert legacy_sweep.enumerate_orphans() == [legacy_sweep.OrphanDaemon(9401, 5001, "3.2.2", 1)]
+    assert legacy_sweep.CALLS == []
+
+
+def test_a_schema_1_reset_never_forces_and_names_the_command_for_what_it_skipped(
+    supervisor: _Supervisor, legacy_sweep: ModuleType
+) -> None:
+    supervisor.doctor = {
+        "orphans": [],
+        "reset_result": {
+            "swept": [{"pid": 5001, "port": 9401, "package_version": "3.2.2"}],
+            "skipped": [
+                {
+                    "pid": 5002,
+                    "port": 9402,
+                    "cleanup_class": "operator_required",
+                    "skip_reason": "cross_root",
+                }
+            ],
+            "failed": [],
+        },
+    }
+    report = legacy_sweep.sweep_orphans([])
+    assert supervisor.bodies == [{"force": False}]
+    assert report.swept == [legacy_sweep.OrphanDaemon(9401, 5001, "3.2.2", None)]
+    [(skipped, reason)] = report.failed
+    assert skipped == legacy_sweep.OrphanDaemon(9402, 5002, None, None)
+    assert "operator_required (cross_root)" in reason
+    assert "`spec-kitty-supervisor doctor --reset --force`" in reason
+    assert legacy_sweep.CALLS == []
