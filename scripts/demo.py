@@ -8,7 +8,8 @@
 5. ``spec-kitty-supervisor ensure`` three times: auto-start (and adoption of what
    ``R/sync-daemon`` names), reuse, and a make-before-break upgrade to 3.2.7;
 6. spec-kitty itself, integrated: ``integrate`` into a throwaway copy of the 3.2.7 venv, whose
-   own ``ensure_sync_daemon_running`` then gets the supervisor's daemon; ``integrate --remove``;
+   own ``ensure_sync_daemon_running`` then gets the supervisor's daemon, and its own
+   ``spec-kitty auth doctor`` shows the supervisor's daemon and orphans; ``integrate --remove``;
 7. ``status``, ``events`` (and ``doctor`` again);
 8. the sync daemons of the sandbox root still alive;
 9. ``stop --children``, then every orphan still alive stopped by pid, and the sandbox removed.
@@ -401,7 +402,45 @@ def step_integration(cli: Cli) -> None:
     ):
         raise DemoFailed(f"the integrated spec-kitty did not get the supervisor's daemon {current}")
     note(f"spec-kitty's own call answered with the supervisor's daemon, pid {current[0]['pid']}")
+    step_integrated_auth_doctor(cli, venv / "bin" / "spec-kitty", current[0]["pid"])
     cli.run("integrate", "--remove", "--python", python)
+
+
+def step_integrated_auth_doctor(cli: Cli, spec_kitty: Path, current_pid: int) -> None:
+    """The command users know, integrated: its sync part is the supervisor's view."""
+
+    def auth_doctor(*flags: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(spec_kitty), "auth", "doctor", *flags],
+            capture_output=True,
+            text=True,
+            env=cli.env,
+            cwd=cli.sandbox.home,
+            timeout=CLI_TIMEOUT,
+            check=False,
+        )
+
+    print("  $ spec-kitty auth doctor   (integrated: daemon and orphans are the supervisor's)")
+    shown = auth_doctor()
+    indented(shown.stdout + shown.stderr)
+    as_json = auth_doctor("--json")
+    try:
+        report = json.loads(as_json.stdout)
+    except ValueError:
+        raise DemoFailed(f"auth doctor --json printed no JSON: {as_json.stderr}") from None
+    own = cli.json("doctor", "--root", str(cli.sandbox.root), ok=(0, 1))
+    daemon = report.get("daemon") or {}
+    ours = sorted(entry["port"] for entry in own["orphans"])
+    theirs = sorted(entry["port"] for entry in report.get("orphans") or [])
+    if daemon.get("pid") != current_pid or theirs != ours:
+        raise DemoFailed(
+            f"the integrated auth doctor shows daemon {daemon.get('pid')} and orphans {theirs}; "
+            f"the supervisor has daemon {current_pid} and orphans {ours}"
+        )
+    note(
+        f"auth doctor shows the supervisor's daemon (pid {current_pid}) and its "
+        f"{len(ours)} orphan(s) left after its start-up sweep (step 3: upstream's own view)"
+    )
 
 
 def step_inspect(cli: Cli) -> None:
