@@ -9,6 +9,7 @@ supervisor's own idle exit; the sweep loop is :func:`._lifecycle.sweep_orphans_f
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import anyio
@@ -33,6 +34,7 @@ from ._lifecycle import (
     LEGACY_LOCK_WAIT,
     Clock,
     Effects,
+    FencedEffects,
     Lifecycle,
     RealEffects,
     SystemClock,
@@ -65,6 +67,7 @@ class Supervisor:
         legacy_lock_wait: float = LEGACY_LOCK_WAIT,
         effects: Effects | None = None,
         clock: Clock | None = None,
+        holds_root: Callable[[], bool] | None = None,
     ) -> None:
         self.layout = layout
         self.settings = settings
@@ -78,6 +81,11 @@ class Supervisor:
             real.child_umask = child_umask
             real.legacy_lock_wait = legacy_lock_wait
             effects = real
+        if holds_root is not None:
+            # Fencing before every act (_fencing): once the lock file is not ours, neither the
+            # lifecycle nor the ledger writes anything more into the root.
+            self.ledger.may_write = holds_root
+            effects = FencedEffects(effects, holds_root, on_lost=self.fenced)
         self.clock: Clock = clock or SystemClock()
         self.lifecycle = Lifecycle(layout.daemon_root, effects, self.clock, settings)
         self.started_at = datetime.fromtimestamp(self.clock.now(), UTC).isoformat(
@@ -125,6 +133,12 @@ class Supervisor:
     def loop_is_alive(self) -> bool:
         """True while heartbeats complete on time (the service watchdog's condition)."""
         return self.clock.monotonic() - self._last_tick < 2 * self.settings.heartbeat_seconds + 5
+
+    def fenced(self) -> None:
+        """The root's lock file is no longer ours: exit at once, leaving our daemons running."""
+        if not self.exiting:
+            log.error("fenced", reason="the lock file was removed or replaced; exiting")
+            self.request_exit("lock lost")
 
     def request_exit(self, reason: str) -> None:
         self.exit_reason = reason

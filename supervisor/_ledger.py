@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +43,9 @@ class Ledger:
         self._events: deque[EventRecord] = deque(maxlen=capacity)
         self._lines_in_file = 0
         self._seq = 0
+        #: False once the file is no longer ours to write (the supervisor was fenced out):
+        #: events are then kept in memory only.
+        self.may_write: Callable[[], bool] = lambda: True
         if path is not None:
             self._load(path)
 
@@ -94,7 +97,7 @@ class Ledger:
         return event
 
     def _append(self, event: EventRecord) -> None:
-        if self._path is None:
+        if self._path is None or not self.may_write():
             return
         try:
             if self._lines_in_file >= 2 * self._capacity:

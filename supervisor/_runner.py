@@ -132,6 +132,7 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         auto_started=options.auto_started or control is not None,
         service_manager=service_manager,
         child_umask=user_umask,
+        holds_root=lock.still_ours,
     )
     try:
         anyio.run(_serve, supervisor, notifier, lock, control)
@@ -347,8 +348,8 @@ async def _fence(
     while not supervisor.exiting:
         await anyio.sleep(supervisor.settings.heartbeat_seconds)
         if not lock.still_ours():
-            supervisor.ledger.record("fenced", reason="the lock file was removed or replaced")
-            supervisor.request_exit("lock lost")
+            # Logged, not written to the ledger: its file may be the next supervisor's now.
+            supervisor.fenced()
             return
         verdict = control.check()
         if verdict == "lost":

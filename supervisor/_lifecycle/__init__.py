@@ -25,6 +25,7 @@ from ._decisions import Rules
 from ._effects import Clock, Effects, SpawnContext
 from ._ensure import ensure, lift_quarantine
 from ._exits import on_exit, restart_wedged, watch_exits
+from ._fencing import FencedEffects
 from ._heartbeat import tick
 from ._lifecycle import Lifecycle, rules_from
 from ._real import LEGACY_LOCK_WAIT, RealEffects, SystemClock
@@ -35,6 +36,7 @@ __all__ = [
     "LEGACY_LOCK_WAIT",
     "Clock",
     "Effects",
+    "FencedEffects",
     "Lifecycle",
     "RealEffects",
     "Rules",

@@ -428,6 +428,8 @@ def test_a_removed_lock_file_makes_the_supervisor_leave_its_daemons_and_exit(
         (sup.root / "supervisor" / "supervisor.lock").unlink()
         eventually(lambda: read_identity(pid) is None, what="the fenced supervisor to exit")
         assert daemon_pids(sup.root) == [daemon["pid"]]
+        # Logged, not written to the ledger: once the lock is not ours, neither is events.jsonl.
+        assert sup.log_events("fenced")
         ledger = (sup.root / "supervisor" / "events.jsonl").read_text()
-        assert '"kind":"fenced"' in ledger
+        assert '"kind":"fenced"' not in ledger
         assert _ensure(sup, "3.2.4")["daemon"]["pid"] == daemon["pid"]
