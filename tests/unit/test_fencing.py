@@ -2,7 +2,7 @@
 
 ``FencedEffects`` wraps the fakes exactly as it wraps the real effects in a running supervisor;
 ``holds`` stands for "the lock file at its path is still the one we hold". The real split brain
-(``rm -rf R/supervisor`` and a second supervisor) is ``tests/interop/test_fencing.py``.
+(``rm -rf R/supervisor`` and a second supervisor) is ``tests/interop/test_split_brain.py``.
 """
 
 from __future__ import annotations
