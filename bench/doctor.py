@@ -35,6 +35,8 @@ from ._common import (
 )
 
 NAME = "doctor"
+#: Issue 16's bar (the first round's was 5x).
+MINIMUM_RATIO = 8.0
 ORPHANS = 18
 UPSTREAM_DOCTOR_VERSION = "3.2.7"
 #: No periodic sweep may stop the orphans while the supervisor runs.
@@ -103,8 +105,8 @@ def run(context: BenchContext) -> list[Row]:
             unit="s",
             upstream=upstream_median,
             ours=median(standalone),
-            minimum_ratio=5.0,
-            target="≥5x faster",
+            minimum_ratio=MINIMUM_RATIO,
+            target=f"≥{MINIMUM_RATIO:g}x faster",
             samples=samples,
             upstream_s=upstream,
             ours_s=standalone,
@@ -115,8 +117,8 @@ def run(context: BenchContext) -> list[Row]:
             unit="s",
             upstream=upstream_median,
             ours=median(with_supervisor),
-            minimum_ratio=5.0,
-            target="≥5x faster",
+            minimum_ratio=MINIMUM_RATIO,
+            target=f"≥{MINIMUM_RATIO:g}x faster",
             samples=samples,
             upstream_s=upstream,
             ours_s=with_supervisor,

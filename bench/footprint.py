@@ -20,8 +20,9 @@ from ._common import CLIENT_VERSION, BenchContext, BenchError, Row, run_ours_ens
 
 NAME = "footprint"
 SETTLE_SECONDS = 5.0
-MAX_RSS_MB = 60.0
-MAX_CPU_PERCENT = 0.5
+#: Issue 16's bar (the first round's was 60 MB and 0.5 %).
+MAX_RSS_MB = 45.0
+MAX_CPU_PERCENT = 0.2
 _MB = 1024 * 1024
 _TICK = 1.0 / os.sysconf("SC_CLK_TCK")
 
