@@ -330,17 +330,29 @@ def remove(site_packages: Path) -> list[Path]:
     return removed
 
 
+# Imports each module the hook patches (the daemon module first) and merges their markers:
+# None when the daemon module has none (no hook ran).
 _PROBE = (
-    "import json, specify_cli.sync.daemon as d; "
-    f"print(json.dumps(getattr(d, {HOOK_MARKER!r}, None)))"
+    "import importlib, json\n"
+    "patched, unpatched, seen = [], [], None\n"
+    f"for name in {tuple(PATCHED_MODULES)!r}:\n"
+    f"    state = getattr(importlib.import_module(name), {HOOK_MARKER!r}, None)\n"
+    "    if seen is None and state is None:\n"
+    "        break\n"
+    "    seen = True\n"
+    "    if isinstance(state, dict):\n"
+    "        patched += state.get('patched') or []\n"
+    "        if state.get('unpatched'):\n"
+    "            unpatched.append(name + ': ' + str(state['unpatched']))\n"
+    "print(json.dumps(seen and {'patched': patched, 'unpatched': '; '.join(unpatched) or None}))\n"
 )
 
 
 def hook_state(python: str) -> dict[str, object] | None:
-    """What the hook did when ``python`` imported ``specify_cli.sync.daemon``.
+    """What the hook did when ``python`` imported the modules it patches (the daemon's first).
 
-    ``{"patched": [...], "unpatched": None}`` when active, ``{"patched": [], "unpatched":
-    reason}`` when the release's functions lacked the expected shape, None when no hook ran.
+    ``{"patched": [...every wrapped name], "unpatched": None}`` when active; ``"unpatched"``
+    names each module whose functions lacked the expected shape; None when no hook ran.
     The import runs spec-kitty's own module code (as every spec-kitty command does) and calls
     nothing.
     """
@@ -359,7 +371,7 @@ def hook_state(python: str) -> dict[str, object] | None:
         last_line = (result.stderr.strip().splitlines() or [""])[-1]
         return {
             "patched": [],
-            "unpatched": f"importing specify_cli.sync.daemon failed: {last_line}",
+            "unpatched": f"importing the modules the hook patches failed: {last_line}",
         }
     state = json.loads(result.stdout.strip().splitlines()[-1])
     return state if isinstance(state, dict) else None

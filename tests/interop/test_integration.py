@@ -37,6 +37,12 @@ from spec_kitty_supervisor._integrate import apply, inspect_interpreter, plan
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
 RELEASES = ["3.2.2", "3.2.4", "3.2.7"]
+#: What ``auth doctor`` scans and sweeps with: schema 1 up to 3.2.3, schema 2 from 3.2.4.
+ORPHAN_FUNCTIONS = {
+    "3.2.2": ["enumerate_orphans", "sweep_orphans"],
+    "3.2.4": ["enumerate_identity_records", "reset_orphans"],
+    "3.2.7": ["enumerate_identity_records", "reset_orphans"],
+}
 
 DRIVER = """\
 import json, sys
@@ -97,9 +103,14 @@ def integrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
     pythons = [arg for venv in venvs for arg in ("--python", str(venv / "bin" / "python"))]
     document = _integrate(*pythons)
     assert [entry["action"] for entry in document["interpreters"]] == ["installed"] * 3
-    for entry in document["interpreters"]:
+    for entry, version in zip(document["interpreters"], RELEASES, strict=True):
         assert entry["hook"] == {
-            "patched": ["ensure_sync_daemon_running", "stop_sync_daemon"],
+            "patched": [
+                "ensure_sync_daemon_running",
+                "stop_sync_daemon",
+                "restart_daemon",
+                *ORPHAN_FUNCTIONS[version],
+            ],
             "unpatched": None,
         }
     yield drivers
