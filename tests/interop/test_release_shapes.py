@@ -26,8 +26,16 @@ import spec_kitty_supervisor_hook as hook
 import specify_cli.sync.daemon as daemon
 ensure = inspect.signature(daemon.ensure_sync_daemon_running)
 skip = inspect.signature(daemon._daemon_start_skip_reason)
+import specify_cli.sync.restart as restart
+import specify_cli.sync.orphan_sweep as orphan_sweep
+schema_2 = hasattr(orphan_sweep, "enumerate_identity_records")
 print(json.dumps({
     "shape_problem": hook.shape_problem(daemon),
+    "restart_shape_problem": hook.restart_shape_problem(restart),
+    "orphan_schema": 2 if schema_2 else 1,
+    "orphan_shape_problem": (
+        hook.orphan_shape_problem if schema_2 else hook.legacy_orphan_shape_problem
+    )(orphan_sweep),
     "ensure": [(p.name, p.kind.name, repr(p.default)) for p in ensure.parameters.values()],
     "skip": [(p.name, p.kind.name) for p in skip.parameters.values()],
     "stop": str(inspect.signature(daemon.stop_sync_daemon)),
@@ -62,6 +70,11 @@ def test_every_release_has_the_shape_the_hook_wraps(tmp_path: Path, version: str
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     assert facts["shape_problem"] is None
+    assert facts["restart_shape_problem"] is None
+    assert facts["orphan_shape_problem"] is None
+    # auth doctor: schema 1 (enumerate_orphans/sweep_orphans) up to 3.2.3, schema 2 from 3.2.4.
+    schema_2 = tuple(int(p) for p in version.split(".")[:3]) >= (3, 2, 4)
+    assert facts["orphan_schema"] == (2 if schema_2 else 1)
     since_3_2_6 = tuple(int(p) for p in version.split(".")) >= (3, 2, 6)
     keywords = [["intent", "KEYWORD_ONLY", "<class 'inspect._empty'>"]]
     keywords += [
