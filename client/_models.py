@@ -182,6 +182,15 @@ class StatusResponse(_Lenient):
     root_state: RootState = "ok"
     root_state_reason: str | None = None
     daemons: list[DaemonView] = Field(default_factory=list)
+    degraded: str | None = Field(
+        default=None,
+        description=(
+            "Why the supervisor cannot write its journal or R/sync-daemon now (a full disk, a "
+            "read-only file system, a permission); None when writes work. While degraded, "
+            "anything that needs a write answers state_not_writable and is not done; "
+            "status, events and doctor keep working, and it ends by itself once writes succeed."
+        ),
+    )
 
 
 class EnsureRequest(_Request):

@@ -202,6 +202,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
         f"  root state  {status.root_state}"
         + (f": {status.root_state_reason}" if status.root_state_reason else "")
     )
+    if status.degraded:
+        print(f"  degraded    {status.degraded}")
+        print("              (nothing that needs a write is done until writes work again)")
     if not status.daemons:
         print("  no sync daemon (the next `ensure` starts one)")
     for daemon in status.daemons:

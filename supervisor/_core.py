@@ -236,6 +236,7 @@ class Supervisor:
             root_state="quarantined" if reason is not None else "ok",
             root_state_reason=reason,
             daemons=self.daemon_views(),
+            degraded=self.lifecycle.degraded,
         )
 
     def daemon_views(self) -> list[DaemonView]:

@@ -8,6 +8,8 @@
    retirement. The intent is written (the ledger's ``watchdog``, the table's ``retiring``)
    before anything acts; a retirement whose intent cannot be written is not started.
 4. Act in the background, so that the next tick is never late: retirements, restarts.
+5. While the supervisor is degraded (a write failed), write the journal and the state file
+   again: the first tick whose writes succeed ends it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ async def tick(lifecycle: Lifecycle) -> None:
         for record in lifecycle.table.retiring:
             retire_later(lifecycle, record, "retirement resumed")
         _decide_for_current(lifecycle, now)
+        if lifecycle.degraded is not None:
+            await _retry_writes(lifecycle)
+
+
+async def _retry_writes(lifecycle: Lifecycle) -> None:
+    """While writes fail, try them again each tick: degraded ends by itself once they work.
+
+    The journal first, then ``R/sync-daemon`` (a spawn whose state-file write failed left it
+    naming the old daemon, or nothing).
+    """
+    lifecycle.write_journal()
+    if lifecycle.degraded is not None:
+        return
+    try:
+        await lifecycle.sync_legacy_state()
+    except LifecycleError as exc:
+        log.error("state_file_not_written", error=str(exc))
 
 
 async def _probe_all(lifecycle: Lifecycle, records: list[DaemonRecord]) -> dict[int, Health | None]:

@@ -66,6 +66,10 @@ class Lifecycle:
         #: Heartbeats in a row each daemon did not answer (in memory: a fresh supervisor
         #: starts counting again, as the watchdog's window does).
         self.missed_heartbeats: dict[int, int] = {}
+        #: Why the last write of the table or of ``R/sync-daemon`` failed (a full disk, a
+        #: read-only file system, a permission), None once a write succeeds again. ``status``
+        #: shows it; the heartbeat retries the writes while it is set.
+        self.degraded: str | None = None
         self.quarantined_python: str | None = None
         #: Daemons being stopped now (a second retirement of one would race the first).
         self.retiring_now: set[int] = set()
@@ -105,11 +109,25 @@ class Lifecycle:
         before = self.table.snapshot()
         result = transition()
         try:
-            self.effects.save_table(self.table)
+            self.written(lambda: self.effects.save_table(self.table))
         except LifecycleError:
             self.table.rewind(before)
             raise
         return result
+
+    def written(self, write: Callable[[], None]) -> None:
+        """Do one write of the table or the state file, and note whether writes work now."""
+        try:
+            write()
+        except LifecycleError as exc:
+            if exc.code == "state_not_writable":
+                if self.degraded is None:
+                    log.error("degraded", reason=str(exc))
+                self.degraded = str(exc)
+            raise
+        if self.degraded is not None:
+            log.info("degraded_left", reason="a write succeeded again")
+            self.degraded = None
 
     def settle(self, transition: Callable[[], _T]) -> _T:
         """Apply a transition that reflects what already happened (a daemon is gone).
@@ -123,7 +141,7 @@ class Lifecycle:
 
     def write_journal(self) -> None:
         try:
-            self.effects.save_table(self.table)
+            self.written(lambda: self.effects.save_table(self.table))
         except LifecycleError as exc:
             log.error("journal_not_written", error=str(exc))
 
@@ -172,14 +190,16 @@ class Lifecycle:
                 current.port,
                 current.token,
             ):
-                effects.write_legacy_state(current.port, current.token, current.pid)
+                self.written(
+                    lambda: effects.write_legacy_state(current.port, current.token, current.pid)
+                )
             return
         if recorded is None:
             if effects.legacy_state_exists():
-                effects.remove_legacy_state()  # not in upstream's shape
+                self.written(effects.remove_legacy_state)  # not in upstream's shape
             return
         # Upstream CLIs SIGKILL the recorded pid unchecked: never leave one of ours that is
         # retiring, nor a dead one. A live daemon we do not own is left for adoption.
         ours = self.table.by_pid(recorded.pid) is not None
         if ours or effects.read_identity(recorded.pid) is None:
-            effects.remove_legacy_state()
+            self.written(effects.remove_legacy_state)

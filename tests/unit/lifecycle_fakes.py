@@ -94,6 +94,7 @@ class FakeEffects:
         self.journal_quarantine: str | None = None
         self.loaded = Table()
         self.journal_fails = False
+        self.legacy_write_fails = False
         self.legacy_lock_busy = False
         self.owner_record: set[int] = set()
         self.taken_ports: set[int] = set()
@@ -235,6 +236,8 @@ class FakeEffects:
         return self.legacy is not None
 
     def write_legacy_state(self, port: int, token: str, pid: int) -> None:
+        if self.legacy_write_fails:
+            raise LifecycleError("state_not_writable", "cannot write sync-daemon: No space left")
         self.acts.append(f"record {pid}")
         self.legacy = LegacyRecord(f"http://localhost:{port}", port, token, pid)
 
