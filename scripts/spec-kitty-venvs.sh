@@ -10,8 +10,10 @@ versions=("$@")
 if [ ${#versions[@]} -eq 0 ]; then
   # The releases the tests, demo and benchmarks run: KNOWN_VERSIONS of sks_harness, and one
   # release of each other family (3.1, 3.2.0-3.2.2, 3.2.4-3.2.5) plus 4.0 for the refusal
-  # (tests/interop/test_releases.py). `make matrix` installs every release 3.1.0-3.2.7.
-  versions=(3.1.10 3.2.1 3.2.2 3.2.3 3.2.4 3.2.5 3.2.7 4.0.0rc7)
+  # (tests/interop/test_releases.py), and 3.2.0 and 3.2.6 so that the hook's function shapes
+  # are checked on every release it patches (tests/interop/test_release_shapes.py).
+  # `make matrix` installs every release 3.1.0-3.2.7.
+  versions=(3.1.10 3.2.0 3.2.1 3.2.2 3.2.3 3.2.4 3.2.5 3.2.6 3.2.7 4.0.0rc7)
 fi
 
 mkdir -p "$cache"
