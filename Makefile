@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export SPEC_KITTY_VENVS ?= $(HOME)/.cache/spec-kitty-supervisor/venvs
 
-.PHONY: matrix demo test lint typecheck unit pytest venv spec-kitty-venvs wheel-smoke bench clean
+.PHONY: matrix demo test lint typecheck unit pytest venv spec-kitty-venvs wheel-smoke bench chaos clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ wheel-smoke: venv spec-kitty-venvs
 	scripts/wheel-smoke.sh
 
 test: lint typecheck pytest wheel-smoke
+
+# The fault suite with more rounds than CI's (tests/chaos/_tally.py), its tallies written as
+# JSON and rendered as docs/reliability.md's table. Real ports: on a shared machine run it in a
+# private network namespace (unshare -n sh -c 'ip link set lo up && make chaos').
+CHAOS_ROUNDS ?= 10
+CHAOS_REPORT ?= chaos-report.json
+chaos: venv spec-kitty-venvs
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) CHAOS_REPORT=$(CHAOS_REPORT) $(BIN)/pytest -q tests/chaos; \
+	  status=$$?; $(BIN)/python -m scripts.reliability_report $(CHAOS_REPORT); exit $$status
 
 bench: venv spec-kitty-venvs
 	$(BIN)/python -m bench
