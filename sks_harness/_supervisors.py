@@ -118,10 +118,12 @@ class SupervisorUnderTest:
         *flags: str,
         extra_env: Mapping[str, str] | None = None,
         nofile: tuple[int, int] | None = None,
+        wait: bool = True,
     ) -> int:
         """Start ``run`` in the background and wait until its socket answers; return its pid.
 
         ``nofile`` is the (soft, hard) descriptor limit it starts with, as a client's would be.
+        ``wait=False`` returns at once (a fault injected during its start-up needs that).
         """
 
         def limit_descriptors() -> None:
@@ -139,10 +141,11 @@ class SupervisorUnderTest:
             preexec_fn=limit_descriptors if nofile is not None else None,  # noqa: PLW1509
         )
         self._popens.append(popen)
-        self.wait_ready()
         identity = read_identity(popen.pid)
         if identity is not None:
             self.seen[popen.pid] = identity
+        if wait:
+            self.wait_ready()
         return popen.pid
 
     def wait_exit(self, pid: int, timeout: float) -> int:

@@ -28,7 +28,7 @@ from sks_harness import (
 
 from ._tally import Tally
 
-__all__ = ["RootFacts", "observe", "settle_one_owner"]
+__all__ = ["RootFacts", "observe", "read_journal", "settle_one_owner"]
 
 
 def _identities(pids: list[int]) -> list[ProcessIdentity]:
@@ -64,7 +64,8 @@ class RootFacts:
         )
 
 
-def _read_journal(root: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
+def read_journal(root: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """The journal's rows (``[]`` when there is no journal), or None and what is wrong."""
     path = root / "supervisor" / "state.json"
     try:
         document = json.loads(path.read_text())
@@ -80,7 +81,7 @@ def _read_journal(root: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
 
 def observe(root: Path) -> RootFacts:
     """Look once; :func:`settle_one_owner` looks again until the look is consistent."""
-    journal, problem = _read_journal(root)
+    journal, problem = read_journal(root)
     return RootFacts(
         root=root,
         supervisors=_identities(supervisor_pids(root)),

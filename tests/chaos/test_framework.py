@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 from scripts.reliability_report import render
-from sks_harness import ORPHAN_PORTS, eventually, signal_if_same
+from sks_harness import (
+    ORPHAN_PORTS,
+    DaemonFleet,
+    Sandbox,
+    SupervisorUnderTest,
+    eventually,
+    run_blocking,
+    signal_if_same,
+    spec_kitty_python,
+    wait_healthy,
+)
+from tests.chaos._facts import settle_one_owner
 from tests.chaos._standin import StandIn
 from tests.chaos._tally import COUNTERS, Tally, TrialFailed, rounds, write_report
 
@@ -103,3 +114,28 @@ def test_a_stand_in_can_hold_a_port_and_answer_or_stay_silent(tmp_path: Path) ->
             sock.sendall(b"GET /api/health HTTP/1.1\r\nHost: x\r\n\r\n")
             with pytest.raises(TimeoutError):
                 sock.recv(1)
+
+
+@pytest.mark.real_ports
+@pytest.mark.interop
+def test_settling_counts_a_daemon_nobody_owns_and_a_journal_that_lies(
+    fleet: DaemonFleet, sandbox: Sandbox
+) -> None:
+    with SupervisorUnderTest(sandbox) as sup:
+        sup.start()
+        python = str(spec_kitty_python("3.2.4"))
+        current = sup.cli_json("ensure", "--python", python)["daemon"]["pid"]
+        clean = Tally(fault="clean")
+        assert settle_one_owner(clean, sup.root, "clean").recorded is not None
+        assert clean.broken() == {}
+        stray = fleet.spawn(sandbox, "3.2.4", sync=True)  # after the start-up sweep: nobody's
+        run_blocking(wait_healthy, stray)
+        counted = Tally(fault="stray")
+        facts = settle_one_owner(counted, sup.root, "stray", timeout=2)
+        assert {d.pid for d in facts.daemons} == {current, stray.pid}
+        assert counted.broken() == {"orphans_left": 1}
+        journal = sup.root / "supervisor" / "state.json"
+        journal.write_text(journal.read_text().replace(f'"pid": {current}', '"pid": 1'))
+        lied = Tally(fault="journal")
+        settle_one_owner(lied, sup.root, "journal", timeout=2)
+        assert lied.broken() == {"orphans_left": 1, "lost_or_corrupted_state": 1}
