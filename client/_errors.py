@@ -20,10 +20,10 @@ SupervisorError
 
 The class follows the error *code*, never the HTTP status: only ``supervisor_exiting`` means
 "this supervisor is going away, retry", so only it is a :class:`SupervisorUnavailable` (which
-the client answers by starting a supervisor when it may). A 503 ``root_quarantined`` or
-``state_not_writable`` is a :class:`RequestFailed`: retrying or starting another supervisor
-cannot fix it. A code this client does not know (a newer supervisor's) is a plain
-:class:`RequestFailed`.
+the client answers by starting a supervisor when it may). A 503 ``root_quarantined``,
+``state_not_writable`` or ``root_file_refused`` is a :class:`RequestFailed`: retrying or
+starting another supervisor cannot fix it. A code this client does not know (a newer
+supervisor's) is a plain :class:`RequestFailed`.
 """
 
 from __future__ import annotations

@@ -185,10 +185,15 @@ class StatusResponse(_Lenient):
     degraded: str | None = Field(
         default=None,
         description=(
-            "Why the supervisor cannot write its journal or R/sync-daemon now (a full disk, a "
-            "read-only file system, a permission); None when writes work. While degraded, "
-            "anything that needs a write answers state_not_writable and is not done; "
-            "status, events and doctor keep working, and it ends by itself once writes succeed."
+            "Why the supervisor cannot do all it should now; None when it can. The causes, "
+            "joined by '; ': its journal or R/sync-daemon cannot be written (a full disk, a "
+            "read-only file system, a permission: anything that needs that write answers "
+            "state_not_writable and is not done); its ledger's file misses events (they are "
+            "kept in memory and served by events; nothing is refused for it); one of "
+            "upstream's files in the root (R/sync-daemon.lock, R/sync-daemon.log, "
+            "R/sync/daemon/owner.json) is not a regular file of the user's (what needs it "
+            "answers root_file_refused). status, events and doctor keep working, and each "
+            "cause ends by itself once it is gone."
         ),
     )
 

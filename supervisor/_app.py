@@ -45,6 +45,7 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     "no_free_port": 503,
     "root_quarantined": 503,
     "state_not_writable": 503,
+    "root_file_refused": 503,
     "supervisor_exiting": 503,
 }
 

@@ -38,6 +38,7 @@ from ._doctor import (
     doctor_exit_code,
     standalone_doctor,
 )
+from ._errors import LifecycleError
 from ._integration_doctor import integration_findings
 from ._layout import RootLayout
 from ._legacy_state import LegacyLockTimeout
@@ -75,7 +76,13 @@ def cmd_doctor(args: argparse.Namespace, *, ask: Ask = input) -> int:
         return EXIT_DOCTOR_FAILED
     try:
         report = _run(args, ask)
-    except (DoctorUnavailable, LegacyLockTimeout, SettingsError, UnsafeDirectoryError) as exc:
+    except (
+        DoctorUnavailable,
+        LegacyLockTimeout,
+        LifecycleError,
+        SettingsError,
+        UnsafeDirectoryError,
+    ) as exc:
         print(f"spec-kitty-supervisor doctor: {exc}", file=sys.stderr)
         return EXIT_DOCTOR_FAILED
     except (SupervisorError, ValueError, OSError) as exc:

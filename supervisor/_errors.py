@@ -14,7 +14,7 @@ LifecycleError (RuntimeError)   code, message, details
   already_retiring, retire_failed, legacy_lock_busy              it conflicts with what runs now
   spawn_failed                                                  the daemon never became healthy
   no_free_port, root_quarantined, state_not_writable,           the root cannot serve now
-  supervisor_exiting
+  root_file_refused, supervisor_exiting
 ```
 
 Pure: standard library only, no I/O (a wall: tests/unit/test_walls.py); pure decision
@@ -42,6 +42,7 @@ ErrorCode = Literal[
     "no_free_port",
     "root_quarantined",
     "state_not_writable",
+    "root_file_refused",
     "supervisor_exiting",
 ]
 

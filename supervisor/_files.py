@@ -7,6 +7,11 @@ One function reads them all at start-up (:func:`read_regular_file`): a FIFO woul
 supervisor forever after it took the root's lock, a symlink could point anywhere (a device, a
 FIFO elsewhere, another user's file), a directory cannot be replaced atomically. Such a file is
 refused, and the caller moves it aside (:func:`move_refused_aside`) and starts from what is alive.
+
+Upstream's own files in the root (``R/sync-daemon.lock``, ``R/sync-daemon.log``) are opened by
+:func:`open_upstream_file` under the same rules, but a refused one is left where it is: it is
+upstream's and the user's (a symlinked log may be on purpose), so the supervisor says what it
+found and does not act through it, and the user moves it.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from pathlib import Path
 
 from spec_kitty_supervisor_client._wire import open_own_file
 
+from ._errors import LifecycleError
+
 __all__ = [
     "RefusedFile",
     "atomic_write",
+    "refusal",
+    "upstream_file_refused",
     "move_aside",
     "move_refused_aside",
     "open_own_file",
+    "open_upstream_file",
     "read_regular_file",
 ]
 
@@ -56,6 +66,63 @@ def _kind_of(mode: int) -> str:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
     return "not a regular file"
+
+
+#: What ``open`` says of an entry that is not a file to write: a final symlink (ELOOP; EMLINK
+#: on some BSDs), a socket file (ENXIO, EOPNOTSUPP), a directory opened for writing (EISDIR).
+_NOT_OPENABLE = frozenset({errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EOPNOTSUPP, errno.EISDIR})
+
+
+def refusal(info: os.stat_result, *, single_link: bool) -> str | None:
+    """What makes the entry ``info`` describes unfit to open, or None when it is a regular
+    file of ours (with one link when ``single_link``: a hard link would redirect a write)."""
+    if not stat.S_ISREG(info.st_mode):
+        return _kind_of(info.st_mode)
+    if info.st_uid != os.getuid():
+        return f"a file of uid {info.st_uid}"
+    if single_link and info.st_nlink != 1:
+        return f"a file with {info.st_nlink} hard links"
+    return None
+
+
+def open_upstream_file(path: Path, flags: int, *, single_link: bool) -> int:
+    """Open (creating it if needed) one of upstream's files in the root; return the fd.
+
+    Never through a final symlink, never blocking on a FIFO (the descriptor is blocking
+    again once it is known to be a regular file, since a daemon may inherit it), and only a
+    regular file of ours: anything else raises :class:`RefusedFile` and is left as it is.
+    """
+    if flags & os.O_TRUNC:
+        raise ValueError("open_upstream_file never truncates before it knows the file is ours")
+    opened = flags | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, opened, 0o600)
+    except OSError as exc:
+        if exc.errno not in _NOT_OPENABLE:
+            raise
+        info = path.lstat()
+        raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino)) from None
+    try:
+        info = os.fstat(fd)
+        problem = refusal(info, single_link=single_link)
+        if problem is not None:
+            raise RefusedFile(path, problem, (info.st_dev, info.st_ino))
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def upstream_file_refused(refused: RefusedFile) -> LifecycleError:
+    """The answer to a request that needed an upstream file :func:`open_upstream_file` refused."""
+    return LifecycleError(
+        "root_file_refused",
+        f"{refused}: the supervisor opens it only as a regular file of yours, never through a "
+        f"link, and does nothing that needs it. Look at what it is, move it away (mv "
+        f"{refused.path} {refused.path}.moved), and retry",
+        {"path": str(refused.path)},
+    )
 
 
 def _entry_identity(path: Path) -> tuple[int, int] | None:

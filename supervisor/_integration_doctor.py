@@ -23,6 +23,7 @@ from spec_kitty_supervisor_client import DoctorFinding
 from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
 from spec_kitty_supervisor_client._hook import INTEGRATION_FILE
 
+from ._files import RefusedFile, read_regular_file
 from ._integrate import (
     HOOK_FILE,
     PTH_FILE,
@@ -147,10 +148,33 @@ def _installation_finding(installation: Installation, command: list[str]) -> Doc
     )
 
 
+#: The hook's record is two small entries; far more is not its record.
+MAX_INTEGRATION_RECORD_BYTES = 64 * 1024
+
+
 def _record_findings(root: Path) -> list[DoctorFinding]:
+    path = root / "supervisor" / INTEGRATION_FILE
     try:
-        record = json.loads((root / "supervisor" / INTEGRATION_FILE).read_text())
-    except (OSError, ValueError):
+        # As the supervisor reads its own files: a FIFO would hang doctor, a link could
+        # show any file as the hooks' record.
+        raw = read_regular_file(path, MAX_INTEGRATION_RECORD_BYTES)
+    except RefusedFile as refused:
+        return [
+            DoctorFinding(
+                severity="warning",
+                code="integration_record_refused",
+                message=f"{refused}; doctor does not read it, so it cannot show what the "
+                "integrated spec-kitty releases recorded",
+                remediation=f"move it away (`mv {path} {path}.moved`); the hooks write a new one",
+            )
+        ]
+    except OSError:
+        return []
+    if raw is None:
+        return []
+    try:
+        record = json.loads(raw)
+    except ValueError:
         return []
     if not isinstance(record, dict):
         return []

@@ -20,7 +20,14 @@ from pathlib import Path
 import anyio
 import structlog
 
-from ._files import RefusedFile, atomic_write, move_refused_aside, read_regular_file
+from ._files import (
+    RefusedFile,
+    atomic_write,
+    move_refused_aside,
+    open_upstream_file,
+    read_regular_file,
+    upstream_file_refused,
+)
 
 __all__ = [
     "LegacyLockTimeout",
@@ -100,8 +107,13 @@ async def hold_legacy_lock(path: Path, timeout: float) -> AsyncIterator[None]:
 
     Upstream may hold it for ~21 s while it waits for a daemon's health, so callers pass a
     bound and treat :class:`LegacyLockTimeout` as "an upstream CLI is busy; try later".
+    A lock file that is not a regular file of ours (a FIFO would block the open, a symlink
+    would lock something else) raises ``LifecycleError("root_file_refused")``.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = open_upstream_file(path, os.O_RDWR, single_link=False)
+    except RefusedFile as refused:
+        raise upstream_file_refused(refused) from None
     try:
         with anyio.fail_after(timeout):
             while True:

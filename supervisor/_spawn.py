@@ -21,6 +21,7 @@ from spec_kitty_supervisor_client._releases import ignores_spec_kitty_home, with
 from ._daemon_shape import build_daemon_argv
 from ._errors import ErrorCode, LifecycleError
 from ._fd_limit import child_limit_restorer
+from ._files import RefusedFile, open_upstream_file, upstream_file_refused
 from ._identity import ProcessIdentity, read_identity
 from ._layout import RootLayout
 from ._sd_notify import child_environment_scrub
@@ -185,12 +186,21 @@ def spawn_daemon(
     cwd: str,
     umask: int = -1,
 ) -> SpawnedDaemon:
-    """Start one daemon in its own session; the caller waits for its health."""
+    """Start one daemon in its own session; the caller waits for its health.
+
+    Its output goes to ``R/sync-daemon.log``, as upstream's spawns do, but only when that is
+    a regular file of ours with one link: a FIFO there would block the spawn, a link would
+    send the daemon's output elsewhere (``LifecycleError("root_file_refused")``).
+    """
     token = new_token()
     argv = build_daemon_argv(python, resolved_python, str(layout.daemon_root), port, token)
+    try:
+        log_fd = open_upstream_file(layout.daemon_log, os.O_WRONLY | os.O_APPEND, single_link=True)
+    except RefusedFile as refused:
+        raise upstream_file_refused(refused) from None
     with (
         open(os.devnull, "rb") as stdin,
-        open(layout.daemon_log, "ab") as log,
+        open(log_fd, "ab") as log,
     ):
         # Where this daemon's output starts: only that part explains a failure of this spawn.
         log_offset = log.seek(0, os.SEEK_END)
@@ -232,11 +242,23 @@ def spawn_daemon(
 
 
 def log_tail(path: Path, *, since: int = 0, max_bytes: int = 4000) -> str:
-    """The last ``max_bytes`` of the daemon log written after byte ``since``."""
+    """The last ``max_bytes`` of the daemon log written after byte ``since``.
+
+    Empty when the log is not a regular file (it is read without following a final link and
+    without blocking on a FIFO, as it was written).
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
     try:
-        with path.open("rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(max(since, size - max_bytes))
-            return handle.read().decode("utf-8", errors="replace")
+        fd = os.open(path, flags)
     except OSError:
         return ""
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        size = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, max(since, size - max_bytes), os.SEEK_SET)
+        return os.read(fd, max_bytes).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)

@@ -17,6 +17,7 @@ __all__ = ["adopt_recorded", "follow_recorded", "recover"]
 
 async def recover(lifecycle: Lifecycle) -> None:
     """Start-up: re-prove the journal's daemons, else adopt the recorded one."""
+    lifecycle.check_root_files()
     async with lifecycle.lock:
         await _recover_locked(lifecycle)
 

@@ -203,7 +203,26 @@ class Effects(Protocol):
         package_version: str | None = None,
         reason: str = "",
     ) -> None:
-        """Append to the ledger (never fails: a full disk must not stop the lifecycle)."""
+        """Append to the ledger (never fails: a full disk must not stop the lifecycle).
+
+        An event the ledger's file cannot take is kept in memory (``/v1/events`` serves it)
+        and written by :meth:`catch_up_ledger`; :meth:`ledger_behind` says why until then.
+        """
+        ...
+
+    def ledger_behind(self) -> str | None:
+        """Why the ledger's file misses events it should have, or None when it has them all."""
+        ...
+
+    def catch_up_ledger(self) -> None:
+        """Write the events the ledger's file misses, oldest first (never raises)."""
+        ...
+
+    def refused_root_files(self) -> str | None:
+        """Which of upstream's files in the root (``R/sync-daemon.lock``, ``R/sync-daemon.log``,
+        ``R/sync/daemon/owner.json``) is not a regular file of ours, and what it is; None
+        when none is. Such a file is never opened (a spawn or a sweep that needs it is
+        refused with ``root_file_refused``)."""
         ...
 
     # -------------------------------------------------------------- orphans

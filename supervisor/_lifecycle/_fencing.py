@@ -109,6 +109,17 @@ class FencedEffects:
             return
         self.inner.record(kind, pid=pid, port=port, package_version=package_version, reason=reason)
 
+    def ledger_behind(self) -> str | None:
+        return self.inner.ledger_behind()
+
+    def catch_up_ledger(self) -> None:
+        if self.lost or not self.holds_root():
+            return
+        self.inner.catch_up_ledger()
+
+    def refused_root_files(self) -> str | None:
+        return self.inner.refused_root_files()
+
     async def sweep_orphans(self, table: Table) -> None:
         self.fence()
         await self.inner.sweep_orphans(table)

@@ -8,8 +8,9 @@
    retirement. The intent is written (the ledger's ``watchdog``, the table's ``retiring``)
    before anything acts; a retirement whose intent cannot be written is not started.
 4. Act in the background, so that the next tick is never late: retirements, restarts.
-5. While the supervisor is degraded (a write failed), write the journal and the state file
-   again: the first tick whose writes succeed ends it.
+5. While the supervisor is degraded, repair what can be: write the journal and the state
+   file again when a write of them failed, and the events the ledger's file misses; and look
+   at upstream's files in the root again. Each cause ends on the first tick it is gone.
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ async def tick(lifecycle: Lifecycle) -> None:
         for record in lifecycle.table.retiring:
             retire_later(lifecycle, record, "retirement resumed")
         _decide_for_current(lifecycle, now)
-        if lifecycle.degraded is not None:
+        if lifecycle.writes_failing is not None:
             await _retry_writes(lifecycle)
+    if lifecycle.effects.ledger_behind() is not None:
+        lifecycle.effects.catch_up_ledger()
+    lifecycle.check_root_files()
 
 
 async def _retry_writes(lifecycle: Lifecycle) -> None:
@@ -52,7 +56,7 @@ async def _retry_writes(lifecycle: Lifecycle) -> None:
     naming the old daemon, or nothing).
     """
     lifecycle.write_journal()
-    if lifecycle.degraded is not None:
+    if lifecycle.writes_failing is not None:
         return
     try:
         await lifecycle.sync_legacy_state()

@@ -67,9 +67,12 @@ class Lifecycle:
         #: starts counting again, as the watchdog's window does).
         self.missed_heartbeats: dict[int, int] = {}
         #: Why the last write of the table or of ``R/sync-daemon`` failed (a full disk, a
-        #: read-only file system, a permission), None once a write succeeds again. ``status``
-        #: shows it; the heartbeat retries the writes while it is set.
-        self.degraded: str | None = None
+        #: read-only file system, a permission), None once a write succeeds again. The
+        #: heartbeat retries the writes while it is set.
+        self.writes_failing: str | None = None
+        #: Which upstream file in the root is refused (see ``Effects.refused_root_files``), as
+        #: the last heartbeat saw it.
+        self.refused_files: str | None = None
         self.quarantined_python: str | None = None
         #: Daemons being stopped now (a second retirement of one would race the first).
         self.retiring_now: set[int] = set()
@@ -94,6 +97,28 @@ class Lifecycle:
                 log.error("background_task_failed", task=step.__name__, error=repr(exc))
 
         self._task_group.start_soon(guarded)
+
+    @property
+    def degraded(self) -> str | None:
+        """Why the supervisor cannot do all it should now, for ``status``; None when it can.
+
+        Three causes, each ending by itself once the cause is gone: the journal or
+        ``R/sync-daemon`` cannot be written (nothing that needs that write is done), the
+        ledger's file misses events (kept in memory; nothing is refused for it), or one of
+        upstream's files in the root is refused (no spawn or sweep that needs it).
+        """
+        reasons = [self.writes_failing, self.effects.ledger_behind(), self.refused_files]
+        return "; ".join(reason for reason in reasons if reason) or None
+
+    def check_root_files(self) -> None:
+        """Look at upstream's files in the root again; log when what is refused changes."""
+        refused = self.effects.refused_root_files()
+        if refused != self.refused_files:
+            if refused is None:
+                log.info("root_files_fine", reason="no upstream file in the root is refused")
+            else:
+                log.error("root_file_refused", reason=refused)
+            self.refused_files = refused
 
     def iso_now(self) -> str:
         return datetime.fromtimestamp(self.clock.now(), UTC).isoformat(timespec="seconds")
@@ -121,13 +146,13 @@ class Lifecycle:
             write()
         except LifecycleError as exc:
             if exc.code == "state_not_writable":
-                if self.degraded is None:
+                if self.writes_failing is None:
                     log.error("degraded", reason=str(exc))
-                self.degraded = str(exc)
+                self.writes_failing = str(exc)
             raise
-        if self.degraded is not None:
+        if self.writes_failing is not None:
             log.info("degraded_left", reason="a write succeeded again")
-            self.degraded = None
+            self.writes_failing = None
 
     def settle(self, transition: Callable[[], _T]) -> _T:
         """Apply a transition that reflects what already happened (a daemon is gone).

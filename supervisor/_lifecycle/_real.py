@@ -29,6 +29,7 @@ from spec_kitty_supervisor_client._terms import in_family_range
 
 from .._doctor import sweep_root, sweep_would_act
 from .._errors import LifecycleError
+from .._files import RefusedFile, read_regular_file, refusal
 from .._identity import ProcessIdentity, read_identity
 from .._installed import interpreter_release
 from .._layout import RootLayout
@@ -64,6 +65,9 @@ log = structlog.get_logger("spec_kitty_supervisor")
 #: How long we wait for an upstream CLI to release ``R/sync-daemon.lock`` (it may hold it
 #: for ~21 s while it waits for a daemon's health).
 LEGACY_LOCK_WAIT = 30.0
+
+#: Upstream's owner record is a dozen short fields.
+MAX_OWNER_RECORD_BYTES = 64 * 1024
 
 
 class SystemClock:
@@ -237,12 +241,45 @@ class RealEffects:
         return True
 
     def owner_record_names(self, pid: int, port: int) -> bool:
-        """Upstream removes owner.json on a clean exit when it still names that daemon."""
+        """Upstream removes owner.json on a clean exit when it still names that daemon.
+
+        Read only as a regular file of ours (a FIFO would block the read, a link could name
+        any file): anything else names no daemon, and says so in the log.
+        """
         try:
-            owner = json.loads(self.layout.owner_json.read_text())
-        except (OSError, ValueError):
+            raw = read_regular_file(self.layout.owner_json, MAX_OWNER_RECORD_BYTES)
+        except RefusedFile as refused:
+            log.warning("owner_record_refused", problem=str(refused))
+            return False
+        except OSError:
+            return False
+        if raw is None:
+            return False
+        try:
+            owner = json.loads(raw)
+        except ValueError:
             return False
         return isinstance(owner, dict) and (owner.get("pid"), owner.get("port")) == (pid, port)
+
+    def refused_root_files(self) -> str | None:
+        layout = self.layout
+        refused = []
+        for path, single_link in (
+            (layout.legacy_lock, False),
+            (layout.daemon_log, True),
+            (layout.owner_json, False),
+        ):
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue  # created as a regular file when it is needed
+            except OSError as exc:
+                refused.append(f"{path} cannot be looked at: {exc.strerror}")
+                continue
+            problem = refusal(info, single_link=single_link)
+            if problem is not None:
+                refused.append(f"{path} is {problem}, not a regular file; move it away")
+        return "; ".join(refused) or None
 
     # -------------------------------------------------------------- files
 
@@ -296,6 +333,12 @@ class RealEffects:
         reason: str = "",
     ) -> None:
         self.ledger.record(kind, pid=pid, port=port, package_version=package_version, reason=reason)
+
+    def ledger_behind(self) -> str | None:
+        return self.ledger.behind
+
+    def catch_up_ledger(self) -> None:
+        self.ledger.catch_up()
 
     # -------------------------------------------------------------- orphans
 

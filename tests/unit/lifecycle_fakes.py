@@ -94,6 +94,13 @@ class FakeEffects:
         self.journal_quarantine: str | None = None
         self.loaded = Table()
         self.journal_fails = False
+        #: The ledger's file, by kind, and what it could not take yet.
+        self.ledger_fails = False
+        self.ledger_file: list[str] = []
+        self.ledger_unwritten: list[str] = []
+        #: What ``refused_root_files`` answers (a FIFO at R/sync-daemon.lock, ...); while it
+        #: is set the legacy lock is refused, as the real one is.
+        self.refused_files: str | None = None
         self.legacy_write_fails = False
         self.legacy_lock_busy = False
         self.owner_record: set[int] = set()
@@ -227,6 +234,8 @@ class FakeEffects:
     async def _legacy_lock(self) -> AsyncIterator[None]:
         if self.legacy_lock_busy:
             raise LifecycleError("legacy_lock_busy", "an upstream spec-kitty CLI is busy")
+        if self.refused_files is not None:
+            raise LifecycleError("root_file_refused", self.refused_files)
         yield
 
     def read_legacy_state(self) -> LegacyRecord | None:
@@ -265,6 +274,22 @@ class FakeEffects:
         reason: str = "",
     ) -> None:
         self.events.append((kind, pid, reason))
+        self.ledger_unwritten.append(kind)
+        self.catch_up_ledger()
+
+    def ledger_behind(self) -> str | None:
+        if not self.ledger_unwritten:
+            return None
+        kept = len(self.ledger_unwritten)
+        return f"cannot write events.jsonl: No space left; {kept} kept in memory"
+
+    def catch_up_ledger(self) -> None:
+        if not self.ledger_fails:
+            self.ledger_file.extend(self.ledger_unwritten)
+            self.ledger_unwritten.clear()
+
+    def refused_root_files(self) -> str | None:
+        return self.refused_files
 
     # -------------------------------------------------------------- orphans
 

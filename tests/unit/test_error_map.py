@@ -210,6 +210,7 @@ def test_every_error_code_of_the_core_has_a_status_and_none_is_500() -> None:
         ("supervisor_exiting", 503, SupervisorExiting),
         ("root_quarantined", 503, RootQuarantined),
         ("state_not_writable", 503, RequestFailed),
+        ("root_file_refused", 503, RequestFailed),
         ("no_free_port", 503, SpawnFailed),
         ("spawn_failed", 502, SpawnFailed),
         ("legacy_lock_busy", 409, RequestConflict),

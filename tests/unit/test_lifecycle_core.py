@@ -232,6 +232,78 @@ async def test_no_free_port_is_refused_before_any_spawn() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# degraded: the journal, the ledger, upstream's files; each ends by itself
+
+
+async def test_a_ledger_that_cannot_be_written_is_degraded_but_refuses_nothing() -> None:
+    # The ledger records acts already done, and the journal (table, R/sync-daemon) is what
+    # makes an act safe: refusing spawns for want of history would only add an outage.
+    async with running() as world:
+        world.effects.ledger_fails = True
+        answer = await world.ensure()
+        pid = answer.daemon.pid
+        assert answer.action == "spawned"
+        assert world.effects.acts[:3] == [f"spawn {pid}", "journal", f"record {pid}"]
+        assert world.effects.kinds() == ["spawned"]  # in memory: events serves it
+        assert world.effects.ledger_file == []
+        degraded = world.lifecycle.degraded
+        assert degraded is not None
+        assert "events.jsonl" in degraded
+        assert world.lifecycle.writes_failing is None
+
+
+async def test_the_heartbeat_writes_the_events_the_ledger_missed_in_order_then_degraded_ends() -> (
+    None
+):
+    async with running() as world:
+        world.effects.ledger_fails = True
+        first = (await world.ensure()).daemon.pid
+        await world.kill(first, -9)
+        world.clock.advance(60)
+        await world.tick()
+        assert world.lifecycle.degraded is not None  # still full: still degraded
+        missed = list(world.effects.ledger_unwritten)
+        assert missed[:2] == ["spawned", "died"]
+        world.effects.ledger_fails = False  # space freed
+        await world.tick()
+        assert world.lifecycle.degraded is None
+        assert world.effects.ledger_file[: len(missed)] == missed
+        assert world.effects.ledger_file == world.effects.kinds()
+
+
+async def test_a_refused_upstream_file_is_degraded_refuses_the_spawn_and_ends_once_moved() -> None:
+    async with running() as world:
+        refused = "/r/sync-daemon.lock is a FIFO, not a regular file; move it away"
+        world.effects.refused_files = refused
+        await world.tick()
+        assert world.lifecycle.degraded == refused
+        with pytest.raises(LifecycleError) as raised:
+            await world.ensure()
+        assert raised.value.code == "root_file_refused"
+        assert world.effects.spawn_orders == []
+        world.effects.refused_files = None  # the user moved it away
+        await world.tick()
+        assert world.lifecycle.degraded is None
+        assert (await world.ensure()).action == "spawned"
+
+
+async def test_every_cause_of_degraded_is_shown_at_once() -> None:
+    async with running() as world:
+        world.effects.refused_files = "/r/sync-daemon.log is a directory, not a regular file"
+        world.effects.ledger_fails = True
+        world.effects.journal_fails = True
+        world.effects.record("signal", reason="received SIGHUP")
+        world.lifecycle.write_journal()
+        await world.tick()
+        degraded = world.lifecycle.degraded
+        assert degraded is not None
+        causes = degraded.split("; ")
+        assert any("state.json" in cause for cause in causes)
+        assert any("events.jsonl" in cause for cause in causes)
+        assert any("sync-daemon.log is a directory" in cause for cause in causes)
+
+
+# --------------------------------------------------------------------------------------------
 # a failed write before an act: nothing is acted on
 
 
