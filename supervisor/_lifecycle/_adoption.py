@@ -8,11 +8,16 @@ one instead of fighting it (no spawn/kill thrash), and retire ours.
 
 from __future__ import annotations
 
+import structlog
+
+from .._errors import LifecycleError
 from .._table import DaemonRecord
 from ._lifecycle import Lifecycle
 from ._retiring import retire_later
 
 __all__ = ["adopt_recorded", "follow_recorded", "recover"]
+
+log = structlog.get_logger("spec_kitty_supervisor")
 
 
 async def recover(lifecycle: Lifecycle) -> None:
@@ -48,7 +53,12 @@ async def _recover_locked(lifecycle: Lifecycle) -> None:
     if table.current is None:
         await adopt_recorded(lifecycle)
     lifecycle.write_journal()
-    await lifecycle.sync_legacy_state()
+    try:
+        await lifecycle.sync_legacy_state()
+    except LifecycleError as exc:
+        # A busy or refused R/sync-daemon.lock, a state file that cannot be written: the
+        # supervisor still serves (status says why), and the heartbeat syncs it later.
+        log.error("state_file_not_synced", error=str(exc))
 
 
 async def adopt_recorded(lifecycle: Lifecycle) -> DaemonRecord | None:

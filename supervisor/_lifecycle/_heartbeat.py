@@ -33,12 +33,18 @@ log = structlog.get_logger("spec_kitty_supervisor")
 
 
 async def tick(lifecycle: Lifecycle) -> None:
+    lifecycle.check_root_files()
     records = list(lifecycle.table.daemons)
     answers = await _probe_all(lifecycle, records)
     async with lifecycle.lock:
         now = lifecycle.clock.now()
         _record_health(lifecycle, records, answers, now)
-        await follow_recorded(lifecycle)
+        try:
+            await follow_recorded(lifecycle)
+        except LifecycleError as exc:
+            # An upstream CLI holds R/sync-daemon.lock, or it is refused: the rest of the
+            # tick (the watchdog, idleness, repairs) must still run; the next tick follows.
+            log.error("follow_recorded_failed", error=str(exc))
         for record in lifecycle.table.retiring:
             retire_later(lifecycle, record, "retirement resumed")
         _decide_for_current(lifecycle, now)
@@ -46,7 +52,6 @@ async def tick(lifecycle: Lifecycle) -> None:
             await _retry_writes(lifecycle)
     if lifecycle.effects.ledger_behind() is not None:
         lifecycle.effects.catch_up_ledger()
-    lifecycle.check_root_files()
 
 
 async def _retry_writes(lifecycle: Lifecycle) -> None:

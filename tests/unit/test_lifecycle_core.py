@@ -287,6 +287,31 @@ async def test_a_refused_upstream_file_is_degraded_refuses_the_spawn_and_ends_on
         assert (await world.ensure()).action == "spawned"
 
 
+async def test_a_refused_lock_file_at_start_up_is_degraded_not_a_failed_start() -> None:
+    async with running() as world:
+        refused = "/r/sync-daemon.lock is a FIFO, not a regular file; move it away"
+        world.effects.refused_files = refused
+        await recover(world.lifecycle)  # used to raise out of the start-up
+        assert world.lifecycle.degraded == refused
+
+
+async def test_a_tick_whose_follow_of_the_state_file_is_refused_still_decides() -> None:
+    async with running(idle_retirement_seconds=100) as world:
+        pid = (await world.ensure()).daemon.pid
+        world.effects.legacy = None  # removed: the tick wants to write it again...
+        world.effects.refused_files = "/r/sync-daemon.lock is a FIFO, not a regular file"
+        world.clock.advance(101)
+        await world.tick()  # ...cannot, and still decides the idle retirement
+        record = world.lifecycle.table.by_pid(pid)
+        assert record is not None
+        assert record.role == "retiring"
+        assert world.effects.journal == [(pid, "retiring", "retiring")]
+        # Its stop waits for R/sync-daemon to be rewritten under the lock: nothing is acted
+        # on that upstream's file could still name.
+        assert f"stop {pid}" not in world.effects.acts
+        assert world.lifecycle.degraded == world.effects.refused_files
+
+
 async def test_every_cause_of_degraded_is_shown_at_once() -> None:
     async with running() as world:
         world.effects.refused_files = "/r/sync-daemon.log is a directory, not a regular file"
