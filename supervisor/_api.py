@@ -1,4 +1,4 @@
-"""The control API: HTTP/1.1 + JSON over the root's Unix socket, spoken with h11.
+"""The control API: HTTP/1.1 + JSON over the root's Unix socket (read by :mod:`._http`).
 
 Each connection is its own task, so a slow or hostile client stalls only itself. Every
 connection's peer uid is checked against ours before a byte is read (SO_PEERCRED on Linux,
@@ -8,17 +8,17 @@ LOCAL_PEERCRED on macOS). Every request either gets its model's answer or an err
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
-import h11
 import structlog
 from anyio.abc import SocketAttribute, SocketStream
 from pydantic import BaseModel, ValidationError
@@ -26,8 +26,18 @@ from pydantic import BaseModel, ValidationError
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION, ErrorBody, ErrorDetail
 
 from ._connections import ConnectionLimits, ConnectionPool, ConnectionSlot
+from ._http import (
+    MAX_BODY,
+    MAX_HEAD,
+    HttpError,
+    RequestHead,
+    find_head_end,
+    parse_head,
+    response_bytes,
+)
 
 __all__ = [
+    "MAX_BODY",
     "PROTOCOL_HEADER",
     "ApiError",
     "ApiRequest",
@@ -43,7 +53,10 @@ __all__ = [
 log = structlog.get_logger("spec_kitty_supervisor.api")
 
 PROTOCOL_HEADER = "spec-kitty-supervisor-protocol"
-MAX_BODY = 1024 * 1024
+_PROTOCOL_VALUE = str(PROTOCOL_VERSION).encode("ascii")
+#: How long, and how much, a refused client may still send before its connection is closed.
+LINGER_SECONDS = 1.0
+LINGER_BYTES = MAX_BODY + MAX_HEAD
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -149,47 +162,47 @@ def _error_body(code: str, message: str, details: dict[str, object] | None = Non
 
 
 class _Connection:
+    """One client's stream, with what it sent that no request has consumed yet."""
+
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
+        self.buffer = bytearray()
+        self.closed = False
 
-    async def send(self, event: h11.Event) -> None:
-        data = self.h11.send(event)
+    async def receive(self, deadline: float) -> None:
+        """Read once more (``closed`` once the peer hung up); TimeoutError at ``deadline``.
+
+        The only place a connection waits for its client, so the only place a deadline scope
+        is entered: a request that arrived whole costs one.
+        """
+        with anyio.fail_at(deadline):
+            try:
+                data = await self.stream.receive(65536)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = b""
         if data:
-            await self.stream.send(data)
+            self.buffer += data
+        else:
+            self.closed = True
 
-    async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | Any:
-        """The next event, reading as needed; the caller bounds the time it may take."""
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            await self._receive()
+    async def linger(self) -> None:
+        """Read and drop what the client still sends, for a moment, before closing.
 
-    async def request_begun(self) -> None:
-        """Return once the next request's first bytes are here (or the peer hung up)."""
-        data, closed = self.h11.trailing_data
-        if not (data or closed):
-            await self._receive()
+        A refused request (a body over the limit, a head too long) is answered before the
+        client has finished sending it; closing at once would reset the connection under the
+        client's write, and it might never read why. Bounded in bytes and time, like any read.
+        """
+        deadline = anyio.current_time() + LINGER_SECONDS
+        dropped = 0
+        with contextlib.suppress(TimeoutError):
+            while not self.closed and dropped < LINGER_BYTES:
+                self.buffer.clear()
+                await self.receive(deadline)
+                dropped += len(self.buffer)
 
-    async def _receive(self) -> None:
-        try:
-            data = await self.stream.receive(65536)
-        except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-            data = b""
-        self.h11.receive_data(data)
-
-    async def respond(self, status: int, body: bytes, keep_alive: bool) -> None:
-        headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            (PROTOCOL_HEADER, str(PROTOCOL_VERSION)),
-        ]
-        if not keep_alive:
-            headers.append(("connection", "close"))
-        await self.send(h11.Response(status_code=status, headers=headers))
-        await self.send(h11.Data(data=body))
-        await self.send(h11.EndOfMessage())
+    async def respond(self, status: int, body: bytes, keep_alive: bool, timeout: float) -> None:
+        with anyio.fail_after(timeout):
+            await self.stream.send(response_bytes(status, body, keep_alive=keep_alive))
 
 
 class ConnectionTracker(Protocol):
@@ -238,14 +251,14 @@ async def _serve_admitted(
             uid = peer_uid(raw)
             if uid is not None and uid != os.getuid():
                 log.warning("peer_refused", peer_uid=uid)
-                connection = _Connection(stream)
-                await connection.respond(
+                await _Connection(stream).respond(
                     403,
                     _error_body(
                         "peer_refused",
                         f"uid {uid} may not use this supervisor (owner {os.getuid()})",
                     ),
                     keep_alive=False,
+                    timeout=pool.limits.reply_timeout,
                 )
                 return
             await _serve_requests(_Connection(stream), router, tracker, pool, slot)
@@ -267,102 +280,90 @@ async def _serve_requests(
     limits = pool.limits
     # The first request's head is due within head_timeout of the accept; later ones may be
     # awaited for idle_timeout, then their head is due within head_timeout of its first byte.
-    head_deadline = anyio.current_time() + limits.head_timeout
+    accepted_deadline = anyio.current_time() + limits.head_timeout
+    begin_deadline = accepted_deadline
+    kept_alive = False
     while True:
+        # Idle: the only state in which the pool may close this connection for a newcomer,
+        # and nothing of a request has been read, so nothing is lost.
+        pool.idle(slot)
+        if not connection.buffer:
+            await connection.receive(begin_deadline)
+            if connection.closed:
+                return
+        pool.busy(slot)
+        head_deadline = (
+            anyio.current_time() + limits.head_timeout if kept_alive else accepted_deadline
+        )
         try:
-            # Idle: the only state in which the pool may close this connection for a newcomer,
-            # and nothing of a request has been read, so nothing is lost.
-            pool.idle(slot)
-            with anyio.fail_after(max(0.0, head_deadline - anyio.current_time())):
-                await connection.request_begun()
-            pool.busy(slot)
-            with anyio.fail_after(limits.head_timeout):
-                event = await connection.next_event()
-            if isinstance(event, h11.ConnectionClosed):
-                return
-            if not isinstance(event, h11.Request):
-                return
-            request, keep_alive = await _read_request(connection, event, limits)
-        except h11.RemoteProtocolError as exc:
-            if connection.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                with anyio.fail_after(limits.reply_timeout):
-                    await connection.respond(
-                        exc.error_status_hint,
-                        _error_body("bad_http", f"malformed HTTP request: {exc}"),
-                        keep_alive=False,
-                    )
+            head, body = await _read_request(connection, head_deadline, limits)
+        except HttpError as exc:
+            await connection.respond(
+                exc.status,
+                _error_body("bad_http", f"malformed HTTP request: {exc.message}"),
+                keep_alive=False,
+                timeout=limits.reply_timeout,
+            )
+            pool.idle(slot)  # nothing more will be answered: a newcomer may have the place
+            await connection.linger()
             return
-        except _BodyTooLarge:
-            with anyio.fail_after(limits.reply_timeout):
-                await connection.respond(
-                    413,
-                    _error_body(
-                        "body_too_large", f"request bodies are limited to {MAX_BODY} bytes"
-                    ),
-                    keep_alive=False,
-                )
-            return
+        if head is None:
+            return  # the client hung up mid-request: nobody to answer
         tracker.request_started()
         try:
-            status, body = await _answer(router, request, event)
-            with anyio.fail_after(limits.reply_timeout):
-                await connection.respond(status, body, keep_alive)
+            status, answer = await _answer(router, head, body)
+            await connection.respond(status, answer, head.keep_alive, limits.reply_timeout)
         finally:
             tracker.request_finished()
-        if not keep_alive or connection.h11.our_state is h11.MUST_CLOSE:
+        if not head.keep_alive:
             return
-        try:
-            connection.h11.start_next_cycle()
-        except h11.LocalProtocolError:
-            return
-        head_deadline = anyio.current_time() + limits.idle_timeout
-
-
-class _BodyTooLarge(Exception):
-    pass
+        kept_alive = True
+        begin_deadline = anyio.current_time() + limits.idle_timeout
 
 
 async def _read_request(
-    connection: _Connection, head: h11.Request, limits: ConnectionLimits
-) -> tuple[ApiRequest, bool]:
-    chunks: list[bytes] = []
-    size = 0
-    with anyio.fail_after(limits.body_timeout):
-        while True:
-            event = await connection.next_event()
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                if size > MAX_BODY:
-                    raise _BodyTooLarge
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            else:
-                raise h11.RemoteProtocolError("connection closed mid-request")
-    target = urlsplit(head.target.decode("latin-1"))
+    connection: _Connection, head_deadline: float, limits: ConnectionLimits
+) -> tuple[RequestHead | None, bytes]:
+    """The next request's head and body from ``connection`` (None if it closed mid-request).
+
+    Raises :class:`HttpError` for a request to refuse, TimeoutError for one that took too long.
+    """
+    scanned = 0
+    while (head_length := find_head_end(connection.buffer, scanned)) < 0:
+        if connection.closed:
+            return None, b""
+        scanned = len(connection.buffer)
+        await connection.receive(head_deadline)
+    head = parse_head(connection.buffer[:head_length])
+    end = head_length + head.content_length
+    if len(connection.buffer) < end:
+        body_deadline = anyio.current_time() + limits.body_timeout
+        while len(connection.buffer) < end:
+            if connection.closed:
+                return None, b""
+            await connection.receive(body_deadline)
+    body = bytes(connection.buffer[head_length:end])
+    del connection.buffer[:end]
+    return head, body
+
+
+async def _answer(router: Router, head: RequestHead, body: bytes) -> tuple[int, bytes]:
+    if head.protocol is not None and head.protocol != _PROTOCOL_VALUE:
+        client_version = head.protocol.decode("ascii", errors="replace")
+        return 400, _error_body(
+            "protocol_mismatch",
+            f"this supervisor speaks protocol {PROTOCOL_VERSION}, the client speaks "
+            f"{client_version}; install matching spec-kitty-supervisor versions, or stop "
+            "this supervisor (`spec-kitty-supervisor stop`) so the newer one can start",
+            {"supervisor_protocol": PROTOCOL_VERSION, "client_protocol": client_version},
+        )
+    target = urlsplit(head.target)
     request = ApiRequest(
-        method=head.method.decode("ascii", errors="replace"),
+        method=head.method,
         path=target.path,
-        query=parse_qs(target.query),
-        body=b"".join(chunks),
+        query=parse_qs(target.query) if target.query else {},
+        body=body,
     )
-    keep_alive = not any(
-        name.lower() == b"connection" and value.lower() == b"close" for name, value in head.headers
-    )
-    return request, keep_alive
-
-
-async def _answer(router: Router, request: ApiRequest, head: h11.Request) -> tuple[int, bytes]:
-    for name, value in head.headers:
-        if name.lower() == PROTOCOL_HEADER.encode() and value != str(PROTOCOL_VERSION).encode():
-            client_version = value.decode("ascii", errors="replace")
-            return 400, _error_body(
-                "protocol_mismatch",
-                f"this supervisor speaks protocol {PROTOCOL_VERSION}, the client speaks "
-                f"{client_version}; install matching spec-kitty-supervisor versions, or stop "
-                "this supervisor (`spec-kitty-supervisor stop`) so the newer one can start",
-                {"supervisor_protocol": PROTOCOL_VERSION, "client_protocol": client_version},
-            )
     try:
         status, model = await router.dispatch(request)
     except ApiError as exc:
