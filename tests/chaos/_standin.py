@@ -9,13 +9,16 @@ process can catch, show as the process gone or stopped, read from the kernel by 
 
 ``listen`` makes it hold a loopback port: ``answer`` is the body it returns to any HTTP
 request (a plain server, or a liar with a spec-kitty-shaped health), ``None`` accepts and
-never answers. Stop it with :meth:`StandIn.stop` (SIGKILL by identity) or use it as a
-context manager.
+never answers. ``user`` (a uid and gid, see :func:`nobody`) runs it as another user, as
+root may. Stop it with :meth:`StandIn.stop` (SIGKILL by identity) or use it as a context
+manager.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -27,7 +30,7 @@ from typing import Self
 
 from sks_harness import ProcessIdentity, eventually, is_alive, read_identity, signal_if_same
 
-__all__ = ["StandIn"]
+__all__ = ["StandIn", "nobody"]
 
 # Standard library only, and nothing that a signal could interrupt half-way into a lie: the
 # handler writes one line with os.write (atomic for short lines) and returns.
@@ -80,6 +83,17 @@ while True:
 """
 
 
+def nobody() -> tuple[int, int] | None:
+    """(uid, gid) of ``nobody`` when this process may run a stand-in as it (root), else None."""
+    if os.getuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam("nobody")
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
+
+
 class StandIn:
     """One recording stand-in process, started by :meth:`start`."""
 
@@ -102,6 +116,7 @@ class StandIn:
         listen: int | None = None,
         answer: str | None = None,
         directory: Path | None = None,
+        user: tuple[int, int] | None = None,
     ) -> StandIn:
         """Start one and return once its handlers are installed (and its port listens).
 
@@ -111,7 +126,14 @@ class StandIn:
         log = Path(
             tempfile.mkstemp(prefix="standin-", suffix=".signals", dir=directory)[1]
         ).resolve()
+        prefix: list[str] = []
+        if user is not None:
+            # Its log is its own to append to. setpriv execs the interpreter as that user, so
+            # its /proc entries are that user's (a setuid() inside it would leave them root's).
+            os.chown(log, *user)
+            prefix = ["setpriv", f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups"]
         argv = [
+            *prefix,
             sys.executable,
             "-c",
             _SCRIPT,
@@ -121,7 +143,11 @@ class StandIn:
             *extra_argv,
         ]
         popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+            cwd="/" if user is not None else None,
         )
         assert popen.stdout is not None
         ready = popen.stdout.readline()
@@ -160,7 +186,18 @@ class StandIn:
     # -- cleaning up -----------------------------------------------------------------------------
     def stop(self) -> None:
         """SIGKILL it by identity (it ignores everything else by design) and reap it."""
-        signal_if_same(self.identity, signal.SIGKILL)
+        if self.identity.uid == os.getuid():
+            signal_if_same(self.identity, signal.SIGKILL)
+        else:
+            # signal_if_same refuses other users' processes by design; this one is the test's
+            # own: the pidfd is opened before the identity is re-read, as there.
+            with contextlib.suppress(ProcessLookupError):
+                pidfd = os.pidfd_open(self.pid)
+                try:
+                    if is_alive(self.identity):
+                        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                finally:
+                    os.close(pidfd)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.popen.wait(timeout=30)
         eventually(lambda: not is_alive(self.identity), what=f"stand-in {self.pid} to exit")
