@@ -47,6 +47,7 @@ from ._lifecycle import (
     tick,
     watch_exits,
 )
+from ._logging import log_not_written
 from ._policy import supervisor_idle_exit_due
 from ._table import DaemonRecord, Table
 
@@ -236,7 +237,7 @@ class Supervisor:
             root_state="quarantined" if reason is not None else "ok",
             root_state_reason=reason,
             daemons=self.daemon_views(),
-            degraded=self.lifecycle.degraded,
+            degraded="; ".join(filter(None, [self.lifecycle.degraded, log_not_written()])) or None,
         )
 
     def daemon_views(self) -> list[DaemonView]:

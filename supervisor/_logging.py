@@ -2,16 +2,25 @@
 
 Tokens never reach a log: a processor drops any field whose name says it is a token, so that a
 careless ``log.info(..., token=...)`` cannot leak one.
+
+A log file that cannot be written (a full disk) is said once, not per line: the standard
+handler would print a "--- Logging error ---" traceback to stderr for every record. Ours
+writes one ``log_not_written`` line to stderr, ``status`` shows it as degraded
+(:func:`log_not_written`), and the first record written again is followed, in the file and on
+stderr, by ``log_written_again`` with how many writes failed meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import logging
 import logging.handlers
 import os
 import sys
 from collections.abc import MutableMapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +28,7 @@ import structlog
 
 from ._files import open_own_file
 
-__all__ = ["configure_logging"]
+__all__ = ["configure_logging", "log_not_written"]
 
 
 def _drop_secrets(
@@ -39,6 +48,11 @@ class _OwnRotatingFile(logging.handlers.RotatingFileHandler):
 
     def __init__(self, path: Path) -> None:
         self.moved: list[str] = []  # before the base class opens the file
+        #: Why the last record could not be written, None while writes work.
+        self.failing: str | None = None
+        #: Records whose write failed since ``failing`` was set.
+        self.failed_writes = 0
+        self._failed_now = False
         super().__init__(path, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
 
     def _open(self) -> io.TextIOWrapper:
@@ -46,6 +60,51 @@ class _OwnRotatingFile(logging.handlers.RotatingFileHandler):
         if moved is not None:
             self.moved.append(moved)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed_now = False
+        super().emit(record)  # a failure inside ends in handleError
+        if self._failed_now or self.failing is None:
+            return
+        failed, self.failing, self.failed_writes = self.failed_writes, None, 0
+        line = _json_line("log_written_again", "info", failed_writes=failed)
+        _tell_stderr(line)
+        # Reporting a log failure must never fail the code that logged.
+        stream = self.stream
+        with contextlib.suppress(Exception):
+            if stream is not None:
+                stream.write(line)
+                stream.flush()
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self._failed_now = True
+        self.failed_writes += 1
+        if self.failing is not None:
+            return  # said once already
+        error = sys.exc_info()[1]
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else repr(error)
+        self.failing = f"cannot write {self.baseFilename}: {reason}"
+        _tell_stderr(_json_line("log_not_written", "error", reason=self.failing))
+
+
+def _json_line(event: str, level: str, **fields: object) -> str:
+    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return json.dumps({**fields, "event": event, "level": level, "timestamp": stamp}) + "\n"
+
+
+def _tell_stderr(line: str) -> None:
+    with contextlib.suppress(Exception):
+        if sys.stderr is not None:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
+def log_not_written() -> str | None:
+    """Why the supervisor's log file cannot be written now, for ``status``; None when it can."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, _OwnRotatingFile) and handler.failing is not None:
+            return f"{handler.failing}; {handler.failed_writes} log record(s) not written"
+    return None
 
 
 def configure_logging(log_file: Path | None, level: int = logging.INFO) -> list[str]:

@@ -26,7 +26,7 @@ SCENARIO = textwrap.dedent(
     import json, os, signal, subprocess, sys, time
     import psutil
 
-    mount, python, ports = sys.argv[1], sys.argv[2], sys.argv[3]
+    mount, python, ports, stderr_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount], check=True)
     root = os.path.join(mount, "root")
     os.mkdir(root, 0o700)
@@ -64,8 +64,10 @@ SCENARIO = textwrap.dedent(
                 fill.write(b"\\0" * 4096)
         except OSError:
             pass
+    # Its stderr goes where a service manager's journal would: off the full disk.
+    stderr_file = open(stderr_path, "wb")
     sup = subprocess.Popen([*cli, "run", "--root", root], env=env, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=stderr_file)
     try:
         first = until(status, "the supervisor to answer on a full disk")
         seen["started_on_full_disk"] = first["supervisor"]["pid"] == sup.pid
@@ -90,6 +92,7 @@ SCENARIO = textwrap.dedent(
         for pid in daemons():  # only if stop --children left one: by pid, never by name
             os.kill(pid, signal.SIGKILL)
         subprocess.run(["umount", "-l", mount], check=False)
+        stderr_file.close()
     print(json.dumps(seen))
     """
 )
@@ -115,8 +118,10 @@ def _scenario(sandbox: Sandbox) -> dict[str, Any]:
     mount = sandbox.base / "small-disk"
     mount.mkdir()
     python = str(spec_kitty_python("3.2.4"))
+    stderr_path = sandbox.base / "supervisor.stderr"
+    argv = [str(mount), python, str(SPAWN_PORTS), str(stderr_path)]
     done = subprocess.run(
-        ["unshare", "-m", sys.executable, "-c", SCENARIO, str(mount), python, str(SPAWN_PORTS)],
+        ["unshare", "-m", sys.executable, "-c", SCENARIO, *argv],
         env=sandbox.env({}),
         capture_output=True,
         text=True,
@@ -126,6 +131,7 @@ def _scenario(sandbox: Sandbox) -> dict[str, Any]:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    report["supervisor_stderr"] = stderr_path.read_text(errors="replace")
     return report
 
 
@@ -151,3 +157,10 @@ def test_a_supervisor_on_a_full_disk_is_degraded_acts_on_nothing_and_recovers(
     assert seen["degraded_after_freeing"] is None
     assert seen["ensure_after_freeing"] == "spawned"
     assert seen["daemons_after_freeing"] == 1
+    # Its log could not be written either: said once on stderr, then its recovery; never a
+    # "--- Logging error ---" traceback per record.
+    stderr = seen["supervisor_stderr"]
+    assert "Logging error" not in stderr
+    assert "Traceback" not in stderr
+    assert stderr.count('"event": "log_not_written"') == 1
+    assert stderr.count('"event": "log_written_again"') == 1
