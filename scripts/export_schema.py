@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from spec_kitty_supervisor._app import STATUS_BY_CODE, STATUSES_OF_REQUEST_CODES
 from spec_kitty_supervisor_client import _models
 
-__all__ = ["SCHEMA_PATH", "protocol_models", "protocol_schema", "render_schema"]
+__all__ = ["SCHEMA_PATH", "error_codes", "protocol_models", "protocol_schema", "render_schema"]
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "protocol.schema.json"
 
@@ -36,10 +37,29 @@ def protocol_models() -> dict[str, type[BaseModel]]:
     return found
 
 
+def error_codes() -> dict[str, Any]:
+    """Every code an error answer (``ErrorBody.error.code``) can carry, with its statuses."""
+    statuses: dict[str, list[int]] = {code: [status] for code, status in STATUS_BY_CODE.items()}
+    for code, known in STATUSES_OF_REQUEST_CODES.items():
+        statuses[code] = sorted(known)
+    return {
+        "description": (
+            "The closed list of ErrorDetail.code values this supervisor answers, with the HTTP "
+            "statuses each comes with. A client maps by code, never by status, and must treat "
+            "a code it does not know (a newer supervisor's) as a plain request failure. "
+            "Lifecycle codes: supervisor/_errors.py ErrorCode and _app.STATUS_BY_CODE; "
+            "request codes: RequestErrorCode and _app.STATUSES_OF_REQUEST_CODES."
+        ),
+        "enum": sorted(statuses),
+        "statuses": dict(sorted(statuses.items())),
+    }
+
+
 def protocol_schema() -> dict[str, Any]:
     return {
         "protocol_version": _models.PROTOCOL_VERSION,
         "models": {name: model.model_json_schema() for name, model in protocol_models().items()},
+        "error_codes": error_codes(),
     }
 
 

@@ -20,9 +20,10 @@ from spec_kitty_supervisor_client._models import (
 
 from ._api import ApiError, ApiRequest, Handler, Route, Router
 from ._core import Supervisor
-from ._errors import ErrorCode, LifecycleError
+from ._errors import ErrorCode, LifecycleError, RequestErrorCode
 
 __all__ = [
+    "STATUSES_OF_REQUEST_CODES",
     "STATUS_BY_CODE",
     "api_error",
     "build_router",
@@ -47,6 +48,21 @@ STATUS_BY_CODE: dict[ErrorCode, int] = {
     "state_not_writable": 503,
     "root_file_refused": 503,
     "supervisor_exiting": 503,
+}
+
+
+#: The statuses the HTTP layer (``_api.py``) answers its own codes with; ``bad_http`` carries
+#: the status its parser chose (``_http.HttpError``). Kept in step with the code by
+#: ``tests/unit/test_error_codes.py``, and written into ``docs/protocol.schema.json``.
+STATUSES_OF_REQUEST_CODES: dict[RequestErrorCode, frozenset[int]] = {
+    "bad_http": frozenset({400, 411, 413, 431}),
+    "invalid_json": frozenset({400}),
+    "invalid_request": frozenset({400}),
+    "not_found": frozenset({404}),
+    "method_not_allowed": frozenset({405}),
+    "peer_refused": frozenset({403}),
+    "protocol_mismatch": frozenset({400}),
+    "internal_error": frozenset({500}),
 }
 
 

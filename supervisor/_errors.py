@@ -17,6 +17,20 @@ LifecycleError (RuntimeError)   code, message, details
   root_file_refused, supervisor_exiting
 ```
 
+Around the core, the socket's HTTP layer (``supervisor/_api.py``) answers a few codes of its
+own, for requests that never reached a route or that no route could take
+(:data:`RequestErrorCode`). Both lists together are every code an answer can carry; they are
+written into ``docs/protocol.schema.json`` (``error_codes``), and a test keeps the three in
+step (``tests/unit/test_error_codes.py``).
+
+```
+bad_http, invalid_json, invalid_request,     the request is malformed
+not_found, method_not_allowed                it names no endpoint
+peer_refused                                 it came from another user
+protocol_mismatch                            client and supervisor speak different protocols
+internal_error                               the last resort (500): a bug, never a refusal
+```
+
 Pure: standard library only, no I/O (a wall: tests/unit/test_walls.py); pure decision
 modules may raise these.
 """
@@ -25,7 +39,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["ErrorCode", "LifecycleError"]
+__all__ = ["ErrorCode", "LifecycleError", "RequestErrorCode"]
 
 ErrorCode = Literal[
     "invalid_python",
@@ -44,6 +58,17 @@ ErrorCode = Literal[
     "state_not_writable",
     "root_file_refused",
     "supervisor_exiting",
+]
+
+RequestErrorCode = Literal[
+    "bad_http",
+    "invalid_json",
+    "invalid_request",
+    "not_found",
+    "method_not_allowed",
+    "peer_refused",
+    "protocol_mismatch",
+    "internal_error",
 ]
 
 
