@@ -25,6 +25,7 @@ from . import (
     integration,
     one_call,
     reset,
+    supervisor_start,
     under_load,
     warm_ensure,
 )
@@ -35,6 +36,7 @@ Benchmark = Callable[[BenchContext], list[Row]]
 BENCHMARKS: dict[str, Benchmark] = {
     warm_ensure.NAME: warm_ensure.run,
     one_call.NAME: one_call.run,
+    supervisor_start.NAME: supervisor_start.run,
     cold_start.NAME: cold_start.run,
     doctor.NAME: doctor.run,
     reset.NAME: reset.run,

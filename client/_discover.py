@@ -11,6 +11,7 @@ __all__ = [
     "SpecKittyNotFound",
     "check_spec_kitty_interpreter",
     "installed_spec_kitty_version",
+    "release_from_files",
     "spec_kitty_python",
 ]
 
@@ -45,12 +46,108 @@ def spec_kitty_python(path: str | None = None) -> str:
     return interpreter
 
 
+def _venv_site_packages(python: str) -> str | None:
+    """The site-packages folder of the venv whose ``bin/`` holds ``python``; else None.
+
+    Python finds its venv from the path it was started by (not the resolved one): a
+    ``pyvenv.cfg`` beside ``bin/``. Anything else (a base interpreter, a ``pyvenv.cfg`` in
+    ``bin/`` itself, no recorded version) is not read here.
+    """
+    bin_dir = os.path.dirname(python)
+    if os.path.basename(bin_dir) != "bin" or os.path.exists(os.path.join(bin_dir, "pyvenv.cfg")):
+        return None
+    env = os.path.dirname(bin_dir)
+    try:
+        with open(os.path.join(env, "pyvenv.cfg"), encoding="utf-8") as handle:
+            config = handle.read(65536)
+    except (OSError, UnicodeDecodeError):
+        return None
+    version = ""
+    for line in config.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip().lower() in ("version", "version_info"):
+            version = value.strip()
+    major_minor = version.split(".")[:2]
+    if len(major_minor) != 2 or not all(part.isdigit() for part in major_minor):
+        return None
+    return os.path.join(env, "lib", f"python{'.'.join(major_minor)}", "site-packages")
+
+
+def _metadata_version(dist_info: str) -> str | None:
+    """The ``Version:`` header of a dist-info's METADATA (what importlib.metadata reads)."""
+    try:
+        with open(os.path.join(dist_info, "METADATA"), encoding="utf-8") as handle:
+            head = handle.read(65536)
+    except (OSError, UnicodeDecodeError):
+        return None
+    name = version = None
+    for line in head.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        key, sep, value = line.partition(":")
+        if sep and key.lower() == "name":
+            name = value.strip()
+        elif sep and key.lower() == "version":
+            version = value.strip()
+    if name is None or _normalized(name) != _PROJECT or not version:
+        return None
+    return version
+
+
+def _normalized(project: str) -> str:
+    # importlib.metadata's matching: case-insensitive, runs of "-", "_" and "." alike.
+    out: list[str] = []
+    for char in project.lower():
+        if char in "-_.":
+            if not out or out[-1] != "_":
+                out.append("_")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+_PROJECT = "spec_kitty_cli"
+
+
+def release_from_files(python: str) -> tuple[str, str] | None:
+    """``(version, site-packages)`` of spec-kitty-cli for a venv's ``python``, read from files.
+
+    What ``python -I`` would say, without starting it (ADR 0009): in a venv, isolated mode's
+    first place for distributions is the venv's site-packages, so one ``spec_kitty_cli``
+    dist-info there is the installed release. None whenever that cannot be read with
+    certainty (not a venv, none or several matching entries, an egg-info, no METADATA):
+    the caller then asks the interpreter.
+    """
+    site = _venv_site_packages(python)
+    if site is None:
+        return None
+    try:
+        names = os.listdir(site)
+    except OSError:
+        return None
+    found: list[str] = []
+    for name in names:
+        low = name.lower()
+        if (
+            low.endswith((".dist-info", ".egg-info"))
+            and _normalized(low.rpartition(".")[0].partition("-")[0]) == _PROJECT
+        ):
+            found.append(name)
+    if len(found) != 1 or not found[0].lower().endswith(".dist-info"):
+        return None
+    version = _metadata_version(os.path.join(site, found[0]))
+    return (version, site) if version is not None else None
+
+
 def installed_spec_kitty_version(python: str) -> str:
-    """The spec-kitty-cli version installed for ``python`` (asks that interpreter)."""
+    """The spec-kitty-cli version installed for ``python``: its venv's files, else asks it."""
     if not Path(python).exists():
         raise SpecKittyNotFound(f"python {python} does not exist")
     if not Path(python).is_file() or not os.access(python, os.X_OK):
         raise SpecKittyNotFound(f"python {python} is not an executable file")
+    found = release_from_files(python)
+    if found is not None:
+        return found[0]
     import subprocess
 
     try:

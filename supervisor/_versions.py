@@ -1,9 +1,12 @@
 """An interpreter's spec-kitty-cli version is a fact the supervisor learns, not a claim it trusts.
 
-A client may say which version it runs, or say nothing; either way the supervisor asks the
-interpreter itself, once (``PYTHON -I -c``: isolated, so neither the client's environment nor
-a ``.kitty.env`` file can change the answer, and spec-kitty itself is not imported), and keeps
-the answer. A claim that disagrees with the fact is refused with both versions named: a daemon
+A client may say which version it runs, or say nothing; either way the supervisor learns what
+the interpreter itself would say in isolated mode, once, and keeps the answer. For a venv it
+reads the one ``spec_kitty_cli`` dist-info of the venv's site-packages, which is what
+``PYTHON -I`` finds first (:func:`release_from_files`, ADR 0009: no interpreter start on the
+cold path). Otherwise it asks the interpreter (``PYTHON -I -c``: isolated, so neither the
+client's environment nor a ``.kitty.env`` file can change the answer, and spec-kitty itself is
+not imported). A claim that disagrees with the fact is refused with both versions named: a daemon
 spawned under a wrong version would be reused by the wrong CLIs and replaced by the right ones.
 
 The answer is kept while the site-packages directory holding ``spec_kitty_cli-*.dist-info`` is
@@ -25,12 +28,13 @@ from dataclasses import dataclass
 import anyio.to_thread
 from pydantic import Field
 
+from spec_kitty_supervisor_client._discover import release_from_files
 from spec_kitty_supervisor_client._models import EnsureRequest
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
 
 from ._errors import LifecycleError
 
-__all__ = ["EstablishedEnsure", "InstalledVersions", "ask_interpreter"]
+__all__ = ["EstablishedEnsure", "InstalledVersions", "ask_interpreter", "learn_release"]
 
 #: Prints the installed version and the directory holding its dist-info, nothing else.
 _VERSION_SCRIPT = (
@@ -84,6 +88,12 @@ def ask_interpreter(python: str) -> tuple[str, str]:
     return lines[0].strip(), lines[1].strip()
 
 
+def learn_release(python: str) -> tuple[str, str]:
+    """``(version, site-packages dir)``: read from a venv's files when certain, else asked."""
+    found = release_from_files(python)
+    return found if found is not None else ask_interpreter(python)
+
+
 def _mtime_ns(path: str) -> int | None:
     try:
         return os.stat(path).st_mtime_ns
@@ -94,7 +104,7 @@ def _mtime_ns(path: str) -> int | None:
 class InstalledVersions:
     """What each interpreter has installed, learnt once and re-learnt after an install."""
 
-    def __init__(self, ask: Callable[[str], tuple[str, str]] = ask_interpreter) -> None:
+    def __init__(self, ask: Callable[[str], tuple[str, str]] = learn_release) -> None:
         self._ask = ask
         self._learnt: dict[str, _Learnt] = {}
 
@@ -108,7 +118,7 @@ class InstalledVersions:
         return learnt.version
 
     def learn(self, python: str, resolved_python: str) -> str:
-        """Run ``python`` once and remember its answer (blocking: call it off the event loop)."""
+        """Learn ``python``'s release once and remember it (blocking: call it off the loop)."""
         version, site_dir = self._ask(python)
         mtime_ns = _mtime_ns(site_dir)
         # An install between the question and the stat would pair the old answer with the new

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from sks_harness import fake_spec_kitty_venv, install_fake_release
+from sks_harness import fake_spec_kitty_venv, install_fake_release, linked_venv
 from spec_kitty_supervisor._errors import LifecycleError
-from spec_kitty_supervisor._versions import InstalledVersions, ask_interpreter
+from spec_kitty_supervisor._versions import InstalledVersions, ask_interpreter, learn_release
+from spec_kitty_supervisor_client._discover import check_spec_kitty_interpreter, release_from_files
+from spec_kitty_supervisor_client._errors import InvalidRequest
 from spec_kitty_supervisor_client._models import EnsureRequest
 
 pytestmark = pytest.mark.anyio
@@ -131,3 +135,120 @@ async def test_unknown_is_no_claim_at_all(tmp_path: Path) -> None:
     answer = await InstalledVersions().establish(_request(python, "unknown"), str(python))
 
     assert answer.package_version == "3.1.10"
+
+
+# --------------------------------------------------------------------------------------------
+# Read from the venv's files (ADR 0009): the same answer as the interpreter's, without it
+
+
+def _release_pythons() -> list[Path]:
+    """Every installed real release's interpreter (none when the release venvs are absent)."""
+    folder = Path(os.environ.get("SPEC_KITTY_VENVS", "~/.cache/spec-kitty-supervisor/venvs"))
+    return sorted(folder.expanduser().glob("spec-kitty-*/bin/python"))
+
+
+@pytest.mark.parametrize("version", ["3.1.10", "3.2.4", "4.0.0rc7"])
+def test_a_venvs_files_say_what_its_interpreter_says(tmp_path: Path, version: str) -> None:
+    python = fake_spec_kitty_venv(tmp_path, version)
+
+    assert release_from_files(str(python)) == ask_interpreter(str(python))
+
+
+def test_every_installed_release_reads_as_its_interpreter_says() -> None:
+    pythons = _release_pythons()
+    if not pythons:
+        pytest.skip("no real release venvs installed (make spec-kitty-venvs)")
+    for python in pythons:
+        assert release_from_files(str(python)) == ask_interpreter(str(python)), python
+
+
+def test_a_linked_venv_reads_through_its_links(tmp_path: Path) -> None:
+    release = fake_spec_kitty_venv(tmp_path / "release", "3.2.3")
+    python = linked_venv(tmp_path, release)
+
+    assert release_from_files(str(python)) == ask_interpreter(str(python))
+
+
+def _site(python: Path) -> Path:
+    return Path(ask_interpreter(str(python))[1])
+
+
+def test_two_dist_infos_are_not_guessed_between(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    shutil.copytree(
+        _site(python) / "spec_kitty_cli-3.2.4.dist-info",
+        _site(python) / "Spec_Kitty.CLI-3.2.7.dist-info",
+    )
+
+    assert release_from_files(str(python)) is None
+
+
+def test_an_egg_info_is_left_to_the_interpreter(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    site = _site(python)
+    (site / "spec_kitty_cli-3.2.4.dist-info").rename(site / "spec_kitty_cli-3.2.4.egg-info")
+
+    assert release_from_files(str(python)) is None
+
+
+def test_metadata_of_another_project_or_without_a_version_is_not_read(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    metadata = _site(python) / "spec_kitty_cli-3.2.4.dist-info" / "METADATA"
+
+    metadata.write_text("Metadata-Version: 2.1\nName: something-else\nVersion: 3.2.4\n")
+    assert release_from_files(str(python)) is None
+    metadata.write_text("Metadata-Version: 2.1\nName: spec-kitty-cli\n\nVersion: 3.2.4\n")
+    assert release_from_files(str(python)) is None
+    metadata.unlink()
+    assert release_from_files(str(python)) is None
+
+
+def test_an_interpreter_outside_a_venv_is_left_to_itself(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    (python.parent.parent / "pyvenv.cfg").rename(tmp_path / "pyvenv.cfg.away")
+
+    assert release_from_files(str(python)) is None
+    assert release_from_files(os.path.realpath(sys.executable)) is None
+
+
+async def test_a_venv_is_learnt_without_starting_its_interpreter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.7")
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"an interpreter was started: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    answer = await InstalledVersions().establish(_request(python), str(python))
+
+    assert answer.package_version == "3.2.7"
+
+
+async def test_a_venv_whose_files_cannot_be_read_with_certainty_is_asked(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    site = _site(python)
+    (site / "spec_kitty_cli-3.2.4.dist-info").rename(site / "spec_kitty_cli-3.2.4.egg-info")
+    (site / "spec_kitty_cli-3.2.4.egg-info" / "PKG-INFO").write_text(
+        "Metadata-Version: 2.1\nName: spec-kitty-cli\nVersion: 3.2.4\n"
+    )
+
+    # learn_release falls back to the interpreter, which reads the egg-info itself.
+    assert learn_release(str(python)) == ask_interpreter(str(python))
+
+
+def test_the_clients_check_before_a_start_reads_a_venv_without_starting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"an interpreter was started: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+
+    assert check_spec_kitty_interpreter(str(python), "3.2.4") == "3.2.4"
+    with pytest.raises(InvalidRequest) as refused:
+        check_spec_kitty_interpreter(str(python), "3.2.7")
+    assert refused.value.code == "version_mismatch"
