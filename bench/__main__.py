@@ -18,6 +18,7 @@ from sks_harness import KNOWN_VERSIONS, DaemonFleet, MissingVenvError
 from sks_harness import spec_kitty_venv as _venv
 
 from . import (
+    cold_orphans,
     cold_start,
     doctor,
     footprint,
@@ -38,6 +39,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     one_call.NAME: one_call.run,
     supervisor_start.NAME: supervisor_start.run,
     cold_start.NAME: cold_start.run,
+    cold_orphans.NAME: cold_orphans.run,
     doctor.NAME: doctor.run,
     reset.NAME: reset.run,
     footprint.NAME: footprint.run,
@@ -158,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
+    run_began = time.monotonic()
     for name in chosen:
         print(f"bench: running {name} ...", flush=True)
         began = time.monotonic()
@@ -175,10 +178,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in produced:
             print(render_table([row]).splitlines()[-1], flush=True)
     meta["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    meta["total_seconds"] = time.monotonic() - run_began
     print()
     print(render_table(rows))
     for name, error in failures.items():
         print(f"{name}: ERROR {error}")
+    print(
+        f"bench: {len(chosen)} benchmarks in {meta['total_seconds'] / 60:.1f} min "
+        f"({', '.join(f'{name} {seconds:.0f} s' for name, seconds in timings.items())}); "
+        f"load {meta['loadavg']} at the start, {meta['loadavg_at_end']} at the end"
+    )
     if args.json is not None:
         document = {
             "meta": meta,
