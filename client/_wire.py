@@ -58,6 +58,7 @@ __all__ = [
     "replace_exiting_supervisor",
     "resolve_daemon_root",
     "socket_accepts",
+    "unwritable_folder",
     "socket_path_for_root",
     "start_supervisor",
     "supervisor_dir",
@@ -497,6 +498,28 @@ def socket_accepts(path: Path) -> bool:
     return True
 
 
+#: Errors that mean "not writable by us here", as opposed to a transient failure.
+NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
+
+
+def unwritable_folder(folder: Path, exc: OSError) -> str:
+    """Why ``folder`` cannot be written, with the command that fixes it (client and
+    supervisor say the same)."""
+    if exc.errno == errno.EROFS:
+        return (
+            f"cannot write in {folder}: its file system is read-only; remount it read-write, "
+            "or use another root (--root or SPEC_KITTY_HOME)"
+        )
+    return f"cannot write in {folder} ({exc.strerror}); run `chmod u+rwx {folder}`"
+
+
+def _unwritable_start(daemon_root: Path, exc: OSError) -> StartFailed:
+    where = Path(exc.filename).parent if exc.filename else daemon_root
+    return StartFailed(
+        f"cannot start a supervisor for {daemon_root}: {unwritable_folder(where, exc)}"
+    )
+
+
 def start_supervisor(
     daemon_root: Path, command: Callable[[], Sequence[str]], timeout: float = 15.0
 ) -> None:
@@ -512,9 +535,16 @@ def start_supervisor(
     socket_path = socket_path_for_root(daemon_root)
     if socket_accepts(socket_path):
         return
-    folder = ensure_private_dir(supervisor_dir(daemon_root))
+    try:
+        folder = ensure_private_dir(supervisor_dir(daemon_root))
+        fd, _moved = open_own_file(folder / "autostart.lock", os.O_RDWR)
+    except OSError as exc:
+        # A read-only or unwritable root: no supervisor could record anything there either
+        # (it refuses to start, docs/runbook.md), so say why now instead of a traceback.
+        if exc.errno in NOT_WRITABLE and not isinstance(exc, WireError):
+            raise _unwritable_start(daemon_root, exc) from None
+        raise
     deadline = time.monotonic() + timeout
-    fd, _moved = open_own_file(folder / "autostart.lock", os.O_RDWR)
     try:
         while True:
             try:
@@ -558,7 +588,12 @@ def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> N
     argv = [*command, "run", "--root", str(daemon_root), "--auto-started"]
     stderr_path = supervisor_dir(daemon_root) / "autostart.stderr"
     for attempt in range(1, 4):
-        stderr, _moved = open_own_file(stderr_path, os.O_RDWR)
+        try:
+            stderr, _moved = open_own_file(stderr_path, os.O_RDWR)
+        except OSError as exc:
+            if exc.errno in NOT_WRITABLE:
+                raise _unwritable_start(daemon_root, exc) from None
+            raise
         try:
             os.ftruncate(stderr, 0)  # only now that it is known to be ours
             process = subprocess.Popen(

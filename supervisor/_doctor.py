@@ -63,6 +63,7 @@ __all__ = [
     "doctor_exit_code",
     "doctor_routes",
     "standalone_doctor",
+    "unwritable_root_doctor",
     "sweep_root",
 ]
 
@@ -549,6 +550,33 @@ def doctor_routes(supervisor: RunningSupervisor) -> list[Route]:
 
 # --------------------------------------------------------------------------------------------
 # Without a supervisor
+
+
+async def unwritable_root_doctor(
+    layout: RootLayout, settings: Settings, problem: str
+) -> DoctorReport:
+    """Doctor on a root the supervisor may not write (``problem`` says why, with the fix).
+
+    No supervisor can run there (it could record nothing: docs/runbook.md), so none can be
+    sweeping beside us and observing needs no lock; nothing is acted on (``--reset`` is
+    refused before this). The report says what runs, and that the root is the problem.
+    """
+    observations = await observe(
+        standalone_facts(layout, settings), settings.health_timeout_seconds
+    )
+    unwritable = DoctorFinding(
+        severity="error",
+        code="root_not_writable",
+        message=f"{problem}. No supervisor can run for this root until then: spec-kitty CLIs "
+        "run their sync daemons on their own, as without the supervisor",
+        remediation=f"fix it as said; then `{_command(layout, 'doctor', '--reset')}` can act and "
+        "clients start a supervisor again",
+    )
+    extra = await anyio.to_thread.run_sync(service_findings, layout)
+    report = build_report(layout, observations, extra_findings=[unwritable, *extra])
+    # "a client starts one on demand" is exactly what cannot happen here.
+    kept = [f for f in report.findings if f.code != "supervisor_not_running"]
+    return report.model_copy(update={"findings": kept})
 
 
 async def standalone_doctor(

@@ -37,10 +37,11 @@ from ._doctor import (
     DoctorUnavailable,
     doctor_exit_code,
     standalone_doctor,
+    unwritable_root_doctor,
 )
 from ._errors import LifecycleError
 from ._integration_doctor import integration_findings
-from ._layout import RootLayout
+from ._layout import RootLayout, UnwritableDirectory
 from ._legacy_state import LegacyLockTimeout
 from ._settings import SettingsError, load_settings
 
@@ -144,7 +145,13 @@ def _doctor(args: argparse.Namespace, request: ResetRequest | None) -> DoctorRep
             pass
     layout = RootLayout(resolve_daemon_root(args.root))
     settings = load_settings(layout.config)  # a bad setting fails before anything is created
-    layout.prepare()
+    try:
+        layout.prepare()
+    except UnwritableDirectory as exc:
+        if request is not None:
+            raise  # a reset acts and records: it needs the root writable
+        # Looking needs no write: say what runs, and why nothing can be supervised here.
+        return anyio.run(unwritable_root_doctor, layout, settings, str(exc))
     try:
         return anyio.run(standalone_doctor, layout, settings, request)
     except DoctorUnavailable:

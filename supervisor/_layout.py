@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import grp
 import os
 import pwd
@@ -17,7 +16,11 @@ from spec_kitty_supervisor_client._paths import (
     socket_path_for_root,
     supervisor_dir,
 )
-from spec_kitty_supervisor_client._wire import SOCKET_DIR_RECORD
+from spec_kitty_supervisor_client._wire import (
+    NOT_WRITABLE,
+    SOCKET_DIR_RECORD,
+    unwritable_folder,
+)
 
 from ._files import atomic_write
 
@@ -28,19 +31,8 @@ class UnwritableDirectory(UnsafeDirectoryError):
     """Raised when the root or the supervisor's folder cannot be written; names the fix."""
 
 
-#: Errors that mean "not writable by us here", as opposed to a transient failure.
-_NOT_WRITABLE = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
-
-
 def _unwritable(folder: Path, exc: OSError) -> UnwritableDirectory:
-    if exc.errno == errno.EROFS:
-        return UnwritableDirectory(
-            f"cannot write in {folder}: its file system is read-only; remount it read-write, "
-            "or use another root (--root or SPEC_KITTY_HOME)"
-        )
-    return UnwritableDirectory(
-        f"cannot write in {folder} ({exc.strerror}); run `chmod u+rwx {folder}`"
-    )
+    return UnwritableDirectory(unwritable_folder(folder, exc))
 
 
 def check_writable(folder: Path) -> None:
@@ -48,7 +40,7 @@ def check_writable(folder: Path) -> None:
     try:
         fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
     except OSError as exc:
-        if exc.errno in _NOT_WRITABLE:
+        if exc.errno in NOT_WRITABLE:
             raise _unwritable(folder, exc) from None
         raise
     os.close(fd)
@@ -114,7 +106,7 @@ class RootLayout:
         try:
             return self._prepare()
         except OSError as exc:
-            if isinstance(exc, UnsafeDirectoryError) or exc.errno not in _NOT_WRITABLE:
+            if isinstance(exc, UnsafeDirectoryError) or exc.errno not in NOT_WRITABLE:
                 raise
             # What could not be made (or looked into) is in a folder we may not write.
             where = Path(exc.filename).parent if exc.filename else self.daemon_root
