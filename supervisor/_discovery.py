@@ -64,17 +64,24 @@ class Listener:
 def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> list[Listener]:
     """Every listening port in ``family_range`` reachable on loopback, one entry per port."""
     low, high = family_range
+    on_linux = sys.platform.startswith("linux")
+    kernel_uids = _linux_listen_uids(low, high) if on_linux else None
+    if kernel_uids == {}:
+        # psutil reads the same kernel tables, then walks every process's descriptors to
+        # name the pids (60-200 ms on a busy machine): with no listener in the range there
+        # is nobody to name, and every sweep of a clean root ends here.
+        return []
     try:
         candidates = _from_system_table(low, high)
     except psutil.AccessDenied:
         # macOS lists system-wide sockets only to root; each of our own processes can
         # still show its own, and another user's processes are not ours anyway.
         candidates = _from_each_process(low, high)
-    kernel_uids = _linux_listen_uids(low, high) if sys.platform.startswith("linux") else {}
     chosen: dict[int, tuple[tuple[bool, bool], Listener]] = {}
+    known_uids = kernel_uids or {}
     for port, pid, uid, is_ipv4 in candidates:
         listener = Listener(
-            port=port, pid=pid, uid=uid if uid is not None else kernel_uids.get(port)
+            port=port, pid=pid, uid=uid if uid is not None else known_uids.get(port)
         )
         # IPv4 and IPv6 sockets may share a port, even in different processes. The health
         # probe goes to 127.0.0.1, so keep the IPv4 socket's process: pairing one process's
@@ -136,19 +143,21 @@ def _is_ipv4(ip: str) -> bool:
     return ":" not in ip
 
 
-def _linux_listen_uids(low: int, high: int) -> dict[int, int]:
-    """Port → uid of its listening socket, from ``/proc/net/tcp{,6}``.
+def _linux_listen_uids(low: int, high: int) -> dict[int, int] | None:
+    """Port → uid of its listening socket, from ``/proc/net/tcp{,6}``; None if unreadable.
 
     psutil does not report a socket's owner, and cannot name the pid of another user's
     socket; the kernel table still says whose it is, which keeps such a listener
     ``other_user`` instead of a pid-less mystery.
     """
     uids: dict[int, set[int]] = {}
+    readable = False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
+        readable = True
         for line in lines:
             fields = line.split()
             if len(fields) < 8 or fields[3] != _LINUX_TCP_LISTEN:
@@ -156,6 +165,8 @@ def _linux_listen_uids(low: int, high: int) -> dict[int, int]:
             port = int(fields[1].rsplit(":", 1)[1], 16)
             if low <= port < high:
                 uids.setdefault(port, set()).add(int(fields[7]))
+    if not readable:
+        return None
     own_uid = os.getuid()
     # Two owners on one port (IPv4 and IPv6 by different users): name the foreign one, the
     # cautious answer.

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -309,6 +310,28 @@ def test_listeners_are_found_process_by_process_when_the_system_table_is_denied(
     monkeypatch.setattr(psutil, "net_connections", denied)
 
     assert listener_on(port, find_family_listeners()) == Listener(port, daemon.pid, os.getuid())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's /proc tables")
+def test_a_range_the_kernel_lists_no_listener_in_is_not_walked_process_by_process(
+    processes: Processes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, (port,) = processes.start(silent_listeners_argv)
+    calls: list[str] = []
+    listing = psutil.net_connections
+
+    def counted(kind: str = "inet") -> list[Any]:
+        calls.append(kind)
+        return listing(kind)
+
+    monkeypatch.setattr(psutil, "net_connections", counted)
+    empty = (port + 1, port + 1)  # half-open: no port at all, so nothing can listen in it
+
+    assert find_family_listeners(empty) == []
+    assert calls == []
+    # With a listener in the range the pids are named as before.
+    assert listener_on(port, find_family_listeners((port, port + 1))).pid is not None
+    assert calls == ["tcp"]
 
 
 def test_a_port_held_on_ipv4_and_ipv6_is_one_listener(processes: Processes) -> None:
