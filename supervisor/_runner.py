@@ -387,12 +387,33 @@ def _status_line(supervisor: Supervisor) -> str:
     return text
 
 
+#: Each ends the supervisor gracefully, leaving its daemons (docs/lifecycle.md, "Signals").
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
 async def _signals(supervisor: Supervisor) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            supervisor.ledger.record("signal", reason=f"received {signal.Signals(signum).name}")
-            supervisor.request_exit(signal.Signals(signum).name)
-            return
+    """The first exit signal asks for the exit; any later one is logged and changes nothing.
+
+    A repeated signal (Ctrl-C twice, a service manager repeating its stop) used to meet the
+    default action once the first had been handled, killing the supervisor half-way through its
+    exit: exit code -15, 130 or -1, no last write, no ``supervisor_exited``. The receiver stays
+    open until the exit cancels this task, and from then on the process ignores these signals:
+    what is left (the last write of the table, the lock's release) takes milliseconds.
+    """
+    try:
+        with anyio.open_signal_receiver(*EXIT_SIGNALS) as signals:
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if supervisor.exiting:
+                    log.info("signal_while_exiting", signal=name, reason=supervisor.exit_reason)
+                    continue
+                supervisor.ledger.record("signal", reason=f"received {name}")
+                supervisor.request_exit(name)
+    finally:
+        if supervisor.exiting:
+            # Closing the receiver restored the default actions; the exit is under way.
+            for signum in EXIT_SIGNALS:
+                signal.signal(signum, signal.SIG_IGN)
 
 
 async def _watch_serving(supervisor: Supervisor, notifier: Notifier) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,8 @@ from ._tally import Tally
 __all__ = ["RootFacts", "observe", "read_journal", "settle_one_owner"]
 
 
-def _identities(pids: list[int]) -> list[ProcessIdentity]:
-    found = [read_identity(pid) for pid in pids]
+def _identities(pids: list[int], ignore: Collection[int] = ()) -> list[ProcessIdentity]:
+    found = [read_identity(pid) for pid in pids if pid not in ignore]
     return [identity for identity in found if identity is not None]
 
 
@@ -79,13 +80,16 @@ def read_journal(root: Path) -> tuple[list[dict[str, Any]] | None, str | None]:
     return rows, None
 
 
-def observe(root: Path) -> RootFacts:
-    """Look once; :func:`settle_one_owner` looks again until the look is consistent."""
+def observe(root: Path, *, ignore: Collection[int] = ()) -> RootFacts:
+    """Look once; :func:`settle_one_owner` looks again until the look is consistent.
+
+    ``ignore`` names pids that only look like daemons of the root (stand-ins in disguise).
+    """
     journal, problem = read_journal(root)
     return RootFacts(
         root=root,
         supervisors=_identities(supervisor_pids(root)),
-        daemons=_identities(daemon_pids(root)),
+        daemons=_identities(daemon_pids(root), ignore),
         recorded=read_state_file(root),
         journal=journal,
         journal_problem=problem,
@@ -126,6 +130,7 @@ def settle_one_owner(
     *,
     supervisor_expected: bool = True,
     timeout: float = DEFAULT_TIMEOUT,
+    ignore: Collection[int] = (),
 ) -> RootFacts:
     """Wait until the root is settled as promised, then count what is still wrong.
 
@@ -139,7 +144,9 @@ def settle_one_owner(
     last: list[RootFacts] = []
 
     def settled() -> bool:
-        facts = _judge_one_owner(observe(root), supervisor_expected=supervisor_expected)
+        facts = _judge_one_owner(
+            observe(root, ignore=ignore), supervisor_expected=supervisor_expected
+        )
         last[:] = [facts]
         return not facts.problems
 

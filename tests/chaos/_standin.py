@@ -117,11 +117,13 @@ class StandIn:
         answer: str | None = None,
         directory: Path | None = None,
         user: tuple[int, int] | None = None,
+        disguise: str | None = None,
     ) -> StandIn:
         """Start one and return once its handlers are installed (and its port listens).
 
-        ``extra_argv`` is appended to its command line, to make it look like something
-        (a daemon's root marker, a port and token): only what it *is* must protect it.
+        ``extra_argv`` is appended to its command line and ``disguise`` to its ``-c`` script
+        (as a comment), to make it look like something: a daemon's script with a port and
+        token, a root marker. Only what it *is* must protect it.
         """
         log = Path(
             tempfile.mkstemp(prefix="standin-", suffix=".signals", dir=directory)[1]
@@ -136,7 +138,7 @@ class StandIn:
             *prefix,
             sys.executable,
             "-c",
-            _SCRIPT,
+            _SCRIPT if disguise is None else _SCRIPT + "# " + disguise.replace("\n", "\n# "),
             str(log),
             str(listen or 0),
             "-" if answer is None else answer,

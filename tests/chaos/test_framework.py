@@ -82,10 +82,12 @@ def test_the_report_renders_every_tally_with_its_run(tmp_path: Path) -> None:
 def test_a_stand_in_records_every_signal_it_receives(tmp_path: Path) -> None:
     with StandIn.start(directory=tmp_path) as witness:
         assert witness.touched() == []
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        sent = [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGTERM]
+        for count, signum in enumerate(sent, start=1):
+            # One at a time: a signal sent while the same one is pending merges with it.
             assert signal_if_same(witness.identity, signum)
-        eventually(lambda: len(witness.signals()) == 4, what="four signals recorded")
-        assert witness.signals() == ["SIGTERM", "SIGINT", "SIGHUP", "SIGTERM"]
+            eventually(lambda n=count: len(witness.signals()) == n, what=f"signal {count}")
+        assert witness.signals() == [s.name for s in sent]
         assert signal_if_same(witness.identity, signal.SIGSTOP)
         eventually(witness.stopped, what="the stand-in to be stopped")
         assert witness.touched()[-1] == "stopped"

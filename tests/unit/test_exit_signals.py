@@ -1,0 +1,101 @@
+"""TERM, INT, HUP: the first asks for the exit, a repeated one changes nothing (found by chaos).
+
+The signals are sent to this very process while ``_runner._signals`` holds the receiver, with a
+stand-in for the supervisor that only records what it was asked; the test restores the
+process's own handlers afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from sks_harness import aeventually
+from spec_kitty_supervisor._runner import EXIT_SIGNALS, _signals
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class _Ledger:
+    kinds: list[tuple[str, str]] = field(default_factory=list)
+
+    def record(self, kind: str, *, reason: str = "") -> None:
+        self.kinds.append((kind, reason))
+
+
+@dataclass
+class _Supervisor:
+    ledger: _Ledger = field(default_factory=_Ledger)
+    exit_reason: str | None = None
+    exits_asked: int = 0
+
+    @property
+    def exiting(self) -> bool:
+        return self.exit_reason is not None
+
+    def request_exit(self, reason: str) -> None:
+        self.exits_asked += 1
+        self.exit_reason = reason
+
+
+@pytest.fixture
+def own_handlers() -> Iterator[None]:
+    saved = {signum: signal.getsignal(signum) for signum in EXIT_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("signum", EXIT_SIGNALS, ids=[s.name for s in EXIT_SIGNALS])
+async def test_a_repeated_exit_signal_is_received_and_changes_nothing(
+    own_handlers: None, signum: signal.Signals
+) -> None:
+    supervisor = _Supervisor()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, supervisor)
+        await wait_all_tasks_blocked()
+        os.kill(os.getpid(), signum)
+        await aeventually(lambda: supervisor.exiting, what="the exit to be asked for")
+        # The first was handled; before the fix the receiver was closed now, and this second
+        # one met the default action (this test process would have died of it).
+        os.kill(os.getpid(), signum)
+        os.kill(os.getpid(), signal.SIGHUP if signum != signal.SIGHUP else signal.SIGTERM)
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    assert supervisor.exits_asked == 1
+    assert supervisor.exit_reason == signum.name
+    assert supervisor.ledger.kinds == [("signal", f"received {signum.name}")]
+
+
+async def test_once_exiting_the_process_ignores_exit_signals_to_its_end(own_handlers: None) -> None:
+    supervisor = _Supervisor()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, supervisor)
+        await wait_all_tasks_blocked()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await aeventually(lambda: supervisor.exiting, what="the exit to be asked for")
+        group.cancel_scope.cancel()
+    # The receiver is closed: what is left of the exit must not be cut short by a signal.
+    assert {signal.getsignal(s) for s in EXIT_SIGNALS} == {signal.SIG_IGN}
+    os.kill(os.getpid(), signal.SIGTERM)  # ignored; the test goes on
+    assert supervisor.exits_asked == 1
+
+
+async def test_a_supervisor_cancelled_without_exiting_keeps_the_default_actions(
+    own_handlers: None,
+) -> None:
+    # A task group cancelled by a crash, not an exit: nothing is ignored then.
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, _Supervisor())
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    assert all(signal.getsignal(s) != signal.SIG_IGN for s in EXIT_SIGNALS)
