@@ -10,6 +10,7 @@ and without the idle clients.
 
 from __future__ import annotations
 
+import os
 import resource
 import socket
 import time
@@ -55,6 +56,7 @@ def run(context: BenchContext) -> list[Row]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
     quiet: list[float] = []
     crowded: list[float] = []
+    load_at_start = list(os.getloadavg())
     with context.supervisors(context.sandbox()) as sut:
         sut.start()
         path = str(socket_path_for_root(sut.root))
@@ -74,6 +76,10 @@ def run(context: BenchContext) -> list[Row]:
         "quiet_p50_ms": percentile(quiet, 0.5) * 1e3,
         "quiet_p99_ms": percentile(quiet, 0.99) * 1e3,
         "crowded_p99_ms": percentile(crowded, 0.99) * 1e3,
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": list(os.getloadavg()),
+        "quiet_samples_s": quiet,
+        "crowded_samples_s": crowded,
     }
     p50 = percentile(crowded, 0.5) * 1e3
     return [

@@ -10,6 +10,7 @@ process is dropped (connection set-up, lazy imports), and the rounds alternate s
 
 from __future__ import annotations
 
+import os
 import time
 
 from sks_harness import read_state_file, run_upstream_ensure, spec_kitty_python
@@ -37,6 +38,7 @@ def run(context: BenchContext) -> list[Row]:
     rounds = 5 if context.full else 3
     python = spec_kitty_python(CLIENT_VERSION)
 
+    load_at_start = list(os.getloadavg())
     upstream_sandbox = context.sandbox()
     first = run_upstream_ensure(upstream_sandbox, CLIENT_VERSION)
     if not first.started or first.state is None:
@@ -71,6 +73,10 @@ def run(context: BenchContext) -> list[Row]:
         "ours_p90_ms": ours_p90,
         "upstream_p99_ms": percentile(upstream, 0.99) * 1e3,
         "ours_p99_ms": percentile(ours, 0.99) * 1e3,
+        "loadavg_at_start": load_at_start,
+        "loadavg_at_end": list(os.getloadavg()),
+        "upstream_samples_s": upstream,
+        "ours_samples_s": ours,
     }
     p50 = speedup_row(
         NAME,

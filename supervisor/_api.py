@@ -8,7 +8,7 @@ LOCAL_PEERCRED on macOS). Every request either gets its model's answer or an err
 
 from __future__ import annotations
 
-import contextlib
+import math
 import os
 import socket
 import struct
@@ -162,24 +162,48 @@ def _error_body(code: str, message: str, details: dict[str, object] | None = Non
 
 
 class _Connection:
-    """One client's stream, with what it sent that no request has consumed yet."""
+    """One client's stream, what it sent that no request has consumed yet, and its deadline.
+
+    The connection has one deadline scope, entered by :func:`_serve_requests` and moved
+    before each phase (waiting for a request, its head, its body, taking the answer): moving
+    a deadline costs a timer, entering a scope several times that, and a request that arrived
+    whole needs no more than one move. When the deadline passes, the scope ends the
+    connection, which is what every deadline does.
+    """
 
     def __init__(self, stream: SocketStream) -> None:
         self.stream = stream
+        self.raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
+        self.fd = self.raw.fileno()
         self.buffer = bytearray()
         self.closed = False
+        self.deadline = anyio.CancelScope()
 
-    async def receive(self, deadline: float) -> None:
-        """Read once more (``closed`` once the peer hung up); TimeoutError at ``deadline``.
+    def due_in(self, seconds: float) -> None:
+        self.deadline.deadline = anyio.current_time() + seconds
 
-        The only place a connection waits for its client, so the only place a deadline scope
-        is entered: a request that arrived whole costs one.
+    async def receive(self) -> None:
+        """Read once more, within the deadline; ``closed`` once the peer hung up.
+
+        Straight from the (non-blocking) socket, waiting on its descriptor when nothing is
+        there: anyio's stream would also yield before every read, and asyncio registers a
+        socket object by formatting its repr (two syscalls) each time. A read that did not
+        have to wait still yields once, so that a client that always has bytes ready takes
+        its turn like the others.
         """
-        with anyio.fail_at(deadline):
+        waited = False
+        while True:
             try:
-                data = await self.stream.receive(65536)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                data = self.raw.recv(65536)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                waited = True
+                continue
+            except OSError:
                 data = b""
+            break
+        if not waited:
+            await anyio.lowlevel.checkpoint()
         if data:
             self.buffer += data
         else:
@@ -192,17 +216,27 @@ class _Connection:
         client has finished sending it; closing at once would reset the connection under the
         client's write, and it might never read why. Bounded in bytes and time, like any read.
         """
-        deadline = anyio.current_time() + LINGER_SECONDS
+        self.due_in(LINGER_SECONDS)
         dropped = 0
-        with contextlib.suppress(TimeoutError):
-            while not self.closed and dropped < LINGER_BYTES:
-                self.buffer.clear()
-                await self.receive(deadline)
-                dropped += len(self.buffer)
+        while not self.closed and dropped < LINGER_BYTES:
+            self.buffer.clear()
+            await self.receive()
+            dropped += len(self.buffer)
 
-    async def respond(self, status: int, body: bytes, keep_alive: bool, timeout: float) -> None:
-        with anyio.fail_after(timeout):
-            await self.stream.send(response_bytes(status, body, keep_alive=keep_alive))
+    async def respond(self, status: int, body: bytes, keep_alive: bool) -> None:
+        """Send a whole answer, within the deadline.
+
+        Written straight to the (non-blocking) socket first: an answer that fits in the
+        socket's buffer, as nearly every one does, leaves at once, without the stream's
+        scheduling round; what does not fit is sent by the stream, waiting for room.
+        """
+        data = response_bytes(status, body, keep_alive=keep_alive)
+        try:
+            sent = self.raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await self.stream.send(data[sent:])
 
 
 class ConnectionTracker(Protocol):
@@ -247,22 +281,23 @@ async def _serve_admitted(
     tracker.connection_opened()
     try:
         async with stream:
-            raw = stream.extra(SocketAttribute.raw_socket)
-            uid = peer_uid(raw)
-            if uid is not None and uid != os.getuid():
-                log.warning("peer_refused", peer_uid=uid)
-                await _Connection(stream).respond(
-                    403,
-                    _error_body(
-                        "peer_refused",
-                        f"uid {uid} may not use this supervisor (owner {os.getuid()})",
-                    ),
-                    keep_alive=False,
-                    timeout=pool.limits.reply_timeout,
-                )
-                return
-            await _serve_requests(_Connection(stream), router, tracker, pool, slot)
-    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError, TimeoutError):
+            connection = _Connection(stream)
+            uid = peer_uid(connection.raw)
+            with connection.deadline:
+                if uid is not None and uid != os.getuid():
+                    log.warning("peer_refused", peer_uid=uid)
+                    connection.due_in(pool.limits.reply_timeout)
+                    await connection.respond(
+                        403,
+                        _error_body(
+                            "peer_refused",
+                            f"uid {uid} may not use this supervisor (owner {os.getuid()})",
+                        ),
+                        keep_alive=False,
+                    )
+                    return
+                await _serve_requests(connection, router, tracker, pool, slot)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         pass
     except Exception as exc:  # the server never dies of a client
         log.error("connection_failed", error=repr(exc))
@@ -277,32 +312,39 @@ async def _serve_requests(
     pool: ConnectionPool,
     slot: ConnectionSlot,
 ) -> None:
+    """Answer requests until the client closes or misbehaves; inside ``connection.deadline``.
+
+    The first request's head is due within ``head_timeout`` of the accept; a kept-alive
+    connection's next request may be awaited for ``idle_timeout``, then its head is due within
+    ``head_timeout`` of its first byte; a body within ``body_timeout`` of its head; an answer
+    must be taken within ``reply_timeout``. No deadline runs while a handler works.
+    """
     limits = pool.limits
-    # The first request's head is due within head_timeout of the accept; later ones may be
-    # awaited for idle_timeout, then their head is due within head_timeout of its first byte.
-    accepted_deadline = anyio.current_time() + limits.head_timeout
-    begin_deadline = accepted_deadline
+    connection.due_in(limits.head_timeout)
     kept_alive = False
     while True:
         # Idle: the only state in which the pool may close this connection for a newcomer,
         # and nothing of a request has been read, so nothing is lost.
         pool.idle(slot)
-        if not connection.buffer:
-            await connection.receive(begin_deadline)
+        if connection.buffer:
+            # Pipelined: the next request is here already. Let other connections run first,
+            # as a receive would have.
+            await anyio.lowlevel.checkpoint()
+        else:
+            await connection.receive()
             if connection.closed:
                 return
         pool.busy(slot)
-        head_deadline = (
-            anyio.current_time() + limits.head_timeout if kept_alive else accepted_deadline
-        )
+        if kept_alive:
+            connection.due_in(limits.head_timeout)
         try:
-            head, body = await _read_request(connection, head_deadline, limits)
+            head, body = await _read_request(connection, limits)
         except HttpError as exc:
+            connection.due_in(limits.reply_timeout)
             await connection.respond(
                 exc.status,
                 _error_body("bad_http", f"malformed HTTP request: {exc.message}"),
                 keep_alive=False,
-                timeout=limits.reply_timeout,
             )
             pool.idle(slot)  # nothing more will be answered: a newcomer may have the place
             await connection.linger()
@@ -311,37 +353,39 @@ async def _serve_requests(
             return  # the client hung up mid-request: nobody to answer
         tracker.request_started()
         try:
+            connection.deadline.deadline = math.inf
             status, answer = await _answer(router, head, body)
-            await connection.respond(status, answer, head.keep_alive, limits.reply_timeout)
+            connection.due_in(limits.reply_timeout)
+            await connection.respond(status, answer, head.keep_alive)
         finally:
             tracker.request_finished()
         if not head.keep_alive:
             return
         kept_alive = True
-        begin_deadline = anyio.current_time() + limits.idle_timeout
+        connection.due_in(limits.idle_timeout)
 
 
 async def _read_request(
-    connection: _Connection, head_deadline: float, limits: ConnectionLimits
+    connection: _Connection, limits: ConnectionLimits
 ) -> tuple[RequestHead | None, bytes]:
     """The next request's head and body from ``connection`` (None if it closed mid-request).
 
-    Raises :class:`HttpError` for a request to refuse, TimeoutError for one that took too long.
+    Raises :class:`HttpError` for a request to refuse.
     """
     scanned = 0
     while (head_length := find_head_end(connection.buffer, scanned)) < 0:
         if connection.closed:
             return None, b""
         scanned = len(connection.buffer)
-        await connection.receive(head_deadline)
+        await connection.receive()
     head = parse_head(connection.buffer[:head_length])
     end = head_length + head.content_length
     if len(connection.buffer) < end:
-        body_deadline = anyio.current_time() + limits.body_timeout
+        connection.due_in(limits.body_timeout)
         while len(connection.buffer) < end:
             if connection.closed:
                 return None, b""
-            await connection.receive(body_deadline)
+            await connection.receive()
     body = bytes(connection.buffer[head_length:end])
     del connection.buffer[:end]
     return head, body

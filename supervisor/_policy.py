@@ -8,6 +8,7 @@ Pure: standard library only, no I/O (a wall: tests/unit/test_walls.py).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -33,6 +34,7 @@ __all__ = [
 _VERSION_PART = re.compile(r"(\d+)|([A-Za-z]+)")
 
 
+@functools.lru_cache(maxsize=256)  # every warm ensure compares the same two versions
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     # Numbers compare numerically; a pre-release tag ("rc", "a") sorts before the release.
     parts: list[tuple[int, int | str]] = []
