@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketListener, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketStream, TaskGroup
 
 from spec_kitty_supervisor_client import SupervisorClient, SupervisorError
 from spec_kitty_supervisor_client._autostart import socket_accepts
@@ -38,7 +38,13 @@ from ._lock import SupervisorLock
 from ._logging import configure_logging
 from ._policy import compare_versions
 from ._sd_notify import CONTROL_FD_NAME, Notifier, listen_fds_from_env
-from ._serving import SELF_PROBE_TIMEOUT, ServingRecord, accept_loop, probe_own_socket
+from ._serving import (
+    SELF_PROBE_TIMEOUT,
+    ServingRecord,
+    UnixAcceptor,
+    accept_loop,
+    probe_own_socket,
+)
 from ._settings import SettingsError, load_settings
 
 __all__ = ["RunOptions", "run_supervisor"]
@@ -222,12 +228,12 @@ class _ControlSocket:
     def __init__(self, layout: RootLayout, activated: socket.socket | None) -> None:
         self.layout = layout
         self.activated = activated
-        self.listener: SocketListener | None = None
+        self.listener: UnixAcceptor | None = None
         self.inode: int | None = None
 
-    async def open(self) -> SocketListener:
+    async def open(self) -> UnixAcceptor:
         sock = self.activated if self.activated is not None else _bind_control_socket(self.layout)
-        self.listener = await SocketListener.from_socket(sock)
+        self.listener = UnixAcceptor(sock)
         self.inode = None if self.activated is not None else os.stat(self.layout.socket).st_ino
         return self.listener
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import json
+import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import anyio
 import h11
 import structlog
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import SocketStream, TaskGroup, UNIXSocketStream
 
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION
 
@@ -33,6 +34,7 @@ __all__ = [
     "SELF_PROBE_TIMEOUT",
     "SERVING_FAILURES",
     "ServingRecord",
+    "UnixAcceptor",
     "accept_loop",
     "probe_own_socket",
 ]
@@ -54,6 +56,49 @@ class Accepting(Protocol):
     """What the accept loop needs of a listener (anyio's ``SocketListener`` has it)."""
 
     async def accept(self) -> SocketStream: ...
+
+
+class UnixAcceptor:
+    """The listening socket, accepted from directly.
+
+    anyio's listener waits for a connection by registering the socket object with asyncio,
+    which formats the socket's repr (a ``getsockname`` and a ``getpeername``) every time; a
+    process that connects, asks once and leaves (every spec-kitty command) paid for it. This
+    waits on the descriptor instead. Failures are anyio's: ``ClosedResourceError`` once closed,
+    ``BrokenResourceError`` raised from the ``OSError`` of a failed accept (EMFILE and friends,
+    which :func:`accept_loop` survives).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._closed = False
+
+    async def accept(self) -> SocketStream:
+        # The connection accepted last is admitted (or closed to make room) before the next
+        # one is taken: accepting a full backlog at once would run out of descriptors.
+        await anyio.lowlevel.checkpoint()
+        while True:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            try:
+                client, _ = self._sock.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(self._fd)
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise anyio.ClosedResourceError from None
+                raise anyio.BrokenResourceError from exc
+            return await UNIXSocketStream.from_socket(client)
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            anyio.notify_closing(self._sock)  # a waiting accept raises ClosedResourceError
+            self._sock.close()
+        await anyio.lowlevel.checkpoint()
 
 
 def _errno_of(exc: BaseException) -> int | None:
