@@ -39,7 +39,7 @@ from sks_harness import (
 from spec_kitty_supervisor_client import socket_path_for_root
 from tests.chaos._facts import settle_one_owner
 from tests.chaos._tally import Tally, rounds
-from tests.interop.test_full_disk import _private_mounts_allowed
+from tests.interop.test_full_disk import FULL_DISK_PRELUDE, _private_mounts_allowed
 from tests.interop.test_serving_under_exhaustion import (  # many_descriptors: a fixture
     _flood,
     _status_pid,
@@ -101,43 +101,11 @@ def test_running_out_of_descriptors_again_and_again(
     )
 
 
-FULL_DISK_ROUNDS = textwrap.dedent(
+FULL_DISK_ROUNDS = FULL_DISK_PRELUDE + textwrap.dedent(
     """
-    import json, os, signal, subprocess, sys, time
-    import psutil
-
-    mount, python, ports, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount], check=True)
-    root = os.path.join(mount, "root")
-    os.mkdir(root, 0o700)
-    env = {**os.environ, "SPEC_KITTY_SUPERVISOR_PORT_RANGE": ports,
-           "SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0.5"}
-    cli = [sys.executable, "-m", "spec_kitty_supervisor"]
+    rounds = int(sys.argv[4])
     seen = []
     started = []
-
-    def run(*args):
-        done = subprocess.run([*cli, *args, "--root", root], env=env, capture_output=True,
-                              text=True, timeout=120)
-        return done.returncode, done.stdout, done.stderr
-
-    def status():
-        code, out, _ = run("status", "--json")
-        return json.loads(out) if code == 0 else None
-
-    def until(condition, what, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = condition()
-            if value:
-                return value
-            time.sleep(0.1)  # polling a condition with a deadline
-        raise SystemExit(f"timed out waiting for {what}")
-
-    def daemons():
-        marker = f"--spec-kitty-daemon-root={root}"
-        return sorted(p.pid for p in psutil.process_iter(["cmdline"])
-                      if marker in (p.info["cmdline"] or []))
 
     def supervisors():
         return sorted(p.pid for p in started if p.poll() is None)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -15,6 +13,7 @@ from hypothesis import strategies as st
 
 from sks_harness import SPAWN_PORTS, DaemonFleet, SupervisorUnderTest, spec_kitty_python
 from spec_kitty_supervisor_client import SupervisorClient, socket_path_for_root
+from tests.chaos._wire import exchange, request
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
@@ -35,30 +34,6 @@ def running() -> Iterator[tuple[SupervisorUnderTest, int]]:
         sup.start()
         daemon = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))["daemon"]
         yield sup, daemon["pid"]
-
-
-def _exchange(path: Path, data: bytes, timeout: float = 30.0) -> bytes:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        try:
-            sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # it may already have answered and hung up
-        chunks = []
-        try:
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        except (ConnectionResetError, TimeoutError):
-            pass
-        return b"".join(chunks)
-
-
-def _request(method: str, target: str, body: bytes) -> bytes:
-    head = f"{method} {target} HTTP/1.1\r\nHost: s\r\nConnection: close\r\n"
-    head += f"Content-Length: {len(body)}\r\n\r\n"
-    return head.encode() + body
 
 
 def _still_whole(sup: SupervisorUnderTest, daemon_pid: int) -> None:
@@ -126,7 +101,7 @@ def test_malformed_bodies_get_a_4xx_and_change_nothing(
     # A well-formed retire that happens to name our daemon would rightly retire it: that is
     # not a malformed body, and it would take the daemon from every later example.
     assume(endpoint[1] != "/v1/sync/retire" or not _names(body, daemon_pid, _daemon_port(sup)))
-    reply = _exchange(socket_path_for_root(sup.root), _request(*endpoint, body))
+    reply = exchange(socket_path_for_root(sup.root), request(*endpoint, body))
     status = int(reply.split(b" ", 2)[1])
     document = json.loads(reply.partition(b"\r\n\r\n")[2])
     assert isinstance(document, dict)
@@ -170,8 +145,8 @@ def test_a_body_of_the_wrong_json_type_is_refused_not_coerced(
     running: tuple[SupervisorUnderTest, int], path: str, body: dict[str, object]
 ) -> None:
     sup, daemon_pid = running
-    reply = _exchange(
-        socket_path_for_root(sup.root), _request("POST", path, json.dumps(body).encode())
+    reply = exchange(
+        socket_path_for_root(sup.root), request("POST", path, json.dumps(body).encode())
     )
     status = int(reply.split(b" ", 2)[1])
     error = json.loads(reply.partition(b"\r\n\r\n")[2])["error"]
@@ -187,7 +162,7 @@ def test_garbage_bytes_never_kill_the_supervisor(
     running: tuple[SupervisorUnderTest, int], garbage: bytes
 ) -> None:
     sup, daemon_pid = running
-    reply = _exchange(socket_path_for_root(sup.root), garbage)
+    reply = exchange(socket_path_for_root(sup.root), garbage)
     # Garbage gets a 4xx or a closed connection, never a 5xx; the supervisor serves on.
     assert reply == b"" or reply.startswith(b"HTTP/1.1 4"), reply[:200]
     _still_whole(sup, daemon_pid)
@@ -207,15 +182,15 @@ def test_after_the_abuse_the_table_and_the_daemon_are_intact(
         bytes(rng.getrandbits(8) for _ in range(4096)),
     ]
     for data in abuse:
-        _exchange(path, data, timeout=3)
+        exchange(path, data, timeout=3)
 
     # Many clients at once, half of them hanging up mid-request.
     def one(index: int) -> bytes:
         if index % 2:
-            return _exchange(
+            return exchange(
                 path, b"POST /v1/sync/ensure HTTP/1.1\r\nContent-Length: 50\r\n\r\n{", 1
             )
-        return _exchange(path, _request("GET", "/v1/status", b""))
+        return exchange(path, request("GET", "/v1/status", b""))
 
     with ThreadPoolExecutor(max_workers=32) as pool:
         replies = list(pool.map(one, range(200)))

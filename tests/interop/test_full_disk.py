@@ -21,19 +21,21 @@ from sks_harness import SPAWN_PORTS, PortRange, Sandbox, spec_kitty_python
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
-SCENARIO = textwrap.dedent(
+#: The start of every full-disk script (also the chaos suite's repeated one): the tmpfs mounted
+#: at argv[1], the root on it, the supervisor's CLI (``run``), ``status``, ``until`` (a condition
+#: polled with a deadline) and ``daemons`` (the root's daemon pids, by their marker).
+FULL_DISK_PRELUDE = textwrap.dedent(
     """
     import json, os, signal, subprocess, sys, time
     import psutil
 
-    mount, python, ports, stderr_path = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+    mount, python, ports = sys.argv[1], sys.argv[2], sys.argv[3]
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mount], check=True)
     root = os.path.join(mount, "root")
     os.mkdir(root, 0o700)
     env = {**os.environ, "SPEC_KITTY_SUPERVISOR_PORT_RANGE": ports,
            "SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0.5"}
     cli = [sys.executable, "-m", "spec_kitty_supervisor"]
-    seen = {}
 
     def run(*args):
         done = subprocess.run([*cli, *args, "--root", root], env=env, capture_output=True,
@@ -57,6 +59,13 @@ SCENARIO = textwrap.dedent(
         marker = f"--spec-kitty-daemon-root={root}"
         return sorted(p.pid for p in psutil.process_iter(["cmdline"])
                       if marker in (p.info["cmdline"] or []))
+    """
+)
+
+SCENARIO = FULL_DISK_PRELUDE + textwrap.dedent(
+    """
+    stderr_path = sys.argv[4]
+    seen = {}
 
     with open(os.path.join(mount, "fill"), "wb", buffering=0) as fill:
         try:
