@@ -319,6 +319,9 @@ PASSED_ENV_NAMES = frozenset(
 PASSED_ENV_PREFIXES = ("LC_", "SPEC_KITTY_")
 #: Set by the supervisor itself for each daemon; never taken from a client.
 _SET_BY_SUPERVISOR = frozenset({"SPEC_KITTY_HOME", "SPEC_KITTY_CLI_VERSION"})
+_PASSED_ENV_NAMES_BYTES = frozenset(os.fsencode(name) for name in PASSED_ENV_NAMES)
+_PASSED_ENV_PREFIXES_BYTES = tuple(os.fsencode(prefix) for prefix in PASSED_ENV_PREFIXES)
+_SET_BY_SUPERVISOR_BYTES = frozenset(os.fsencode(name) for name in _SET_BY_SUPERVISOR)
 
 
 def passed_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -327,8 +330,16 @@ def passed_environment(env: Mapping[str, str]) -> dict[str, str]:
     The supervisor applies the same list again before it spawns: it never trusts what it was
     sent.
     """
-    # Keys first, values only for the few that pass: reading os.environ decodes each value,
-    # and this runs on every warm ensure.
+    if env is os.environ and os.name == "posix":
+        # This runs on every ensure: os.environ's own bytes are filtered first and only what
+        # passes is decoded (as os.environ decodes it), instead of decoding every key to test it.
+        return {
+            os.fsdecode(key): os.fsdecode(value)
+            for key, value in os.environ._data.items()  # type: ignore[attr-defined]
+            if key not in _SET_BY_SUPERVISOR_BYTES
+            and (key in _PASSED_ENV_NAMES_BYTES or key.startswith(_PASSED_ENV_PREFIXES_BYTES))
+        }
+    # Keys first, values only for the few that pass.
     return {
         key: env[key]
         for key in env

@@ -7,6 +7,7 @@ The hook that ``integrate`` installs carries this file verbatim, so what it send
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -237,3 +238,25 @@ def test_the_hooks_retire_request_follows_the_schema(
     assert set(body) <= set(SCHEMA["RetireRequest"]["properties"])
     RetireRequest.model_validate(body)
     assert body["pid"] == 77
+
+
+def test_the_environment_read_from_os_environ_is_the_one_read_from_a_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # os.environ is filtered on its own bytes (the fast path); a copy through the mapping.
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("SPEC_KITTY_ENABLE_SAAS_SYNC", "1")
+    monkeypatch.setenv("SPEC_KITTY_HOME", "/set/by/the/supervisor")
+    monkeypatch.setenv("SPEC_KITTY_CLI_VERSION", "9.9.9")
+    monkeypatch.setenv("LANG", "fr_FR.UTF-8")
+    monkeypatch.setenv("TZ", "Europe/Zürich")
+    monkeypatch.setenv("SPEC_KITTY_UNDECODABLE", "caf\udce9")  # a byte that is not UTF-8
+    monkeypatch.setenv("NOT_PASSED", "secret")
+    monkeypatch.setenv("lc_lower", "not a prefix match")
+    passed = passed_environment(os.environ)
+    assert passed == passed_environment(dict(os.environ))
+    assert passed["LC_ALL"] == "C.UTF-8"
+    assert passed["TZ"] == "Europe/Zürich"
+    assert passed["SPEC_KITTY_UNDECODABLE"] == "caf\udce9"
+    assert passed["SPEC_KITTY_ENABLE_SAAS_SYNC"] == "1"
+    assert not {"SPEC_KITTY_HOME", "SPEC_KITTY_CLI_VERSION", "NOT_PASSED", "lc_lower"} & set(passed)
