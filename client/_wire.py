@@ -194,6 +194,14 @@ def socket_path_for_root(daemon_root: Path) -> Path:
     return _short_socket_dirs()[-1] / name
 
 
+def _not_a_folder(path: Path, info: os.stat_result) -> UnsafeDirectory:
+    # Moving it is the user's call (it may be theirs); nothing is ever followed through it.
+    kind = "a regular file" if stat.S_ISREG(info.st_mode) else _kind(info)
+    return UnsafeDirectory(
+        f"{path} is {kind}, not a folder; move it aside (`mv {path} {path}.moved`)"
+    )
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` (and parents) if needed and prove it is private to this user.
 
@@ -202,11 +210,14 @@ def ensure_private_dir(path: Path) -> Path:
     """
     # mkdir's mode applies to the last folder only: create the parent (a new daemon root)
     # private too, rather than with the umask's 0755.
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.mkdir(mode=0o700, exist_ok=True)
+    for folder in (path.parent, path):
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            raise _not_a_folder(folder, folder.lstat()) from None
     info = path.lstat()
     if not stat.S_ISDIR(info.st_mode):
-        raise UnsafeDirectory(f"{path} is not a directory")
+        raise _not_a_folder(path, info)
     if info.st_uid != os.getuid():
         raise UnsafeDirectory(
             f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); "

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,36 @@ def test_group_writable_dir_is_refused(tmp_path: Path) -> None:
     folder.chmod(0o770)
     with pytest.raises(UnsafeDirectoryError, match="chmod 700"):
         ensure_private_dir(folder)
+
+
+@pytest.mark.parametrize(
+    ("plant", "kind"),
+    [
+        (lambda path: path.write_text("x"), "a regular file"),
+        (os.mkfifo, "a FIFO"),
+        (lambda path: path.symlink_to(path.parent), "a symbolic link"),
+    ],
+    ids=["file", "fifo", "symlink"],
+)
+def test_something_else_than_a_folder_is_refused_with_a_sentence_and_left_alone(
+    tmp_path: Path, plant: Callable[[Path], object], kind: str
+) -> None:
+    folder = tmp_path / "supervisor"
+    plant(folder)
+    before = folder.lstat()
+    with pytest.raises(UnsafeDirectoryError) as refused:
+        ensure_private_dir(folder)
+    assert str(refused.value) == (
+        f"{folder} is {kind}, not a folder; move it aside (`mv {folder} {folder}.moved`)"
+    )
+    assert folder.lstat() == before
+
+
+def test_a_root_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.write_text("x")
+    with pytest.raises(UnsafeDirectoryError, match=f"{root} is a regular file, not a folder"):
+        ensure_private_dir(root / "supervisor")
 
 
 def test_dir_of_another_user_is_refused(tmp_path: Path) -> None:
