@@ -1,7 +1,8 @@
 """kill -9 of the supervisor at random moments, then a successor: nothing lost, nothing doubled.
 
 Each trial is a fresh root with a supervisor doing one thing (idle, spawning, upgrading,
-retiring the superseded daemon, sweeping orphans, handing over to a newer supervisor). The
+retiring the superseded daemon, sweeping orphans, handing over to a newer supervisor, a
+successor re-adopting its predecessor's daemon at start-up). The
 supervisor is SIGKILLed at a moment chosen at random among the observable stages of that work
 (a daemon process appeared, the journal named it, ``R/sync-daemon`` named it, a ledger event,
 or plain random jitter). Then a client asks, as any spec-kitty CLI would, which starts a
@@ -110,6 +111,13 @@ def _caller_outcome(caller: subprocess.Popen[str]) -> str:
 def _journal_roles(root: Path) -> dict[int, str]:
     rows = read_journal(root)[0] or []
     return {int(row["pid"]): str(row.get("role")) for row in rows if "pid" in row}
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _ledger_events(root: Path) -> list[str]:
@@ -238,6 +246,23 @@ def _kill_at_random(
                 stage += " (it had exited already: the new one was killed)"
                 victim = second
             kill9(sup, victim)
+        elif moment == "re-adopting at start-up":
+            keep = read_identity(_ensure(sup, OLD)["daemon"]["pid"])
+            version = OLD
+            kill9(sup, first)
+            second = sup.start(wait=False)
+            stage = _wait_for_stage(
+                rng,
+                {
+                    "the successor holds the lock": lambda: (
+                        _read(root / "supervisor" / "supervisor.lock").strip() == str(second)
+                    ),
+                    "the successor rewrote the journal": lambda: (
+                        f'"supervisor_pid": {second}' in _read(root / "supervisor" / "state.json")
+                    ),
+                },
+            )
+            kill9(sup, second)
         else:
             raise ValueError(moment)
         made.note(f"{moment}: killed at {stage}")
@@ -250,6 +275,7 @@ MOMENTS = [
     "upgrading",
     "retiring the superseded daemon",
     "handing over",
+    "re-adopting at start-up",
 ]
 
 
