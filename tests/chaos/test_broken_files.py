@@ -145,6 +145,13 @@ def _still_planted(path: Path) -> bool:
     return not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid()
 
 
+def _regular_bytes(path: Path) -> bytes | None:
+    """The bytes of a regular file of ours at ``path``; None for anything else or nothing."""
+    if _still_planted(path) or not path.exists():
+        return None
+    return path.read_bytes()
+
+
 def _good_bytes(path: Path) -> bytes:
     try:
         info = path.lstat()
@@ -374,3 +381,69 @@ def test_a_missing_or_replaced_supervisor_folder_never_costs_the_daemon(
                     shutil.rmtree(elsewhere)
                 _start(running)
                 settle_one_owner(replaced, running.root, f"{label}, restored")
+
+
+def _heartbeats(root: Path) -> int:
+    document = call(root, "GET", "/v1/status").document
+    assert isinstance(document, dict)
+    return int(document["supervisor"]["heartbeats"])
+
+
+def test_files_broken_under_a_running_supervisor_never_cost_it_the_daemon(
+    running: SupervisorUnderTest, tally: Callable[[str], Tally]
+) -> None:
+    """Every file broken the same way at once, while the supervisor runs: its heartbeats and
+    requests meet them. It must not die, answer a 500, or lose its daemon; a restart after
+    the files are put right must settle as always."""
+    counted = tally("files broken under a running supervisor")
+    ways = {**CONTENT, **KIND}
+    for round_ in range(rounds(1)):
+        for how, breaker in ways.items():
+            label = f"round {round_} {how}"
+            broken = [r for r, kinds in FILES.items() if how in kinds]
+            originals: dict[str, bytes | None] = {}
+            with counted.trial(label):
+                status = call(running.root, "GET", "/v1/status")
+                daemon = _current_pid(status)
+                assert daemon is not None, status
+                (pid,) = supervisor_pids(running.root)
+                supervisor = read_identity(pid)
+                daemon_identity = read_identity(daemon)
+                assert supervisor is not None
+                assert daemon_identity is not None
+                for relative in broken:
+                    path = running.root / relative
+                    originals[relative] = _regular_bytes(path)
+                    good = _good_bytes(path)
+                    _clear(path)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    breaker(path, good)
+                # Two heartbeats meet the broken files (the first may have begun before).
+                seen = _heartbeats(running.root)
+                eventually(
+                    lambda s=seen: _heartbeats(running.root) >= s + 2,
+                    what="two heartbeats over the broken files",
+                )
+                kept = call(running.root, "POST", "/v1/sync/ensure", {"python": PYTHON})
+                _answered(counted, f"{label}: ensure", kept)
+                counted.note(f"{how}: ensure answered {kept.status} {kept.error_code or ''}")
+                if kept.status == 200 and kept.document["daemon"]["pid"] != daemon:  # type: ignore[index]
+                    counted.lost(1, f"{label}: ensure gave another daemon: {kept.document}")
+                for target in ("/v1/status", "/v1/events"):
+                    _answered(counted, f"{label}: {target}", call(running.root, "GET", target))
+                if _current_pid(call(running.root, "GET", "/v1/status")) != daemon:
+                    counted.lost(1, f"{label}: the table no longer holds {daemon} as current")
+                if not is_alive(supervisor):
+                    counted.fail(f"{label}: the supervisor {pid} died")
+                if not is_alive(daemon_identity):
+                    counted.lost(1, f"{label}: the daemon {daemon} is gone")
+            # Put the files back as they were, then restart.
+            _kill_supervisors(running)
+            for relative, original in originals.items():
+                path = running.root / relative
+                _clear(path)
+                if original is not None:
+                    path.write_bytes(original)
+                    path.chmod(0o600)
+            _start(running)
+            settle_one_owner(counted, running.root, f"{label}, put right")
