@@ -70,7 +70,13 @@ def _venv_site_packages(python: str) -> str | None:
     major_minor = version.split(".")[:2]
     if len(major_minor) != 2 or not all(part.isdigit() for part in major_minor):
         return None
-    return os.path.join(env, "lib", f"python{'.'.join(major_minor)}", "site-packages")
+    name = f"python{'.'.join(major_minor)}"
+    # A venv whose base interpreter was replaced by another minor version in place still
+    # says the old one; the interpreter it really runs names its version in its file name.
+    resolved = os.path.basename(os.path.realpath(python))
+    if resolved.startswith("python3.") and resolved != name:
+        return None
+    return os.path.join(env, "lib", name, "site-packages")
 
 
 def _metadata_version(dist_info: str) -> str | None:

@@ -211,6 +211,19 @@ def test_an_interpreter_outside_a_venv_is_left_to_itself(tmp_path: Path) -> None
     assert release_from_files(os.path.realpath(sys.executable)) is None
 
 
+def test_a_venv_whose_interpreter_is_another_minor_version_is_left_to_it(tmp_path: Path) -> None:
+    python = fake_spec_kitty_venv(tmp_path, "3.2.4")
+    assert release_from_files(str(python)) is not None
+    # The base interpreter upgraded in place: the venv's files still say the old version.
+    other = tmp_path / "base" / "python3.99"
+    other.parent.mkdir()
+    other.write_bytes(b"")
+    python.unlink()
+    python.symlink_to(other)
+
+    assert release_from_files(str(python)) is None
+
+
 async def test_a_venv_is_learnt_without_starting_its_interpreter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
