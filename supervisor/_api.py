@@ -178,6 +178,9 @@ class _Connection:
         self.buffer = bytearray()
         self.closed = False
         self.deadline = anyio.CancelScope()
+        #: Whether other tasks ran since this connection's last answer (a task that has just
+        #: started was scheduled like any other, so it has).
+        self.took_turn = True
 
     def due_in(self, seconds: float) -> None:
         self.deadline.deadline = anyio.current_time() + seconds
@@ -188,22 +191,22 @@ class _Connection:
         Straight from the (non-blocking) socket, waiting on its descriptor when nothing is
         there: anyio's stream would also yield before every read, and asyncio registers a
         socket object by formatting its repr (two syscalls) each time. A read that did not
-        have to wait still yields once, so that a client that always has bytes ready takes
-        its turn like the others.
+        have to wait yields once unless the connection already did since its last answer, so
+        that a client that always has bytes ready takes its turn like the others.
         """
-        waited = False
         while True:
             try:
                 data = self.raw.recv(65536)
             except BlockingIOError:
                 await anyio.wait_readable(self.fd)
-                waited = True
+                self.took_turn = True
                 continue
             except OSError:
                 data = b""
             break
-        if not waited:
+        if not self.took_turn:
             await anyio.lowlevel.checkpoint()
+            self.took_turn = True
         if data:
             self.buffer += data
         else:
@@ -330,6 +333,7 @@ async def _serve_requests(
             # Pipelined: the next request is here already. Let other connections run first,
             # as a receive would have.
             await anyio.lowlevel.checkpoint()
+            connection.took_turn = True
         else:
             await connection.receive()
             if connection.closed:
@@ -357,6 +361,7 @@ async def _serve_requests(
             status, answer = await _answer(router, head, body)
             connection.due_in(limits.reply_timeout)
             await connection.respond(status, answer, head.keep_alive)
+            connection.took_turn = False
         finally:
             tracker.request_finished()
         if not head.keep_alive:

@@ -74,11 +74,10 @@ class UnixAcceptor:
         self._sock = sock
         self._fd = sock.fileno()
         self._closed = False
+        #: Whether other tasks ran since the last connection was taken.
+        self._yielded = True
 
     async def accept(self) -> SocketStream:
-        # The connection accepted last is admitted (or closed to make room) before the next
-        # one is taken: accepting a full backlog at once would run out of descriptors.
-        await anyio.lowlevel.checkpoint()
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
@@ -86,11 +85,22 @@ class UnixAcceptor:
                 client, _ = self._sock.accept()
             except BlockingIOError:
                 await anyio.wait_readable(self._fd)
+                self._yielded = True
                 continue
             except OSError as exc:
                 if self._closed:
                     raise anyio.ClosedResourceError from None
                 raise anyio.BrokenResourceError from exc
+            if not self._yielded:
+                # Taken straight after the previous one: that one is admitted (or closed to
+                # make room) first, so a queue of connections never holds more than one
+                # descriptor beyond the bound.
+                try:
+                    await anyio.lowlevel.checkpoint()
+                except BaseException:
+                    client.close()  # cancelled (shut down): nobody will serve it
+                    raise
+            self._yielded = False
             return await UNIXSocketStream.from_socket(client)
 
     async def aclose(self) -> None:
