@@ -16,6 +16,11 @@ are replaced (and every binding of them that ``from ... import`` made meanwhile)
   takes that lock to spawn), and the answer is upstream's ``DaemonStartOutcome``.
 - ``stop_sync_daemon(...)``: a running supervisor retires its current daemon.
 
+Three more modules are patched the same way when they have executed: ``specify_cli.sync.restart``
+(``restart_daemon`` whole: a make-before-break replacement), ``specify_cli.sync.orphan_sweep``
+(``auth doctor``'s orphan records and reset) and ``specify_cli.cli.commands._auth_doctor`` (its
+daemon summary, and in 3.2.0-3.2.3 the orphan finding's remediation).
+
 A supervisor is started only from the ``spec-kitty`` command's own process; elsewhere (the
 dashboard, other tools importing ``specify_cli``) a running one is asked. Whenever no supervisor
 answers, or anything at all goes wrong, upstream's own function runs as if the hook were not
@@ -98,7 +103,15 @@ _RESTART = "restart_daemon"
 
 
 class Refused(WireError):
-    """Raised when the supervisor answered, but not with a daemon."""
+    """Raised when the supervisor answered, but not with a daemon.
+
+    ``code`` and ``reason`` are the supervisor's own error, when its answer carried one.
+    """
+
+    def __init__(self, message: str, code: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
 
 
 def inert_reason() -> str | None:
@@ -402,7 +415,8 @@ def _answer(reply: Any, key: str) -> Any:
     if reply.status >= 400 or not isinstance(data, dict):
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
-            raise Refused(f"{error.get('code')}: {error.get('message')}")
+            code, reason = str(error.get("code")), str(error.get("message"))
+            raise Refused(f"{code}: {reason}", code, reason)
         raise Refused(f"the supervisor answered {reply.status}")
     return data.get(key)
 
@@ -527,6 +541,8 @@ def _restart_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callab
                 replace=True,
             )
         except Refused as exc:
+            if predates_replace(exc.code, exc.reason):
+                return _restart_without_replace(root, original, args, kwargs)
             return module.RestartResult(
                 status="respawn_failed",
                 exit_code=2,
@@ -542,6 +558,33 @@ def _restart_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callab
         )
 
     return restart_daemon
+
+
+def predates_replace(code: str | None, reason: str | None) -> bool:
+    """Whether an error answer to ``replace`` says the supervisor does not know the option.
+
+    A supervisor older than ``replace`` validates requests strictly and answers
+    ``400 invalid_request`` with ``replace: Extra inputs are not permitted``; it did nothing.
+    """
+    if code != "invalid_request" or reason is None:
+        return False
+    return any(problem.strip().startswith("replace:") for problem in reason.split(";"))
+
+
+def _restart_without_replace(
+    root: Path, original: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Upstream's own restart (the wrapped stop, then ensure), saying why it is not replace."""
+    message = (
+        "the running supervisor predates the `replace` ensure option, so restart-daemon ran "
+        "as upstream's stop then start (a moment without a daemon); restart the supervisor "
+        "(`spec-kitty-supervisor stop`, the next spec-kitty command starts the new one) for "
+        "a make-before-break restart"
+    )
+    _note(root, "failure", message)
+    with contextlib.suppress(Exception):
+        print(f"spec-kitty-supervisor: {message}", file=sys.stderr)
+    return original(*args, **kwargs)
 
 
 def current_daemon_pid(root: Path, timeout: float) -> int | None:
@@ -566,7 +609,9 @@ _ENUMERATE_RECORDS = "enumerate_identity_records"
 _ENUMERATE_ORPHANS = "enumerate_orphans"
 _SWEEP_ORPHANS = "sweep_orphans"
 _RESET_ORPHANS = "reset_orphans"
-_RECORD_FIELDS = [
+#: The fields of upstream's schema-2 ``DaemonIdentityRecord``, in order: the keys of one
+#: ``orphans[]`` entry of ``spec-kitty auth doctor --json`` (3.2.4+).
+ORPHAN_RECORD_FIELDS: tuple[str, ...] = (
     "daemon_family",
     "pid",
     "port",
@@ -585,7 +630,7 @@ _RECORD_FIELDS = [
     "is_recorded_singleton",
     "cleanup_class",
     "skip_reason",
-]
+)
 _RESET_ENTRIES = {
     "SweptEntry": ["pid", "port", "package_version", "protocol_version", "cleanup_path", "reason"],
     "SkippedEntry": ["pid", "port", "cleanup_class", "skip_reason"],
@@ -609,7 +654,7 @@ def orphan_shape_problem(module: ModuleType) -> str | None:
             return f"{name} is not ({', '.join(expected)})"
     classification = sys.modules.get(CLASSIFICATION_MODULE)
     record = getattr(classification, "DaemonIdentityRecord", None)
-    if list(getattr(record, "__dataclass_fields__", {})) != _RECORD_FIELDS:
+    if tuple(getattr(record, "__dataclass_fields__", {})) != ORPHAN_RECORD_FIELDS:
         return "DaemonIdentityRecord does not have schema 2's fields"
     for enum in ("IdentitySource", "CleanupClass", "SkipReason"):
         if not callable(getattr(classification, enum, None)):
@@ -687,7 +732,7 @@ def _member(enum: Any, value: Any) -> Any:
 def _identity_record(entry: dict[str, Any]) -> Any:
     """Upstream's own record (schema 2) of one orphan the supervisor classified."""
     classification = sys.modules[CLASSIFICATION_MODULE]
-    values = {name: entry.get(name) for name in _RECORD_FIELDS}
+    values = {name: entry.get(name) for name in ORPHAN_RECORD_FIELDS}
     values["identity_source"] = _member(
         classification.IdentitySource, values["identity_source"] or "none"
     )
@@ -782,9 +827,20 @@ def _enumerate_orphans_wrapper(
             return original(*args, **kwargs)
         root = None
         try:
+            _LEGACY_CLASSES.clear()  # what a fallback to upstream's scan lists is unknown here
             root = _orphan_root(module)
-            report = supervisor_doctor(root, reset=False, force=False)
-            return [_orphan_daemon(module, entry) for entry in report["orphans"]]
+            report = _report_to_enumerate(root)
+            orphans = [_orphan_daemon(module, entry) for entry in report["orphans"]]
+            _LEGACY_CLASSES.update(
+                {
+                    (orphan.port, orphan.pid): (
+                        entry.get("cleanup_class"),
+                        entry.get("skip_reason"),
+                    )
+                    for orphan, entry in zip(orphans, report["orphans"], strict=True)
+                }
+            )
+            return orphans
         except Exception as exc:
             if root is not None:
                 _note(root, "failure", f"{type(exc).__name__}: {exc}")
@@ -853,7 +909,7 @@ def _enumerate_wrapper(module: ModuleType, original: Callable[..., Any]) -> Call
         root = None
         try:
             root = _orphan_root(module)
-            report = supervisor_doctor(root, reset=False, force=False)
+            report = _report_to_enumerate(root)
             return [
                 _identity_record(entry) for entry in report["orphans"] if isinstance(entry, dict)
             ]
@@ -886,11 +942,215 @@ def _reset_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable
     return reset_orphans
 
 
+# auth doctor's daemon summary, and its orphan finding in 3.2.0-3.2.3
+
+#: ``spec-kitty auth doctor`` itself (3.2.0+): its daemon summary, and 3.2.0-3.2.3's findings.
+AUTH_DOCTOR_MODULE = "specify_cli.cli.commands._auth_doctor"
+_DAEMON_SUMMARY = "_read_daemon_summary"
+_FINDINGS = "_compute_findings"
+_DAEMON_SUMMARY_FIELDS = ("active", "pid", "port", "package_version", "protocol_version")
+_FINDING_FIELDS = ("id", "severity", "summary", "remediation_command", "remediation_description")
+_SCHEMA_1_FINDINGS_KEYWORDS = frozenset({"session", "refresh_lock", "daemon", "orphans"})
+#: ``auth doctor`` reads its daemon summary and at once enumerates the orphans: the report
+#: fetched for the one serves the other, if it is this young (one question, one snapshot).
+SHARED_REPORT_SECONDS = 10.0
+
+#: The doctor report ``_read_daemon_summary`` fetched, for the enumeration that follows it.
+_SHARED_REPORT: dict[str, Any] = {}
+#: 3.2.0-3.2.3: the supervisor's class of each orphan it listed last, by (port, pid); schema 1's
+#: ``OrphanDaemon`` has no place for it, and the orphan finding needs it.
+_LEGACY_CLASSES: dict[tuple[Any, Any], tuple[Any, Any]] = {}
+
+
+def _report_to_enumerate(root: Path) -> dict[str, Any]:
+    """The report the daemon summary just fetched for ``root`` (taken once), else a new one."""
+    shared = _SHARED_REPORT.copy()
+    _SHARED_REPORT.clear()
+    if shared.get("root") == root and time.monotonic() - shared["at"] <= SHARED_REPORT_SECONDS:
+        report: dict[str, Any] = shared["report"]
+        return report
+    return supervisor_doctor(root, reset=False, force=False)
+
+
+def daemon_summary_fields(report: dict[str, Any]) -> dict[str, Any] | None:
+    """Upstream's ``DaemonSummary`` fields for the root's daemon in a supervisor's doctor report.
+
+    With a supervisor (``report["supervisor"]``): its current daemon, ``active`` when the
+    supervisor holds it healthy, the protocol from that daemon's own health answer (its
+    listener record); None when it has no current daemon. Without one (the recorded command's
+    ``doctor --json`` probed the range): the listener ``R/sync-daemon`` records, ``active``
+    when its self-report provably came from that listener; None when no live listener is
+    recorded, since then no daemon of the root runs.
+    """
+    listeners = [entry for entry in report.get("listeners") or [] if isinstance(entry, dict)]
+    if report.get("supervisor") is not None:
+        current = next(
+            (
+                daemon
+                for daemon in report.get("daemons") or []
+                if isinstance(daemon, dict) and daemon.get("role") == "current"
+            ),
+            None,
+        )
+        if current is None:
+            return None
+        heard = next(
+            (
+                entry
+                for entry in listeners
+                if (entry.get("pid"), entry.get("port"))
+                == (current.get("pid"), current.get("port"))
+            ),
+            {},
+        )
+        return {
+            "active": current.get("state") == "healthy",
+            "pid": current.get("pid"),
+            "port": current.get("port"),
+            "package_version": current.get("package_version"),
+            "protocol_version": heard.get("protocol_version"),
+        }
+    recorded = next(
+        (entry for entry in listeners if entry.get("is_recorded_singleton") is True), None
+    )
+    if recorded is None:
+        return None
+    return {
+        "active": recorded.get("self_report_matches_listener") is True,
+        "pid": recorded.get("pid"),
+        "port": recorded.get("port"),
+        "package_version": recorded.get("package_version"),
+        "protocol_version": recorded.get("protocol_version"),
+    }
+
+
+def auth_doctor_shape_problem(module: ModuleType) -> str | None:
+    """Why ``auth doctor``'s module cannot be patched, or None (3.2.0-3.2.7 have the shape)."""
+    summary = _parameters(getattr(module, _DAEMON_SUMMARY, None))
+    if summary is None or summary[0] or summary[1]:
+        return f"{_DAEMON_SUMMARY} is not a function of no arguments"
+    fields = getattr(getattr(module, "DaemonSummary", None), "__dataclass_fields__", {})
+    if tuple(fields) != _DAEMON_SUMMARY_FIELDS:
+        return f"DaemonSummary is not ({', '.join(_DAEMON_SUMMARY_FIELDS)})"
+    if _is_schema_1(module):
+        findings = _parameters(getattr(module, _FINDINGS, None))
+        if findings is None or findings[0] or findings[1] != _SCHEMA_1_FINDINGS_KEYWORDS:
+            return f"{_FINDINGS} is not (*, session, refresh_lock, daemon, orphans)"
+        finding = getattr(getattr(module, "Finding", None), "__dataclass_fields__", {})
+        if tuple(finding) != _FINDING_FIELDS:
+            return f"Finding is not ({', '.join(_FINDING_FIELDS)})"
+    return _daemon_root_problem()
+
+
+def _is_schema_1(module: ModuleType) -> bool:
+    # 3.2.0-3.2.3's doctor imports the schema-1 sweep; 3.2.4+'s imports reset_orphans instead.
+    return hasattr(module, _SWEEP_ORPHANS) and not hasattr(module, _RESET_ORPHANS)
+
+
+def patch_auth_doctor_module(module: ModuleType) -> None:
+    """Wrap ``auth doctor``'s daemon summary (and 3.2.0-3.2.3's findings), all or none."""
+    try:
+        problem = auth_doctor_shape_problem(module)
+        if problem is not None:
+            setattr(module, HOOK_MARKER, {"patched": [], "unpatched": problem})
+            _note(resolve_daemon_root(), "unpatched", problem)
+            return
+        originals = {_DAEMON_SUMMARY: getattr(module, _DAEMON_SUMMARY)}
+        wrappers = {_DAEMON_SUMMARY: _daemon_summary_wrapper(module, originals[_DAEMON_SUMMARY])}
+        if _is_schema_1(module):
+            originals[_FINDINGS] = getattr(module, _FINDINGS)
+            wrappers[_FINDINGS] = _findings_wrapper(module, originals[_FINDINGS])
+        _install(module, originals, wrappers)
+    except Exception:  # a broken integration never breaks spec-kitty
+        return
+
+
+def _daemon_summary_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The daemon summary from the supervisor's view, not from reading ``R/sync-daemon``."""
+
+    @functools.wraps(original)
+    def _read_daemon_summary(*args: Any, **kwargs: Any) -> Any:
+        if args or kwargs or inert_reason() is not None:
+            return original(*args, **kwargs)
+        root = None
+        try:
+            root = _orphan_root(module)
+            report = supervisor_doctor(root, reset=False, force=False)
+            fields = daemon_summary_fields(report)
+            summary = None if fields is None else module.DaemonSummary(**fields)
+        except Exception as exc:
+            if root is not None:
+                _note(root, "failure", f"{type(exc).__name__}: {exc}")
+            return original(*args, **kwargs)
+        _SHARED_REPORT.update({"root": root, "at": time.monotonic(), "report": report})
+        return summary
+
+    return _read_daemon_summary
+
+
+def orphan_remediation(
+    classes: list[tuple[Any, Any]],
+) -> tuple[str, str] | None:
+    """3.2.0-3.2.3: the orphan finding's command and description when the supervisor classed
+    some orphans ``operator_required`` (their ``auth doctor --reset`` never stops those), else
+    None (upstream's finding is right as it is)."""
+    held = [reason for cleanup_class, reason in classes if cleanup_class == "operator_required"]
+    if not held:
+        return None
+    reasons = ", ".join(sorted({str(reason) for reason in held}))
+    if len(held) == len(classes):
+        return (
+            FORCE_COMMAND,
+            f"`spec-kitty auth doctor --reset` leaves these: the supervisor classes them "
+            f"operator_required ({reasons}); check them, then this command stops them.",
+        )
+    return (
+        "spec-kitty auth doctor --reset",
+        f"Sweep orphan daemons in the reserved port range. It leaves {len(held)} "
+        f"operator_required ({reasons}); `{FORCE_COMMAND}` can stop those.",
+    )
+
+
+def _findings_wrapper(module: ModuleType, original: Callable[..., Any]) -> Callable[..., Any]:
+    """3.2.0-3.2.3: the orphan finding (F-002) names the command that can stop what is left.
+
+    Schema 1 has no ``--force``: orphans the supervisor classes ``operator_required`` stay
+    after ``--reset``. The finding's remediation, which upstream prints as ``Run: ...`` and
+    puts into ``--json``, says so and names ``spec-kitty-supervisor doctor --reset --force``.
+    """
+
+    @functools.wraps(original)
+    def _compute_findings(*args: Any, **kwargs: Any) -> Any:
+        findings = original(*args, **kwargs)
+        try:
+            orphans = kwargs.get("orphans") or []
+            classes = [_LEGACY_CLASSES.get((o.port, o.pid), (None, None)) for o in orphans]
+            remediation = orphan_remediation(classes)
+            if remediation is None or inert_reason() is not None:
+                return findings
+            import dataclasses
+
+            command, description = remediation
+            return [
+                dataclasses.replace(
+                    finding, remediation_command=command, remediation_description=description
+                )
+                if finding.id == "F-002"
+                else finding
+                for finding in findings
+            ]
+        except Exception:
+            return findings
+
+    return _compute_findings
+
+
 #: Each module the hook patches, and how. The ``.pth`` line forwards exactly these names.
 PATCHED_MODULES: dict[str, Callable[[ModuleType], None]] = {
     TARGET_MODULE: patch_module,
     RESTART_MODULE: patch_restart_module,
     ORPHAN_MODULE: patch_orphan_module,
+    AUTH_DOCTOR_MODULE: patch_auth_doctor_module,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ._client import SupervisorClient
 from ._errors import SupervisorError, SupervisorUnavailable
+from ._hook import ORPHAN_RECORD_FIELDS
 from ._models import DoctorFinding, DoctorReport, ListenerRecord, ResetResult
 from ._one_call import ensure_sync_daemon
 
@@ -32,27 +33,9 @@ __all__ = [
     "upstream_auth_doctor",
 ]
 
-#: The keys of one ``orphans[]`` entry of ``spec-kitty auth doctor --json`` (schema 2), in order.
-UPSTREAM_ORPHAN_KEYS: tuple[str, ...] = (
-    "daemon_family",
-    "pid",
-    "port",
-    "protocol_version",
-    "package_version",
-    "singleton_scope_id",
-    "daemon_root",
-    "queue_db_path",
-    "auth_scope",
-    "server_url",
-    "owner_present",
-    "identity_source",
-    "executable_summary",
-    "spawn_shape_ok",
-    "self_report_matches_listener",
-    "is_recorded_singleton",
-    "cleanup_class",
-    "skip_reason",
-)
+#: The keys of one ``orphans[]`` entry of ``spec-kitty auth doctor --json`` (schema 2), in order:
+#: upstream's ``DaemonIdentityRecord``, whose fields the hook also builds records from.
+UPSTREAM_ORPHAN_KEYS: tuple[str, ...] = ORPHAN_RECORD_FIELDS
 
 # Our severities in upstream's words (``info`` / ``warn`` / ``critical``).
 _UPSTREAM_SEVERITY = {"info": "info", "warning": "warn", "error": "critical"}

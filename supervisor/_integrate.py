@@ -5,8 +5,8 @@ Two files go into the site-packages of spec-kitty's own interpreter, and nothing
 - ``spec_kitty_supervisor_hook.py``: ``client/_wire.py`` verbatim, then the body of
   ``client/_hook.py``, then the command that starts this supervisor installation;
 - ``spec_kitty_supervisor_hook.pth``: one line that registers a finder which imports that module
-  only when ``specify_cli.sync.daemon`` is imported. It never raises and prints nothing, even
-  when the module has been deleted.
+  only when one of the modules it patches (``PATCHED_MODULES``) is imported. It never raises
+  and prints nothing, even when the module has been deleted.
 
 The facts about the target interpreter are asked of that interpreter (one subprocess); the
 decision what to write or refuse is :func:`plan`, pure; writing and removing are

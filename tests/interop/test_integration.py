@@ -43,6 +43,13 @@ ORPHAN_FUNCTIONS = {
     "3.2.4": ["enumerate_identity_records", "reset_orphans"],
     "3.2.7": ["enumerate_identity_records", "reset_orphans"],
 }
+#: What is wrapped in ``auth doctor``'s own module: its daemon summary, and 3.2.0-3.2.3's
+#: findings (their orphan finding names the command that can stop what --reset leaves).
+AUTH_DOCTOR_FUNCTIONS = {
+    "3.2.2": ["_compute_findings", "_read_daemon_summary"],
+    "3.2.4": ["_read_daemon_summary"],
+    "3.2.7": ["_read_daemon_summary"],
+}
 
 DRIVER = """\
 import json, sys
@@ -110,6 +117,7 @@ def integrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
                 "stop_sync_daemon",
                 "restart_daemon",
                 *ORPHAN_FUNCTIONS[version],
+                *AUTH_DOCTOR_FUNCTIONS[version],
             ],
             "unpatched": None,
         }
@@ -445,13 +453,16 @@ def _spec_kitty(driver: Path) -> Path:
     return Path(driver.read_text().splitlines()[0][2:]).parent / "spec-kitty"
 
 
+@pytest.mark.parametrize("version", ["3.2.7", "3.2.4", "3.2.2"])
 def test_an_integrated_restart_daemon_replaces_the_daemon_make_before_break(
-    integrated: dict[str, Path], sandbox: Sandbox
+    integrated: dict[str, Path], sandbox: Sandbox, version: str
 ) -> None:
-    old = _run(integrated["3.2.7"], sandbox)["pid"]
+    # 3.2.6+ restart with force_explicit; 3.2.0-3.2.5 without (and 3.2.0-3.2.2 keep their
+    # root in $HOME/.spec-kitty).
+    old = _run(integrated[version], sandbox)["pid"]
     [supervisor] = supervisor_pids(sandbox.root)
     restart = subprocess.run(
-        [str(_spec_kitty(integrated["3.2.7"])), "doctor", "restart-daemon", "--json"],
+        [str(_spec_kitty(integrated[version])), "doctor", "restart-daemon", "--json"],
         env=_env(sandbox),
         cwd=sandbox.home,
         capture_output=True,
@@ -472,7 +483,7 @@ def test_an_integrated_restart_daemon_replaces_the_daemon_make_before_break(
     assert new != old
     current = [d for d in _status(sandbox)["daemons"] if d["role"] == "current"]
     assert [(d["pid"], d["package_version"], d["state"]) for d in current] == [
-        (new, "3.2.7", "healthy")
+        (new, version, "healthy")
     ]
     assert _recorded_pid(sandbox) == new
     eventually(lambda: daemon_pids(sandbox.root) == [new], what="the old daemon to be retired")

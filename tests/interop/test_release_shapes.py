@@ -29,6 +29,8 @@ skip = inspect.signature(daemon._daemon_start_skip_reason)
 import specify_cli.sync.restart as restart
 import specify_cli.sync.orphan_sweep as orphan_sweep
 schema_2 = hasattr(orphan_sweep, "enumerate_identity_records")
+import specify_cli.cli.commands._auth_doctor as auth_doctor
+assemble = inspect.getsource(auth_doctor.assemble_report)
 print(json.dumps({
     "shape_problem": hook.shape_problem(daemon),
     "restart_shape_problem": hook.restart_shape_problem(restart),
@@ -36,6 +38,12 @@ print(json.dumps({
     "orphan_shape_problem": (
         hook.orphan_shape_problem if schema_2 else hook.legacy_orphan_shape_problem
     )(orphan_sweep),
+    "auth_doctor_shape_problem": hook.auth_doctor_shape_problem(auth_doctor),
+    "auth_doctor_schema_1": hook._is_schema_1(auth_doctor),
+    # The daemon summary is read right before the orphans are enumerated (one shared report).
+    "summary_then_orphans": assemble.index("_read_daemon_summary()")
+        < assemble.index("enumerate_identity_records()" if schema_2 else "enumerate_orphans()")
+        < assemble.index("_compute_findings("),
     "ensure": [(p.name, p.kind.name, repr(p.default)) for p in ensure.parameters.values()],
     "skip": [(p.name, p.kind.name) for p in skip.parameters.values()],
     "stop": str(inspect.signature(daemon.stop_sync_daemon)),
@@ -75,6 +83,10 @@ def test_every_release_has_the_shape_the_hook_wraps(tmp_path: Path, version: str
     # auth doctor: schema 1 (enumerate_orphans/sweep_orphans) up to 3.2.3, schema 2 from 3.2.4.
     schema_2 = tuple(int(p) for p in version.split(".")[:3]) >= (3, 2, 4)
     assert facts["orphan_schema"] == (2 if schema_2 else 1)
+    # auth doctor's own module: the daemon summary everywhere, the findings in schema 1.
+    assert facts["auth_doctor_shape_problem"] is None
+    assert facts["auth_doctor_schema_1"] is not schema_2
+    assert facts["summary_then_orphans"] is True
     since_3_2_6 = tuple(int(p) for p in version.split(".")) >= (3, 2, 6)
     keywords = [["intent", "KEYWORD_ONLY", "<class 'inspect._empty'>"]]
     keywords += [

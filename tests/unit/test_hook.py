@@ -16,7 +16,7 @@ import sys
 import tempfile
 import textwrap
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -190,6 +190,64 @@ def restart_daemon(_repo_root):
 """
 
 
+# specify_cli.cli.commands._auth_doctor reduced to what the hook wraps and how
+# `assemble_report` calls it: the daemon summary, then the orphans, then the findings.
+AUTH_DOCTOR = """
+import dataclasses
+from specify_cli.sync.daemon import stop_sync_daemon
+from specify_cli.sync.orphan_sweep import {imports}
+
+CALLS = []
+
+@dataclasses.dataclass(frozen=True)
+class DaemonSummary:
+    active: bool
+    pid: int | None
+    port: int | None
+    package_version: str | None
+    protocol_version: int | None
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: str
+    summary: str
+    remediation_command: str | None = None
+    remediation_description: str | None = None
+
+def _read_daemon_summary():
+    CALLS.append("upstream_daemon_summary")
+    return None
+
+def _compute_findings(*, session, refresh_lock, daemon, orphans{verdict}):
+    if not orphans:
+        return []
+    ports = ", ".join(str(o.port) for o in orphans)
+    summary = f"{{len(orphans)}} orphan daemon(s) detected on port(s) {{ports}}"
+    return [Finding("F-002", "warn", summary, "spec-kitty auth doctor --reset",
+                    "Sweep orphan daemons in the reserved port range.")]
+
+def assemble_report():
+    daemon = _read_daemon_summary()
+    orphans = {enumerate}()
+    findings = _compute_findings(session=None, refresh_lock=None, daemon=daemon,
+                                 orphans=orphans{verdict_value})
+    return daemon, orphans, findings
+"""
+AUTH_DOCTOR_3_2_7 = AUTH_DOCTOR.format(
+    imports="ResetResult, enumerate_identity_records, reset_orphans",
+    enumerate="enumerate_identity_records",
+    verdict=", auth_verdict",
+    verdict_value=", auth_verdict=None",
+)
+AUTH_DOCTOR_3_2_2 = AUTH_DOCTOR.format(
+    imports="OrphanDaemon, enumerate_orphans, sweep_orphans",
+    enumerate="enumerate_orphans",
+    verdict="",
+    verdict_value="",
+)
+
+
 @pytest.fixture
 def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A stand-in spec-kitty on sys.path, the hook's finder in front, a sandbox root."""
@@ -203,6 +261,10 @@ def release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     (package / "sync" / "classification.py").write_text(CLASSIFICATION)
     (package / "sync" / "orphan_sweep.py").write_text(ORPHAN_SWEEP)
     (package / "importer.py").write_text(IMPORTER)
+    (package / "cli" / "commands").mkdir(parents=True)
+    (package / "cli" / "__init__.py").write_text("")
+    (package / "cli" / "commands" / "__init__.py").write_text("")
+    (package / "cli" / "commands" / "_auth_doctor.py").write_text(AUTH_DOCTOR_3_2_7)
     root = tmp_path / "root"
     root.mkdir(mode=0o700)
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
@@ -239,6 +301,9 @@ class _Supervisor:
         self.current: int | None = None
         #: An error answered to ensure instead of a daemon.
         self.ensure_error: dict[str, str] | None = None
+        #: Answers ensure's raw body with (status line, body), or None for the usual answer:
+        #: e.g. an older supervisor's validation.
+        self.ensure_reply: Callable[[bytes], tuple[bytes, bytes] | None] | None = None
         self.bodies: list[dict[str, Any]] = []
         #: What ``GET /v1/doctor`` and ``POST /v1/reset`` answer.
         self.doctor: dict[str, Any] = {"orphans": []}
@@ -285,6 +350,9 @@ class _Supervisor:
                 self.lock_free_during_request.append(self._lock_is_free())
                 status = b"200 OK"
                 body = json.dumps({"action": "spawned", "daemon": {"pid": self.pid}}).encode()
+                custom = None
+                if self.ensure_reply is not None and head.startswith("POST /v1/sync/ensure"):
+                    custom = self.ensure_reply(received)
                 if head.startswith("GET /v1/status"):
                     daemons = (
                         [] if self.current is None else [{"pid": self.current, "role": "current"}]
@@ -292,6 +360,8 @@ class _Supervisor:
                     body = json.dumps({"daemons": daemons}).encode()
                 elif head.startswith(("GET /v1/doctor", "POST /v1/reset")):
                     body = json.dumps(self.doctor).encode()
+                elif custom is not None:
+                    status, body = custom
                 elif self.ensure_error is not None:
                     status = b"409 Conflict"
                     body = json.dumps({"error": self.ensure_error}).encode()
@@ -592,6 +662,82 @@ def test_a_restart_without_a_supervisor_is_upstreams(release: Path) -> None:
     assert sys.modules["specify_cli.sync.daemon"].CALLS == [("upstream_stop", 1.0)]
 
 
+def _pre_replace_supervisor(body: bytes) -> tuple[bytes, bytes] | None:
+    """How a supervisor older than ``replace`` answers ensure (before commit b094cb7).
+
+    Its ``EnsureRequest`` was today's without ``replace``, strict with extra fields forbidden;
+    the body goes through the supervisor's own parsing and error document. (The field
+    validators are left out: the hook's other fields are valid either way.)
+    """
+    from pydantic import create_model
+
+    from spec_kitty_supervisor._api import ApiError, ApiRequest, _error_body
+    from spec_kitty_supervisor_client._models import EnsureRequest, _Request
+
+    fields: dict[str, Any] = {
+        name: (field.annotation, field)
+        for name, field in EnsureRequest.model_fields.items()
+        if name != "replace"
+    }
+    before_replace = create_model("EnsureRequest", __base__=_Request, **fields)
+    try:
+        ApiRequest("POST", "/v1/sync/ensure", {}, body).parse(before_replace)
+    except ApiError as exc:
+        status = f"{exc.status} Bad Request".encode()
+        return status, _error_body(exc.code, exc.message, exc.details)
+    return None
+
+
+def test_the_stand_in_answers_replace_as_the_supervisor_before_it_did() -> None:
+    body = json.dumps({"python": sys.executable, "replace": True}).encode()
+    assert _pre_replace_supervisor(body) == (
+        b"400 Bad Request",
+        b'{"error":{"code":"invalid_request","message":"replace: Extra inputs are not permitted"}}',
+    )
+    assert _pre_replace_supervisor(json.dumps({"python": sys.executable}).encode()) is None
+
+
+def test_a_supervisor_older_than_replace_gets_upstreams_restart_and_it_is_said(
+    supervisor: _Supervisor, release: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    supervisor.current = 4000
+    supervisor.ensure_reply = _pre_replace_supervisor
+    restart = _import_restart()
+    result = restart.restart_daemon(Path("/"))
+    # Not respawn_failed: upstream's own restart ran, its stop and ensure through the hook (the
+    # supervisor retired its daemon, then spawned one): a restart, without make-before-break.
+    assert result == restart.RestartResult("restarted", 0, None, supervisor.pid, None)
+    assert [request.split()[1] for request in supervisor.requests] == [
+        "/v1/status",
+        "/v1/sync/ensure",  # with replace: refused, nothing done
+        "/v1/status",
+        "/v1/sync/retire",
+        "/v1/sync/ensure",
+    ]
+    assert supervisor.bodies[1]["replace"] is True
+    assert "replace" not in supervisor.bodies[4]
+    assert sys.modules["specify_cli.sync.daemon"].CALLS == []
+    said = "the running supervisor predates the `replace` ensure option"
+    assert said in capsys.readouterr().err
+    assert said in _integration_record(release)["failure"]["last_error"]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "predates"),
+    [
+        ("invalid_request", "replace: Extra inputs are not permitted", True),
+        ("invalid_request", "cwd: Input should be a valid string; replace: Extra inputs", True),
+        ("invalid_request", "python: the interpreter must be an absolute path", False),
+        ("root_quarantined", "replace: the root is quarantined", False),
+        (None, None, False),
+    ],
+)
+def test_only_a_refused_replace_option_means_an_older_supervisor(
+    code: str | None, reason: str | None, predates: bool
+) -> None:
+    assert _hook.predates_replace(code, reason) is predates
+
+
 def test_a_restart_module_of_another_shape_is_left_unpatched(release: Path) -> None:
     path = release.parent / "site" / "specify_cli" / "sync" / "restart.py"
     path.write_text(RESTART.replace("def restart_daemon(_repo_root)", "def restart_daemon()"))
@@ -695,7 +841,10 @@ def test_auth_doctors_reset_is_the_supervisors_in_upstreams_result(
 
 
 def _recorded_command(tmp_path: Path, answer: str, code: int) -> tuple[Path, Path]:
-    """A stand-in `spec-kitty-supervisor` that logs its argv and prints ``answer``."""
+    """A stand-in `spec-kitty-supervisor` that logs its argv and prints ``answer``.
+
+    The log holds the last argv; ``<log>.runs`` one line per run.
+    """
     log, reply = tmp_path / "argv.json", tmp_path / "answer.txt"
     reply.write_text(answer)
     command = tmp_path / "spec-kitty-supervisor"
@@ -703,6 +852,7 @@ def _recorded_command(tmp_path: Path, answer: str, code: int) -> tuple[Path, Pat
         f"#!{sys.executable}\n"
         "import json, sys\n"
         f"open({str(log)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"open({str(log) + '.runs'!r}, 'a').write('run\\n')\n"
         f"print(open({str(reply)!r}).read())\n"
         f"raise SystemExit({code})\n"
     )
@@ -821,3 +971,265 @@ def test_a_schema_1_reset_never_forces_and_names_the_command_for_what_it_skipped
     assert "operator_required (cross_root)" in reason
     assert "`spec-kitty-supervisor doctor --reset --force`" in reason
     assert legacy_sweep.CALLS == []
+
+
+# auth doctor's daemon summary (3.2.0+) and schema 1's orphan finding
+
+#: A running supervisor's doctor report: its current daemon, one it is retiring, one orphan.
+DOCTOR_OF_A_SUPERVISOR: dict[str, Any] = {
+    "supervisor": {"pid": 77},
+    "daemons": [
+        {"pid": 3990, "port": 9404, "package_version": "3.2.6", "state": "retiring"},
+        {
+            "pid": 4000,
+            "port": 9405,
+            "package_version": "3.2.7",
+            "state": "healthy",
+            "role": "current",
+        },
+    ],
+    "listeners": [
+        {"pid": 3990, "port": 9404, "protocol_version": 1},
+        {"pid": 4000, "port": 9405, "protocol_version": 2, "is_recorded_singleton": True},
+        ORPHAN,
+    ],
+    "orphans": [ORPHAN],
+}
+
+
+def _import_auth_doctor() -> ModuleType:
+    import importlib
+
+    return importlib.import_module("specify_cli.cli.commands._auth_doctor")
+
+
+def test_auth_doctors_daemon_summary_is_the_supervisors_current_daemon(
+    supervisor: _Supervisor,
+) -> None:
+    supervisor.doctor = DOCTOR_OF_A_SUPERVISOR
+    doctor = _import_auth_doctor()
+    assert getattr(doctor, _hook.HOOK_MARKER) == {
+        "patched": ["_read_daemon_summary"],
+        "unpatched": None,
+    }
+    daemon, orphans, _ = doctor.assemble_report()
+    assert daemon == doctor.DaemonSummary(
+        active=True, pid=4000, port=9405, package_version="3.2.7", protocol_version=2
+    )
+    assert type(daemon) is doctor.DaemonSummary
+    assert [record.pid for record in orphans] == [ORPHAN["pid"]]
+    # One report serves the summary and the orphans: one snapshot, one question.
+    assert supervisor.requests == ["GET /v1/doctor HTTP/1.1"]
+    assert doctor.CALLS == []
+    assert sys.modules["specify_cli.sync.orphan_sweep"].CALLS == []
+    # The next report asks again: a report is shared once, never reused.
+    doctor.assemble_report()
+    assert supervisor.requests == ["GET /v1/doctor HTTP/1.1"] * 2
+
+
+def _with(report: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**report, **changes}
+
+
+_CURRENT = DOCTOR_OF_A_SUPERVISOR["daemons"][1]
+_RECORDED = {"pid": 4100, "port": 9406, "package_version": "3.2.4", "protocol_version": 1}
+
+
+@pytest.mark.parametrize(
+    ("report", "summary"),
+    [
+        (
+            _with(DOCTOR_OF_A_SUPERVISOR, daemons=[{**_CURRENT, "state": "unresponsive"}]),
+            {
+                "active": False,
+                "pid": 4000,
+                "port": 9405,
+                "package_version": "3.2.7",
+                "protocol_version": 2,
+            },
+        ),
+        (_with(DOCTOR_OF_A_SUPERVISOR, daemons=[DOCTOR_OF_A_SUPERVISOR["daemons"][0]]), None),
+        (
+            _with(DOCTOR_OF_A_SUPERVISOR, listeners=[]),
+            {
+                "active": True,
+                "pid": 4000,
+                "port": 9405,
+                "package_version": "3.2.7",
+                "protocol_version": None,
+            },
+        ),
+        # No supervisor: the recorded command's `doctor --json` probed the range itself.
+        (
+            {
+                "supervisor": None,
+                "daemons": [],
+                "listeners": [
+                    ORPHAN,
+                    {
+                        **_RECORDED,
+                        "is_recorded_singleton": True,
+                        "self_report_matches_listener": True,
+                    },
+                ],
+            },
+            {"active": True, **_RECORDED},
+        ),
+        (
+            {
+                "supervisor": None,
+                "listeners": [
+                    {
+                        **_RECORDED,
+                        "is_recorded_singleton": True,
+                        "self_report_matches_listener": False,
+                    }
+                ],
+            },
+            {"active": False, **_RECORDED},
+        ),
+        ({"supervisor": None, "daemons": [], "listeners": [ORPHAN]}, None),
+    ],
+    ids=[
+        "unresponsive",
+        "no-current",
+        "no-listener",
+        "standalone",
+        "standalone-unproven",
+        "standalone-none",
+    ],
+)
+def test_the_daemon_summary_is_what_the_supervisor_says_of_the_roots_daemon(
+    report: dict[str, Any], summary: dict[str, Any] | None
+) -> None:
+    assert _hook.daemon_summary_fields(report) == summary
+
+
+def test_without_a_supervisor_summary_and_orphans_are_one_run_of_the_recorded_doctor(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answer = {
+        "supervisor": None,
+        "daemons": [],
+        "listeners": [
+            {**_RECORDED, "is_recorded_singleton": True, "self_report_matches_listener": True}
+        ],
+        "orphans": [ORPHAN],
+    }
+    command, log = _recorded_command(tmp_path, json.dumps(answer), 1)
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(command),))
+    doctor = _import_auth_doctor()
+    daemon, orphans, _ = doctor.assemble_report()
+    assert daemon == doctor.DaemonSummary(True, 4100, 9406, "3.2.4", 1)
+    assert [record.port for record in orphans] == [ORPHAN["port"]]
+    assert json.loads(log.read_text()) == ["doctor", "--json", "--root", str(release)]
+    assert Path(f"{log}.runs").read_text() == "run\n"
+    assert doctor.CALLS == []
+
+
+def test_a_daemon_summary_no_supervisor_can_give_is_upstreams_and_recorded(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    command, _ = _recorded_command(tmp_path, "not json", 2)
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(command),))
+    doctor = _import_auth_doctor()
+    daemon, _, _ = doctor.assemble_report()
+    assert daemon is None
+    assert doctor.CALLS == ["upstream_daemon_summary"]
+    assert "Refused" in _integration_record(release)["failure"]["last_error"]
+
+
+def test_an_auth_doctor_module_of_another_shape_is_left_unpatched(release: Path) -> None:
+    path = release.parent / "site" / "specify_cli" / "cli" / "commands" / "_auth_doctor.py"
+    path.write_text(AUTH_DOCTOR_3_2_7.replace("    protocol_version: int | None\n", ""))
+    doctor = _import_auth_doctor()
+    state = getattr(doctor, _hook.HOOK_MARKER)
+    assert state["patched"] == []
+    assert "DaemonSummary is not" in state["unpatched"]
+    assert not hasattr(doctor._read_daemon_summary, "__wrapped__")
+
+
+@pytest.fixture
+def legacy_doctor(legacy_sweep: ModuleType, release: Path) -> ModuleType:
+    path = release.parent / "site" / "specify_cli" / "cli" / "commands" / "_auth_doctor.py"
+    path.write_text(AUTH_DOCTOR_3_2_2)
+    return _import_auth_doctor()
+
+
+STRANGER = {
+    **ORPHAN,
+    "pid": 6001,
+    "port": 9410,
+    "cleanup_class": "operator_required",
+    "skip_reason": "cross_root",
+}
+
+
+def test_a_schema_1_orphan_finding_names_the_command_for_what_reset_leaves(
+    supervisor: _Supervisor, legacy_doctor: ModuleType
+) -> None:
+    assert getattr(legacy_doctor, _hook.HOOK_MARKER) == {
+        "patched": ["_compute_findings", "_read_daemon_summary"],
+        "unpatched": None,
+    }
+    supervisor.doctor = _with(DOCTOR_OF_A_SUPERVISOR, orphans=[ORPHAN, STRANGER])
+    _, orphans, [finding] = legacy_doctor.assemble_report()
+    assert [orphan.pid for orphan in orphans] == [5001, 6001]
+    # Upstream's finding, its remediation saying what --reset leaves and who can do more.
+    assert (finding.id, finding.summary) == (
+        "F-002",
+        "2 orphan daemon(s) detected on port(s) 9401, 9410",
+    )
+    assert finding.remediation_command == "spec-kitty auth doctor --reset"
+    assert finding.remediation_description == (
+        "Sweep orphan daemons in the reserved port range. It leaves 1 operator_required "
+        "(cross_root); `spec-kitty-supervisor doctor --reset --force` can stop those."
+    )
+    # After a reset only the stranger is left: the command to run is the supervisor's.
+    supervisor.doctor = _with(DOCTOR_OF_A_SUPERVISOR, orphans=[STRANGER])
+    _, _, [finding] = legacy_doctor.assemble_report()
+    assert finding.remediation_command == "spec-kitty-supervisor doctor --reset --force"
+    assert "`spec-kitty auth doctor --reset` leaves these" in finding.remediation_description
+    assert "operator_required (cross_root)" in finding.remediation_description
+
+
+def test_a_schema_1_orphan_finding_of_safe_orphans_is_upstreams(
+    supervisor: _Supervisor, legacy_doctor: ModuleType
+) -> None:
+    supervisor.doctor = _with(DOCTOR_OF_A_SUPERVISOR, orphans=[ORPHAN])
+    _, _, [finding] = legacy_doctor.assemble_report()
+    assert finding == legacy_doctor.Finding(
+        "F-002",
+        "warn",
+        "1 orphan daemon(s) detected on port(s) 9401",
+        "spec-kitty auth doctor --reset",
+        "Sweep orphan daemons in the reserved port range.",
+    )
+
+
+def test_a_schema_1_orphan_finding_after_upstreams_own_scan_is_upstreams(
+    release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Upstream's own scan finds the stranger too; the supervisor lists it first, then no doctor
+    # answers: what the hook knew of the stranger must not colour upstream's own finding.
+    site = release.parent / "site" / "specify_cli"
+    (site / "sync" / "orphan_sweep.py").write_text(
+        LEGACY_ORPHAN_SWEEP.replace(
+            'CALLS.append("upstream_enumerate")\n    return []',
+            'CALLS.append("upstream_enumerate")\n    return [OrphanDaemon(9410, 6001, "3.2.2", 1)]',
+        )
+    )
+    (site / "cli" / "commands" / "_auth_doctor.py").write_text(AUTH_DOCTOR_3_2_2)
+    command, _ = _recorded_command(
+        tmp_path, json.dumps(_with(DOCTOR_OF_A_SUPERVISOR, orphans=[STRANGER])), 1
+    )
+    monkeypatch.setattr(_hook, "SUPERVISOR_COMMAND", (str(command),))
+    doctor = _import_auth_doctor()
+    _, _, [finding] = doctor.assemble_report()
+    assert finding.remediation_command == "spec-kitty-supervisor doctor --reset --force"
+    (tmp_path / "answer.txt").write_text("not json")
+    _, orphans, [finding] = doctor.assemble_report()
+    assert sys.modules["specify_cli.sync.orphan_sweep"].CALLS == ["upstream_enumerate"]
+    assert [orphan.pid for orphan in orphans] == [6001]
+    assert finding.remediation_command == "spec-kitty auth doctor --reset"
+    assert finding.remediation_description == "Sweep orphan daemons in the reserved port range."
