@@ -12,6 +12,7 @@ __all__ = [
     "check_spec_kitty_interpreter",
     "installed_spec_kitty_version",
     "release_from_files",
+    "script_interpreter",
     "spec_kitty_python",
 ]
 
@@ -33,6 +34,11 @@ def spec_kitty_python(path: str | None = None) -> str:
     script = shutil.which("spec-kitty", path=path)
     if script is None:
         raise SpecKittyNotFound("no `spec-kitty` command on PATH; pass python= explicitly")
+    return script_interpreter(script)
+
+
+def script_interpreter(script: str | os.PathLike[str]) -> str:
+    """The absolute interpreter a console script's shebang line names (unresolved)."""
     try:
         with open(script, "rb") as handle:
             first_line = handle.readline(4096)
@@ -40,7 +46,10 @@ def spec_kitty_python(path: str | None = None) -> str:
         raise SpecKittyNotFound(f"cannot read {script}: {exc}") from None
     if not first_line.startswith(b"#!"):
         raise SpecKittyNotFound(f"{script} has no shebang line; pass python= explicitly")
-    interpreter = first_line[2:].strip().split()[0].decode()
+    words = first_line[2:].strip().split()
+    if not words:
+        raise SpecKittyNotFound(f"{script} has an empty shebang line; pass python= explicitly")
+    interpreter = os.fsdecode(words[0])
     if not os.path.isabs(interpreter):
         raise SpecKittyNotFound(f"{script} names a relative interpreter {interpreter!r}")
     return interpreter

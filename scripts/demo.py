@@ -402,12 +402,16 @@ def step_integration(cli: Cli) -> None:
     ):
         raise DemoFailed(f"the integrated spec-kitty did not get the supervisor's daemon {current}")
     note(f"spec-kitty's own call answered with the supervisor's daemon, pid {current[0]['pid']}")
-    step_integrated_auth_doctor(cli, venv / "bin" / "spec-kitty", current[0]["pid"])
+    step_integrated_auth_doctor(cli, venv / "bin" / "spec-kitty", current[0])
     cli.run("integrate", "--remove", "--python", python)
 
 
-def step_integrated_auth_doctor(cli: Cli, spec_kitty: Path, current_pid: int) -> None:
-    """The command users know, integrated: its sync part is the supervisor's view."""
+def step_integrated_auth_doctor(cli: Cli, spec_kitty: Path, current: dict[str, Any]) -> None:
+    """The command users know, integrated: its sync part is the supervisor's view.
+
+    Its daemon section is the supervisor's current daemon as the supervisor holds it (the
+    hook wraps ``_read_daemon_summary``), its orphans are the supervisor's classification.
+    """
 
     def auth_doctor(*flags: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -430,16 +434,19 @@ def step_integrated_auth_doctor(cli: Cli, spec_kitty: Path, current_pid: int) ->
         raise DemoFailed(f"auth doctor --json printed no JSON: {as_json.stderr}") from None
     own = cli.json("doctor", "--root", str(cli.sandbox.root), ok=(0, 1))
     daemon = report.get("daemon") or {}
+    shown_daemon = [daemon.get(key) for key in ("pid", "port", "package_version", "active")]
+    supervisors = [current["pid"], current["port"], current["package_version"], True]
     ours = sorted(entry["port"] for entry in own["orphans"])
     theirs = sorted(entry["port"] for entry in report.get("orphans") or [])
-    if daemon.get("pid") != current_pid or theirs != ours:
+    if shown_daemon != supervisors or theirs != ours:
         raise DemoFailed(
-            f"the integrated auth doctor shows daemon {daemon.get('pid')} and orphans {theirs}; "
-            f"the supervisor has daemon {current_pid} and orphans {ours}"
+            f"the integrated auth doctor shows daemon {shown_daemon} and orphans {theirs}; "
+            f"the supervisor has daemon {supervisors} and orphans {ours}"
         )
     note(
-        f"auth doctor shows the supervisor's daemon (pid {current_pid}) and its "
-        f"{len(ours)} orphan(s) left after its start-up sweep (step 3: upstream's own view)"
+        f"auth doctor shows the supervisor's current daemon (pid {current['pid']}, port "
+        f"{current['port']}, {current['package_version']}, healthy) and its {len(ours)} "
+        "orphan(s) left after its start-up sweep (step 3: upstream's own view)"
     )
 
 

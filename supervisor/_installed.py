@@ -2,10 +2,12 @@
 
 ``doctor`` asks this to tell a root's daemon that no installed CLI uses any more (a release the
 user upgraded away from) from one still in use. It reads, never runs: each ``spec-kitty`` on
-PATH names its interpreter in its shebang line, and that interpreter's environment holds a
-``spec_kitty_cli-<version>.dist-info`` folder. Reading files keeps doctor fast and imports
-nothing of spec-kitty. Project venvs and one-off runs (``uvx``, ``pipx run``) are invisible
-here, which is why such a daemon is reported, never stopped, by doctor.
+PATH names its interpreter in its shebang line (read as a client reads the ``spec-kitty`` it
+runs, :func:`spec_kitty_supervisor_client._discover.script_interpreter`), and that
+interpreter's environment holds a ``spec_kitty_cli-<version>.dist-info`` folder. Reading files
+keeps doctor fast and imports nothing of spec-kitty. Project venvs and one-off runs (``uvx``,
+``pipx run``) are invisible here, which is why such a daemon is reported, never stopped, by
+doctor.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+
+from spec_kitty_supervisor_client._discover import SpecKittyNotFound, script_interpreter
 
 __all__ = ["cli_versions_on_path", "interpreter_release"]
 
@@ -36,14 +40,9 @@ def interpreter_release(python: str) -> str | None:
 
 def _shebang_interpreter(script: Path) -> str | None:
     try:
-        with script.open("rb") as handle:
-            first = handle.readline(4096)
-    except OSError:
+        return script_interpreter(script)
+    except SpecKittyNotFound:
         return None
-    if not first.startswith(b"#!"):
-        return None
-    words = first[2:].strip().split()
-    return os.fsdecode(words[0]) if words else None
 
 
 def cli_versions_on_path(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sks_harness import fake_spec_kitty_venv
 from spec_kitty_supervisor._doctor import legacy_daemon_findings
 from spec_kitty_supervisor._installed import cli_versions_on_path, interpreter_release
 from spec_kitty_supervisor._layout import RootLayout
+from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
 from spec_kitty_supervisor_client._models import ListenerRecord
 
 
@@ -39,6 +42,27 @@ def test_the_release_of_each_spec_kitty_on_path_is_read_from_files(tmp_path: Pat
     found = cli_versions_on_path({"PATH": f"{new.parent}:{tmp_path / 'none'}:{old.parent}"})
 
     assert found == {str(new): "3.2.7", str(old): "3.1.10"}
+
+
+@pytest.mark.parametrize(
+    "first_line",
+    [b"#!\n", b"import sys\n", b"#!python3\n", b"#!\xff\xfe/python\n"],
+    ids=["empty-shebang", "no-shebang", "relative", "undecodable"],
+)
+def test_a_spec_kitty_whose_interpreter_cannot_be_read_is_skipped_as_a_client_would(
+    tmp_path: Path, first_line: bytes
+) -> None:
+    broken = tmp_path / "broken" / "spec-kitty"
+    broken.parent.mkdir()
+    broken.write_bytes(first_line)
+    broken.chmod(0o755)
+    good = _command_for(tmp_path / "good", fake_spec_kitty_venv(tmp_path, "3.2.7"))
+    path = f"{broken.parent}:{good.parent}"
+
+    assert cli_versions_on_path({"PATH": path}) == {str(good): "3.2.7"}
+    # The same reading, where a client looks for the spec-kitty it runs: a clear refusal.
+    with pytest.raises(SpecKittyNotFound):
+        spec_kitty_python(str(broken.parent))
 
 
 def test_an_interpreter_without_spec_kitty_has_no_release(tmp_path: Path) -> None:
