@@ -36,6 +36,7 @@ from ._wire import (
     WireError,
     ensure_private_dir,
     passed_environment,
+    read_own_file,
     replace_exiting_supervisor,
     resolve_daemon_root,
     socket_path_for_root,
@@ -86,6 +87,8 @@ ORPHAN_MODULE = "specify_cli.sync.orphan_sweep"
 #: Where 3.2.4+ defines the schema-2 record and its enums (imported by the orphan module).
 CLASSIFICATION_MODULE = "specify_cli.sync.classification"
 DISABLE_ENV = "SPEC_KITTY_SUPERVISOR_DISABLE"
+#: ``integration.json`` holds two small counters; more than this is not ours to parse.
+INTEGRATION_RECORD_LIMIT = 64 * 1024
 #: Set on the patched module: which names were wrapped, or why none was.
 HOOK_MARKER = "__spec_kitty_supervisor_hook__"
 INTEGRATION_FILE = "integration.json"
@@ -1165,9 +1168,11 @@ def _note(root: Path, kind: str, message: str) -> None:
     try:
         folder = ensure_private_dir(supervisor_dir(root))
         path = folder / INTEGRATION_FILE
+        # Never through a link, never blocked by a FIFO: anything but our own regular file is
+        # an empty record, replaced below by rename (which replaces the entry, never its target).
         try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
+            data = json.loads(read_own_file(path, INTEGRATION_RECORD_LIMIT) or b"{}")
+        except ValueError:
             data = {}
         if not isinstance(data, dict):
             data = {}

@@ -55,6 +55,7 @@ __all__ = [
     "open_own_file",
     "recorded_socket_dir",
     "passed_environment",
+    "read_own_file",
     "replace_exiting_supervisor",
     "resolve_daemon_root",
     "socket_accepts",
@@ -142,19 +143,10 @@ SOCKET_DIR_RECORD = "socket-dir"
 
 def recorded_socket_dir(daemon_root: Path) -> Path | None:
     """The folder ``R/supervisor/socket-dir`` names, if it is still a private folder of ours."""
-    record = supervisor_dir(daemon_root) / SOCKET_DIR_RECORD
-    try:
-        fd = os.open(record, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    raw = read_own_file(supervisor_dir(daemon_root) / SOCKET_DIR_RECORD, 4096)
+    if raw is None:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
-            return None
-        text = os.read(fd, 4096).decode("utf-8", errors="replace").strip()
-    finally:
-        os.close(fd)
-    folder = Path(text)
+    folder = Path(raw.decode("utf-8", errors="replace").strip())
     if not folder.is_absolute():
         return None
     try:
@@ -262,6 +254,26 @@ def _move_aside(path: Path) -> Path:
             os.rename(path, target)
             return target
     raise FileExistsError(f"too many refused copies of {path}")
+
+
+def read_own_file(path: Path, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of ``path`` if it is a regular file of this user, else None.
+
+    Never follows a final symlink and never blocks on a FIFO; changes nothing.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def open_own_file(path: Path, flags: int, mode: int = 0o600) -> tuple[int, str | None]:

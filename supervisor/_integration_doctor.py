@@ -21,7 +21,7 @@ from typing import Literal
 
 from spec_kitty_supervisor_client import DoctorFinding
 from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
-from spec_kitty_supervisor_client._hook import INTEGRATION_FILE
+from spec_kitty_supervisor_client._hook import INTEGRATION_FILE, INTEGRATION_RECORD_LIMIT
 
 from ._files import RefusedFile, read_regular_file
 from ._integrate import (
@@ -148,8 +148,8 @@ def _installation_finding(installation: Installation, command: list[str]) -> Doc
     )
 
 
-#: The hook's record is two small entries; far more is not its record.
-MAX_INTEGRATION_RECORD_BYTES = 64 * 1024
+#: The hook's record is two small entries; far more is not its record (the hook's own bound).
+MAX_INTEGRATION_RECORD_BYTES = INTEGRATION_RECORD_LIMIT
 
 
 def _record_findings(root: Path) -> list[DoctorFinding]:

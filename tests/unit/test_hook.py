@@ -1233,3 +1233,38 @@ def test_a_schema_1_orphan_finding_after_upstreams_own_scan_is_upstreams(
     assert [orphan.pid for orphan in orphans] == [6001]
     assert finding.remediation_command == "spec-kitty auth doctor --reset"
     assert finding.remediation_description == "Sweep orphan daemons in the reserved port range."
+
+
+# The hook's own record
+
+
+def _note_in_thread(root: Path) -> bool:
+    """Count one failure from another thread; whether it returned (a FIFO would block it)."""
+    thread = threading.Thread(target=_hook._note, args=(root, "failure", "boom"), daemon=True)
+    thread.start()
+    thread.join(timeout=60)  # a deadline against a hang, not a speed measurement
+    return not thread.is_alive()
+
+
+def test_a_fifo_at_the_record_never_blocks_the_cli_and_becomes_the_record(release: Path) -> None:
+    import os
+
+    folder = release / "supervisor"
+    folder.mkdir(mode=0o700)
+    os.mkfifo(folder / _hook.INTEGRATION_FILE)
+    assert _note_in_thread(release)
+    assert (folder / _hook.INTEGRATION_FILE).is_file()
+    assert _integration_record(release)["failure"]["count"] == 1
+
+
+def test_a_linked_record_is_neither_read_nor_written_through(release: Path, tmp_path: Path) -> None:
+    folder = release / "supervisor"
+    folder.mkdir(mode=0o700)
+    elsewhere = tmp_path / "someone-elses.json"
+    their_text = json.dumps({"failure": {"count": 41, "last_error": "theirs"}})
+    elsewhere.write_text(their_text)
+    (folder / _hook.INTEGRATION_FILE).symlink_to(elsewhere)
+    assert _note_in_thread(release)
+    assert not (folder / _hook.INTEGRATION_FILE).is_symlink()
+    assert _integration_record(release)["failure"]["count"] == 1  # not 42: not read through
+    assert elsewhere.read_text() == their_text  # not written through
