@@ -21,7 +21,7 @@ from typing import Any
 
 from ._client import SupervisorClient
 from ._errors import SupervisorError, SupervisorUnavailable
-from ._hook import ORPHAN_RECORD_FIELDS
+from ._hook import ORPHAN_RECORD_FIELDS, daemon_summary_fields
 from ._models import DoctorFinding, DoctorReport, ListenerRecord, ResetResult
 from ._one_call import ensure_sync_daemon
 
@@ -101,25 +101,16 @@ def _reset_result(result: ResetResult) -> dict[str, Any]:
 def doctor_report_upstream_shape(report: DoctorReport) -> dict[str, Any]:
     """The sync part of ``spec-kitty auth doctor --json`` (schema 2) for ``report``.
 
-    ``daemon`` is upstream's summary of the current daemon (null when none runs),
+    ``daemon`` is upstream's summary of the root's daemon (``daemon_summary_fields``: a running
+    supervisor's current daemon, else the live daemon ``R/sync-daemon`` records; null if none),
     ``orphans[]`` has exactly upstream's keys (``safe_auto`` and ``operator_required``
     records only), ``findings[]`` upstream's ``id/severity/summary/remediation``, and
     ``reset_result`` appears after a reset, as upstream adds it.
     """
-    current = next((d for d in report.daemons if d.role == "current"), None)
     payload: dict[str, Any] = {
         "schema_version": 2,
-        "daemon": (
-            None
-            if current is None
-            else {
-                "active": current.state == "healthy",
-                "pid": current.pid,
-                "port": current.port,
-                "package_version": current.package_version,
-                "protocol_version": 1,
-            }
-        ),
+        # Exactly what the hook shows an integrated release (one rule for both).
+        "daemon": daemon_summary_fields(report.model_dump(mode="json")),
         "orphans": [_orphan(record) for record in report.orphans],
         "findings": [_finding(finding) for finding in report.findings],
     }

@@ -438,6 +438,38 @@ def test_the_upstream_shape_has_upstreams_daemon_orphans_findings_and_reset_resu
     }
 
 
+def test_the_upstream_shapes_daemon_is_the_current_one_with_its_own_protocol(
+    supervisor: Supervisor,
+) -> None:
+    current = DaemonView(
+        pid=4000,
+        port=9405,
+        url="http://127.0.0.1:9405",
+        package_version="3.2.7",
+        python="/usr/bin/python3",
+        origin="spawned",
+        state="unresponsive",
+        role="current",
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+    heard = observed(9405, "supervised").record.model_copy(update={"pid": 4000})
+    report = DoctorReport(supervisor=supervisor.view(), daemons=[current], listeners=[heard])
+
+    shape = doctor_report_upstream_shape(report)
+
+    assert shape["daemon"] == {
+        "active": False,  # unresponsive: upstream's "recorded but not healthy"
+        "pid": 4000,
+        "port": 9405,
+        "package_version": "3.2.7",
+        "protocol_version": heard.protocol_version,
+    }
+    assert heard.protocol_version is not None
+    # Without its listener (not scanned) the protocol is unknown, never made up.
+    report = report.model_copy(update={"listeners": []})
+    assert doctor_report_upstream_shape(report)["daemon"]["protocol_version"] is None
+
+
 def test_upstream_severities_are_info_warn_and_critical() -> None:
     report = DoctorReport(
         findings=[
