@@ -31,6 +31,7 @@ from sks_harness import (
     RealDaemon,
     Sandbox,
     SupervisorUnderTest,
+    eventually,
     make_orphans,
     read_state_file,
     run_blocking,
@@ -149,6 +150,25 @@ def _supervisor(sandbox: Sandbox) -> SupervisorUnderTest:
     return SupervisorUnderTest(sandbox, settings=SCAN_ONLY_ORPHAN_PORTS)
 
 
+def _start_past_its_start_up_sweep(supervisor: SupervisorUnderTest, fleet: DaemonFleet) -> None:
+    """Start the supervisor and wait until its start-up sweep has acted.
+
+    That sweep runs beside serving, on what it observed then: orphans made just after the
+    start could be among them on a busy machine. A canary orphan made before the start is
+    stopped by it; once the canary is gone that sweep's observation is over, and the next
+    sweep is ``sweep_seconds`` (600 s) away, so the test's own orphans stay until it acts.
+    """
+
+    async def make() -> list[RealDaemon]:
+        return await make_orphans(
+            supervisor.sandbox, count=1, versions=["3.2.4"], fleet=fleet, state_file=False
+        )
+
+    [canary] = run_blocking(make)
+    supervisor.start()
+    eventually(canary.exited, what="the start-up sweep to stop the canary orphan")
+
+
 def _token_upstream_would_not_match(sandbox: Sandbox) -> None:
     """Alter ``R/sync-daemon``'s token: upstream's own reading would call the daemon unhealthy.
 
@@ -170,7 +190,7 @@ def test_auth_doctor_shows_the_supervisors_daemon_and_orphan_records(
     with SupervisorUnderTest(
         sandbox, settings={"SPEC_KITTY_SUPERVISOR_SCAN_RANGE": str(scan)}
     ) as supervisor:
-        supervisor.start()
+        _start_past_its_start_up_sweep(supervisor, fleet)
         orphans = _orphans(sandbox, fleet, 3)
         current = supervisor.cli_json("ensure", "--python", str(spec_kitty.parent / "python"))
         _token_upstream_would_not_match(sandbox)
@@ -258,7 +278,7 @@ def test_auth_doctor_reset_removes_all_mixed_orphans_and_no_stranger(
     stranger = _stranger(fleet)
     with _supervisor(sandbox) as supervisor:
         if with_supervisor:
-            supervisor.start()
+            _start_past_its_start_up_sweep(supervisor, fleet)
         orphans = _orphans(sandbox, fleet, count)
         report = _auth_doctor(spec_kitty, sandbox, "--reset")
         if _schema(spec_kitty) == 1:
