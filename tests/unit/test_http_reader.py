@@ -8,6 +8,7 @@ else gets a 4xx, or a closed connection, from a real ``serve_connection``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 from dataclasses import dataclass
@@ -389,3 +390,34 @@ def test_a_request_cut_off_mid_body_gets_no_answer() -> None:
     )
     assert reply == b""
     assert tracker.in_flight == 0
+
+
+def test_a_client_that_always_has_requests_ready_takes_turns_with_the_others() -> None:
+    """Two connections whose 40 pipelined requests are all there before either is served:
+    they are answered in turns, not one connection's 40 and then the other's."""
+    order: list[str] = []
+
+    async def who(request: ApiRequest) -> BaseModel:
+        order.append(request.path)
+        return SupervisorHealth(pid=1, version="t", protocol_version=1, root="/r")
+
+    router = Router([Route("GET", "/a", who), Route("GET", "/b", who)])
+
+    async def main() -> None:
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(2)]
+        for (_, theirs), path in zip(pairs, ("/a", "/b"), strict=True):
+            theirs.sendall(f"GET {path} HTTP/1.1\r\nHost: s\r\n\r\n".encode() * 40)
+            theirs.shutdown(socket.SHUT_WR)
+        pool = ConnectionPool()
+        with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against a hang, not a duration
+            async with anyio.create_task_group() as group:
+                for ours, _ in pairs:
+                    stream = await UNIXSocketStream.from_socket(ours)
+                    group.start_soon(serve_connection, stream, router, _Tracker(), pool)
+        for _, theirs in pairs:
+            theirs.close()
+
+    anyio.run(main)
+    assert sorted(order) == ["/a"] * 40 + ["/b"] * 40
+    # Neither connection is ever more than one request ahead of its turn.
+    assert max(len(list(run)) for _, run in itertools.groupby(order)) <= 2, order

@@ -18,6 +18,7 @@ from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connecti
 from spec_kitty_supervisor._serving import (
     SERVING_FAILURES,
     ServingRecord,
+    UnixAcceptor,
     accept_loop,
     probe_own_socket,
 )
@@ -154,3 +155,52 @@ async def test_the_self_probe_fails_when_connections_are_never_accepted(tmp_path
         stuck.listen(8)
         problem = await probe_own_socket(path, 1, timeout=0.2)
     assert problem == "no answer within 0.2 s"
+
+
+def _bound(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(16)
+    return sock
+
+
+async def test_the_acceptor_serves_queued_connections_each_in_turn(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    acceptor = UnixAcceptor(_bound(path))
+    # Three clients queued before the first accept: all three are served, one at a time.
+    clients = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    for index, client in enumerate(clients):
+        client.connect(str(path))
+        client.sendall(b"%d" % index)
+    got = []
+    with anyio.fail_after(30):  # a guard against a hang, not a duration
+        for _ in clients:
+            stream = await acceptor.accept()
+            async with stream:
+                got.append(await stream.receive())
+    assert sorted(got) == [b"0", b"1", b"2"]
+    for client in clients:
+        client.close()
+    await acceptor.aclose()
+
+
+async def test_closing_the_acceptor_ends_a_waiting_accept_loop(tmp_path: Path) -> None:
+    acceptor = UnixAcceptor(_bound(tmp_path / "s.sock"))
+
+    async def handle(stream: SocketStream) -> None:
+        await stream.aclose()
+
+    with anyio.fail_after(30):  # a guard against a hang, not a duration
+        async with anyio.create_task_group() as group:
+            ended = anyio.Event()
+
+            async def loop() -> None:
+                await accept_loop(acceptor, handle, group, retry_pause=0)
+                ended.set()
+
+            group.start_soon(loop)
+            await anyio.wait_all_tasks_blocked()
+            await acceptor.aclose()
+            await ended.wait()
+    with pytest.raises(anyio.ClosedResourceError):
+        await acceptor.accept()
