@@ -95,6 +95,9 @@ class Running:
 @pytest.fixture(scope="module")
 def running() -> Iterator[Running]:
     with DaemonFleet(port_range=SPAWN_PORTS) as fleet, SupervisorUnderTest(fleet.sandbox()) as sup:
+        # A daemon slowed by the flood is not to look dead (and be replaced): this is about
+        # requests, not about health.
+        sup.settings = {"SPEC_KITTY_SUPERVISOR_HEALTH_TIMEOUT_SECONDS": "5"}
         sup.start(extra_env={"SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "5"})
         yield Running(sup)
 

@@ -49,10 +49,14 @@ RANGE = PortRange(SPAWN_PORTS.hi - 10, SPAWN_PORTS.hi)
 
 @dataclass(frozen=True)
 class Expected:
-    """What a stranger must be classified as, and whether an operator may ever stop it."""
+    """What a stranger must be classified as: its class, and the reasons that may say why.
+
+    A liar whose health answer comes after the supervisor's probe timeout (a starved machine)
+    is rightly ``not_spec_kitty`` rather than ``third_party``: both are never touched.
+    """
 
     cleanup_class: str
-    skip_reason: str
+    skip_reasons: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -111,11 +115,13 @@ def strangers(sandbox: Sandbox, fleet: DaemonFleet) -> Iterator[dict[str, Strang
 
 
 EXPECTED = {
-    "plain web server": Expected("never_touch", "not_spec_kitty"),
-    "liar claiming this root": Expected("never_touch", "third_party"),
-    "listener that never answers": Expected("never_touch", "not_spec_kitty"),
-    "liar of another uid": Expected("never_touch", "other_user"),
-    "another HOME's daemon": Expected("operator_required", "cross_root"),
+    "plain web server": Expected("never_touch", frozenset({"not_spec_kitty"})),
+    "liar claiming this root": Expected(
+        "never_touch", frozenset({"third_party", "not_spec_kitty"})
+    ),
+    "listener that never answers": Expected("never_touch", frozenset({"not_spec_kitty"})),
+    "liar of another uid": Expected("never_touch", frozenset({"other_user"})),
+    "another HOME's daemon": Expected("operator_required", frozenset({"cross_root"})),
 }
 
 
@@ -146,6 +152,7 @@ def _one_round(
     sup: SupervisorUnderTest,
     strangers: dict[str, Stranger],
     round_: int,
+    reasons: dict[str, int],
 ) -> None:
     taken = {s.port for s in strangers.values()}
 
@@ -175,8 +182,14 @@ def _one_round(
             record = by_port.get(stranger.port)
             seen = None if record is None else (record.cleanup_class, record.skip_reason)
             expected = EXPECTED[name]
-            if seen != (expected.cleanup_class, expected.skip_reason):
+            if (
+                seen is None
+                or seen[0] != expected.cleanup_class
+                or seen[1] not in expected.skip_reasons
+            ):
                 tally.fail(f"round {round_}: {name} classified {seen}, not {expected}")
+            else:
+                reasons[f"{name}: {seen[1]}"] = reasons.get(f"{name}: {seen[1]}", 0) + 1
 
         # An operator confirming every never-touch stranger by pid still cannot have it stopped.
         never_touch = [
@@ -202,9 +215,11 @@ def test_strangers_in_the_range_are_classified_never_signalled_and_gone_around(
     sup.settings = {"SPEC_KITTY_SUPERVISOR_PORT_RANGE": str(RANGE)}
     counted = tally("strangers in the range")
     counted.note(", ".join(strangers))
+    reasons: dict[str, int] = {}
     for round_ in range(rounds()):
         with counted.trial(f"round {round_}"):
-            _one_round(counted, sup, strangers, round_)
+            _one_round(counted, sup, strangers, round_, reasons)
     sup.kill_all()
     counted.orphans(len(_daemons_of(sup.root, strangers)), "daemons of the root left at the end")
     _count_what_was_done_to_them(counted, strangers, rounds())
+    counted.note(f"classified (rounds): {reasons}")
