@@ -77,9 +77,10 @@ def _answer_from_table(
     action: EnsureAction = "reused" if decision.verdict == "reuse" else "kept_newer"
     if current.pid not in lifecycle.handed_out:
         # The first client this daemon serves since we adopted it (after our own restart,
-        # a hand-over, or from an upstream CLI) learns it was adopted.
+        # a hand-over, or from an upstream CLI) learns it was adopted. A daemon we restarted
+        # after a death, or that replaced a wedged one, was spawned: it is reused.
         lifecycle.handed_out.add(current.pid)
-        if action == "reused":
+        if action == "reused" and current.origin == "adopted":
             action = "adopted"
     return EnsureResponse(
         action=action, daemon=current.view(with_token=True), message=decision.reason

@@ -5,6 +5,11 @@ decide (:func:`._decisions.classify_exit`, :func:`._decisions.after_death`), rec
 intent (the table without the daemon, the ledger's ``died``/``retired``, the quarantine),
 act (a restart after its backoff, in the background), record the outcome (``restarted`` or
 ``restart_failed``, which counts as another death).
+
+A restart that fails because the *supervisor* cannot record or lock it (its writes fail,
+upstream's lock is refused or busy) is not another death: the daemon did not die again, and
+a full disk must not quarantine the root. It waits in ``Lifecycle.restart_waiting`` and the
+heartbeat starts it again once the supervisor is no longer degraded by it.
 """
 
 from __future__ import annotations
@@ -18,12 +23,16 @@ from .._table import DaemonRecord
 from ._adoption import adopt_recorded
 from ._decisions import Quarantine, after_death, classify_exit, describe_exit
 from ._effects import SpawnContext
-from ._lifecycle import Lifecycle
+from ._lifecycle import Lifecycle, WaitingRestart
 from ._spawning import start_current
 
-__all__ = ["on_exit", "restart_wedged", "watch_exits"]
+__all__ = ["NOT_THE_DAEMONS_FAULT", "on_exit", "restart_waiting", "restart_wedged", "watch_exits"]
 
 log = structlog.get_logger("spec_kitty_supervisor")
+
+#: Why a restart can fail that says nothing about the daemon: the supervisor could not record
+#: it, or could not take (or open) upstream's lock.
+NOT_THE_DAEMONS_FAULT = frozenset({"state_not_writable", "root_file_refused", "legacy_lock_busy"})
 
 
 def watch_exits(lifecycle: Lifecycle, rng: random.Random | None = None) -> None:
@@ -50,7 +59,12 @@ async def on_exit(
         # What it ran with, taken before forgetting it: a restart repeats it exactly.
         context = lifecycle.context_of(record)
         lifecycle.forget(record)
-        await lifecycle.sync_legacy_state()
+        try:
+            await lifecycle.sync_legacy_state()
+        except LifecycleError as exc:
+            # The restart below needs the same lock and writes, and waits for them if it
+            # must; the heartbeat brings R/sync-daemon in step meanwhile.
+            log.error("state_file_not_synced", pid=pid, error=str(exc))
         # An unmodified CLI of another version kills our daemon and records its own; that
         # is a hand-over to adopt, not a crash to restart (no spawn/kill thrash).
         replacement = await adopt_recorded(lifecycle)
@@ -124,9 +138,28 @@ async def _restart_after(
             )
         except LifecycleError as exc:
             lifecycle.event("restart_failed", record, str(exc))
+            if exc.code in NOT_THE_DAEMONS_FAULT:
+                blocker = str(exc.details.get("path", "")) if exc.details else ""
+                lifecycle.restart_waiting = WaitingRestart(record, context, exc.code, blocker)
+                return
             _count_death(lifecycle, record, context, f"restart failed: {exc}", rng)
             return
         lifecycle.event("restarted", new, f"replaces pid {record.pid} after {delay:.1f} s backoff")
+
+
+def restart_waiting(lifecycle: Lifecycle) -> None:
+    """Start again a restart that waited for the supervisor (see the module docstring), once
+    nothing it needs is known to fail; an ensure that spawned meanwhile makes it moot."""
+    waiting = lifecycle.restart_waiting
+    if waiting is None:
+        return
+    if waiting.code == "state_not_writable" and lifecycle.writes_failing is not None:
+        return  # it would spawn a daemon only to stop it again
+    refused = lifecycle.refused_files
+    if waiting.code == "root_file_refused" and refused and waiting.blocker in refused:
+        return  # that file is still refused ("" is in any: then any refusal keeps it waiting)
+    lifecycle.restart_waiting = None
+    lifecycle.background(_restart_after, lifecycle, waiting.record, waiting.context, 0.0, None)
 
 
 async def restart_wedged(lifecycle: Lifecycle, record: DaemonRecord) -> None:

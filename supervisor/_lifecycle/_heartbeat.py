@@ -10,7 +10,8 @@
 4. Act in the background, so that the next tick is never late: retirements, restarts.
 5. While the supervisor is degraded, repair what can be: write the journal and the state
    file again when a write of them failed, and the events the ledger's file misses; and look
-   at upstream's files in the root again. Each cause ends on the first tick it is gone.
+   at upstream's files in the root again. Each cause ends on the first tick it is gone, and a
+   restart that waited for it starts again.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .._table import DaemonRecord
 from ._adoption import follow_recorded
 from ._decisions import decide_current
 from ._effects import Health
-from ._exits import restart_wedged
+from ._exits import restart_waiting, restart_wedged
 from ._lifecycle import Lifecycle
 from ._retiring import retire_later
 
@@ -52,6 +53,7 @@ async def tick(lifecycle: Lifecycle) -> None:
             await _retry_writes(lifecycle)
     if lifecycle.effects.ledger_behind() is not None:
         lifecycle.effects.catch_up_ledger()
+    restart_waiting(lifecycle)
 
 
 async def _retry_writes(lifecycle: Lifecycle) -> None:

@@ -11,6 +11,7 @@ in the background.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -21,13 +22,13 @@ from anyio.abc import TaskGroup
 
 from spec_kitty_supervisor_client._models import Settings
 
-from .._errors import LifecycleError
+from .._errors import ErrorCode, LifecycleError
 from .._spawn import ValidatedInterpreters
 from .._table import DaemonRecord, Table
 from ._decisions import Rules
 from ._effects import Clock, Effects, SpawnContext
 
-__all__ = ["Lifecycle", "rules_from"]
+__all__ = ["Lifecycle", "WaitingRestart", "rules_from"]
 
 log = structlog.get_logger("spec_kitty_supervisor")
 
@@ -43,6 +44,16 @@ def rules_from(settings: Settings) -> Rules:
         watchdog_seconds=settings.watchdog_seconds,
         idle_retirement_seconds=settings.idle_retirement_seconds,
     )
+
+
+@dataclass(frozen=True)
+class WaitingRestart:
+    """A restart the supervisor could not record or lock: not the daemon's fault."""
+
+    record: DaemonRecord  # the dead daemon's row
+    context: SpawnContext  # what it ran with, for the restart to repeat
+    code: ErrorCode  # what stood in the way (``NOT_THE_DAEMONS_FAULT`` in :mod:`._exits`)
+    blocker: str  # for ``root_file_refused``, the refused file's path
 
 
 class Lifecycle:
@@ -74,6 +85,9 @@ class Lifecycle:
         #: the last heartbeat saw it.
         self.refused_files: str | None = None
         self.quarantined_python: str | None = None
+        #: A restart the supervisor could not record or lock (not the daemon's fault): the
+        #: dead daemon's row and context, for the heartbeat to start it again (:mod:`._exits`).
+        self.restart_waiting: WaitingRestart | None = None
         #: Daemons being stopped now (a second retirement of one would race the first).
         self.retiring_now: set[int] = set()
         #: Daemons some client has been given; the first answer after an adoption says so.

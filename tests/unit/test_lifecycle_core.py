@@ -693,6 +693,45 @@ async def test_a_restart_that_fails_counts_as_another_death() -> None:
         assert len(world.lifecycle.death_times) == 2
 
 
+async def test_a_restart_the_journal_cannot_record_waits_for_it_and_is_no_death() -> None:
+    # A full disk is not the daemon's fault: it must not walk the root into quarantine, nor
+    # spawn and stop a daemon every backoff while nothing can be recorded.
+    async with running(quarantine_deaths=2, restart_backoff_seconds=1) as world:
+        first = (await world.ensure()).daemon.pid
+        world.effects.journal_fails = True
+        await world.kill(first, -9)
+        assert world.effects.kinds()[-2:] == ["died", "restart_failed"]
+        assert [d for d, daemon in world.effects.daemons.items() if daemon.alive] == []
+        for _ in range(5):
+            await world.tick()
+        assert len(world.effects.spawn_orders) == 2  # the first daemon and one restart
+        assert len(world.lifecycle.death_times) == 1
+        assert world.lifecycle.table.quarantine_reason is None
+        assert "quarantined" not in world.effects.kinds()
+        world.effects.journal_fails = False  # space freed
+        await world.tick()
+        assert world.effects.kinds()[-2:] == ["spawned", "restarted"]
+        assert world.lifecycle.degraded is None
+        assert world.current.pid != first
+        # A daemon the supervisor restarted is handed out as reused, not as adopted.
+        assert (await world.ensure()).action == "reused"
+
+
+async def test_a_restart_a_refused_lock_file_stops_waits_until_it_is_moved() -> None:
+    async with running(quarantine_deaths=2) as world:
+        first = (await world.ensure()).daemon.pid
+        world.effects.refused_files = "/r/sync-daemon.lock is a FIFO, not a regular file"
+        await world.kill(first, -9)
+        await world.tick()
+        await world.tick()
+        assert world.lifecycle.table.current is None
+        assert len(world.effects.spawn_orders) == 1  # nothing spawned through a refused lock
+        assert "quarantined" not in world.effects.kinds()
+        world.effects.refused_files = None  # moved away
+        await world.tick()
+        assert world.effects.kinds()[-1] == "restarted"
+
+
 async def test_a_daemon_whose_pid_is_no_longer_ours_is_forgotten_not_signalled() -> None:
     async with running() as world:
         record = world.lifecycle.table.by_pid((await world.ensure()).daemon.pid)
