@@ -2,6 +2,7 @@
 
     python -m scripts.reliability_report chaos-report.json            # print the markdown
     python -m scripts.reliability_report chaos-report.json --out FILE # write it to FILE
+    python -m scripts.reliability_report chaos-report.json --notes    # with every class's notes
 
 The input is what ``tests/chaos`` writes to ``$CHAOS_REPORT`` (``make chaos`` does both).
 One row per fault class, in the order the suite ran them; the run's context (command, rounds,
@@ -41,7 +42,8 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|") if value is not None else "-"
 
 
-def render(document: dict[str, Any]) -> str:
+def render(document: dict[str, Any], *, notes: bool = False) -> str:
+    """The run's context, the table, and each broken promise's details (notes on request)."""
     meta = document.get("meta", {})
     tallies = document.get("tallies", [])
     lines = [
@@ -71,13 +73,16 @@ def render(document: dict[str, Any]) -> str:
         + " | ".join(f"**{totals[key]}**" for _, key in COLUMNS if key in totals)
         + " | |"
     )
-    noted = [t for t in tallies if t.get("notes") or t.get("details")]
+    kept = ("details", "notes") if notes else ("details",)
+    noted = [t for t in tallies if any(t.get(key) for key in kept)]
     if noted:
-        lines += ["", "Notes and details, per class:", ""]
+        title = "Details and notes" if notes else "Details of every broken promise"
+        lines += ["", f"{title}, per class:", ""]
         for tally in noted:
-            for text in [*tally.get("notes", []), *tally.get("details", [])]:
-                first = str(text).splitlines()[0] if text else ""
-                lines.append(f"- {tally['fault']}: {first}")
+            for key in kept:
+                for text in tally.get(key, []):
+                    first = str(text).splitlines()[0] if text else ""
+                    lines.append(f"- {tally['fault']}: {first}")
     return "\n".join(lines) + "\n"
 
 
@@ -85,13 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report", type=Path, help="the JSON file $CHAOS_REPORT named")
     parser.add_argument("--out", type=Path, help="write the markdown here instead of stdout")
+    parser.add_argument(
+        "--notes", action="store_true", help="also list each class's notes (what was observed)"
+    )
     options = parser.parse_args(argv)
     try:
         document = json.loads(options.report.read_text())
     except (OSError, ValueError) as exc:
         print(f"reliability_report: cannot read {options.report}: {exc}", file=sys.stderr)
         return 2
-    text = render(document)
+    text = render(document, notes=options.notes)
     if options.out is not None:
         options.out.write_text(text)
     else:

@@ -77,6 +77,10 @@ def test_the_report_renders_every_tally_with_its_run(tmp_path: Path) -> None:
     assert "| **all classes** | **7** | **0** | **1** |" in text
     assert "pid 42 left" in text
     assert "`pytest tests/chaos`" in text
+    clean.notes.append("observed: one spawn")
+    write_report(target, [clean, broken], {"command": "pytest tests/chaos", "cpus": 2})
+    assert "one spawn" not in render(json.loads(target.read_text()))
+    assert "cold start: observed: one spawn" in render(json.loads(target.read_text()), notes=True)
 
 
 def test_a_stand_in_records_every_signal_it_receives(tmp_path: Path) -> None:
