@@ -1,17 +1,20 @@
 """The heartbeat: one tick, read top to bottom as observe, decide, record, act.
 
-1. Observe: every daemon's health, in parallel and without the lock (a probe may take the
-   whole health timeout; an ``ensure`` must not wait for it).
+1. Observe: upstream's files in the root (``lstat`` only), and every daemon's health, in
+   parallel and without the lock (a probe may take the whole health timeout; an ``ensure``
+   must not wait for it).
 2. Record what was seen, under the lock: healthy or unresponsive, and whether an upstream CLI
    replaced our daemon in ``R/sync-daemon`` (:func:`._adoption.follow_recorded`).
-3. Decide for the current daemon (:func:`._decisions.decide_current`): the watchdog, or idle
+3. While the journal or the state file cannot be written, write them again: the first tick
+   whose writes succeed ends that part of degraded, before anything is decided.
+4. Decide for the current daemon (:func:`._decisions.decide_current`): the watchdog, or idle
    retirement. The intent is written (the ledger's ``watchdog``, the table's ``retiring``)
-   before anything acts; a retirement whose intent cannot be written is not started.
-4. Act in the background, so that the next tick is never late: retirements, restarts.
-5. While the supervisor is degraded, repair what can be: write the journal and the state
-   file again when a write of them failed, and the events the ledger's file misses; and look
-   at upstream's files in the root again. Each cause ends on the first tick it is gone, and a
-   restart that waited for it starts again.
+   before anything acts; a retirement whose intent cannot be written is not started, and
+   the watchdog waits while the journal cannot be written (a replacement nobody can record
+   would be stopped at once).
+5. Act in the background, so that the next tick is never late: retirements, restarts. The
+   events the ledger's file missed are appended, and a restart that waited for the
+   supervisor (:func:`._exits.restart_waiting`) starts again once its cause is gone.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ async def tick(lifecycle: Lifecycle) -> None:
             log.error("follow_recorded_failed", error=str(exc))
         for record in lifecycle.table.retiring:
             retire_later(lifecycle, record, "retirement resumed")
-        _decide_for_current(lifecycle, now)
         if lifecycle.writes_failing is not None:
             await _retry_writes(lifecycle)
+        _decide_for_current(lifecycle, now)
     if lifecycle.effects.ledger_behind() is not None:
         lifecycle.effects.catch_up_ledger()
     restart_waiting(lifecycle)
@@ -113,6 +116,10 @@ def _decide_for_current(lifecycle: Lifecycle, now: float) -> None:
         current.unresponsive_since, current.last_ensure_at, now, lifecycle.rules
     )
     if verdict.action == "restart_wedged":
+        if lifecycle.writes_failing is not None:
+            # Its replacement could not be recorded, so it would be stopped at once: wait
+            # for writes (this tick retries them first); the wedged one keeps its place.
+            return
         lifecycle.death_times.append(now)
         lifecycle.event("watchdog", current, verdict.reason)
         lifecycle.background(restart_wedged, lifecycle, current)

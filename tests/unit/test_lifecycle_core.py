@@ -538,6 +538,27 @@ async def test_a_wedged_daemon_is_replaced_new_one_healthy_before_the_old_one_st
         assert len(world.lifecycle.death_times) == 1
 
 
+async def test_a_wedged_daemon_is_replaced_only_once_its_replacement_can_be_recorded() -> None:
+    async with running(watchdog_seconds=60, quarantine_deaths=2) as world:
+        wedged = (await world.ensure()).daemon.pid
+        world.daemon(wedged).responsive = False
+        await world.tick()
+        world.effects.journal_fails = True
+        world.lifecycle.write_journal()  # the disk is full now
+        for _ in range(4):
+            world.clock.advance(61)
+            await world.tick()
+        # No spawn that could only be stopped again, no death counted, no quarantine.
+        assert len(world.effects.spawn_orders) == 1
+        assert world.lifecycle.death_times == []
+        assert world.current.pid == wedged
+        world.effects.journal_fails = False
+        await world.tick()  # writes work: the watchdog acts on this same tick
+        assert world.current.pid != wedged
+        assert world.effects.kinds().count("watchdog") == 1
+        assert len(world.lifecycle.death_times) == 1
+
+
 async def test_a_daemon_that_answers_again_is_healthy_again() -> None:
     async with running(watchdog_seconds=60) as world:
         pid = (await world.ensure()).daemon.pid
