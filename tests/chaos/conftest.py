@@ -19,10 +19,12 @@ from typing import Any
 
 import pytest
 
+from tests.chaos._secrets import leaked_tokens, sandboxes_of
 from tests.chaos._tally import Tally, rounds, write_report
 
 _TALLIES = pytest.StashKey[list[Tally]]()
 _SESSION: list[Tally] = []
+_TOKENS_FAULT = "tokens in each chaos test's files"
 _STARTED: dict[str, Any] = {}
 
 
@@ -47,11 +49,35 @@ def tally(request: pytest.FixtureRequest) -> Callable[[str], Tally]:
     return make
 
 
+def _tokens_tally() -> Tally:
+    """The suite-wide token search's tally: one trial per chaos test that had a sandbox."""
+    for made in _SESSION:
+        if made.fault == _TOKENS_FAULT:
+            return made
+    made = Tally(fault=_TOKENS_FAULT, test="every test of tests/chaos (conftest.py)")
+    _SESSION.append(made)
+    return made
+
+
+def _search_for_tokens(item: pytest.Item) -> list[str]:
+    """Search the test's sandboxes while they still exist (see _secrets.py)."""
+    sandboxes, fleets = sandboxes_of(getattr(item, "funcargs", {}).values())
+    if not sandboxes:
+        return []
+    made = _tokens_tally()
+    leaks: list[str] = []
+    with made.trial(item.nodeid):
+        leaks = leaked_tokens(sandboxes, fleets)
+        for leak in leaks:
+            made.fail(f"{item.nodeid}: {leak}")
+    return [f"{_TOKENS_FAULT}: {leak}" for leak in leaks]
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
     # The body passed: now the counters decide (a failing body already failed the test).
-    problems = []
+    problems = _search_for_tokens(item)
     for made in item.stash.get(_TALLIES, []):
         try:
             made.check()
