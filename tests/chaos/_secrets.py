@@ -14,8 +14,10 @@ their own): nothing else that the supervisor writes has that shape.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 import psutil
 
@@ -50,9 +52,18 @@ def sandboxes_of(values: Iterable[object]) -> tuple[list[Sandbox], list[DaemonFl
     return sandboxes, fleets
 
 
+def _files(base: Path) -> list[Path]:
+    """Every entry below ``base`` that is not a folder; os.walk, unlike rglob, shrugs off a
+    folder renamed or removed while it looks (a supervisor may be moving one aside)."""
+    found = []
+    for folder, _, names in os.walk(base):
+        found.extend(Path(folder) / name for name in names)
+    return sorted(found)
+
+
 def _known_tokens(sandbox: Sandbox) -> set[str]:
     tokens: set[str] = set()
-    for path in sandbox.root.rglob("*"):
+    for path in _files(sandbox.root):
         relative = path.relative_to(sandbox.root).as_posix()
         if _HOME.fullmatch(relative) and path.is_file() and not path.is_symlink():
             with contextlib.suppress(OSError):
@@ -72,7 +83,7 @@ def leaked_tokens(sandboxes: list[Sandbox], fleets: list[DaemonFleet]) -> list[s
         tokens |= _known_tokens(sandbox)
     found = []
     for sandbox in sandboxes:
-        for path in sorted(sandbox.base.rglob("*")):
+        for path in _files(sandbox.base):
             if (
                 path.is_symlink()
                 or not path.is_file()
