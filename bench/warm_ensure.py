@@ -6,6 +6,9 @@ Ours: ``SupervisorClient(root).ensure(python, "3.2.4")`` on one kept-alive conne
 running supervisor that owns a healthy daemon (answered from its heartbeat-fresh table).
 Both sides time each call inside one process, imports excluded; the first call of each
 process is dropped (connection set-up, lazy imports), and the rounds alternate sides.
+Under load upstream's own health check sometimes gives up on its daemon and starts another
+during a round: that round is not a warm path, so it is kept in the JSON
+(``upstream_rounds_that_replaced_their_daemon_s``), left out of the figures, and run again.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ NAME = "warm_ensure"
 #: Issue 16's bar (the first round's was 3x).
 MIN_P50_RATIO = 5.0
 MAX_P99_MS = 1.0
+#: Rounds in which upstream replaced its own daemon (run again, reported apart) before the
+#: benchmark gives up.
+MAX_REPLACED_ROUNDS = 3
 #: Let the new daemon start its sync service before timing calls against it.
 SETTLE_SECONDS = 2.0
 
@@ -46,17 +52,27 @@ def run(context: BenchContext) -> list[Row]:
     ours_sandbox = context.sandbox()
     upstream: list[float] = []
     ours: list[float] = []
+    replaced: list[list[float]] = []
     with context.supervisors(ours_sandbox) as sut:
         sut.start()
         spawned = run_ours_ensure(sut, python, CLIENT_VERSION, 1)
         if spawned.actions != ("spawned",):
             raise BenchError(f"our first ensure did {spawned.actions}, not a spawn")
         time.sleep(SETTLE_SECONDS)
+        warm_pid = first.state.pid
         for _ in range(rounds):
-            warm = run_upstream_ensure(upstream_sandbox, CLIENT_VERSION, repeat=iterations + 1)
-            state = read_state_file(upstream_sandbox.root)
-            if state is None or state.pid != first.state.pid or warm.pid != first.state.pid:
-                raise BenchError("upstream's warm ensure replaced its daemon: not a warm path")
+            while True:
+                warm = run_upstream_ensure(upstream_sandbox, CLIENT_VERSION, repeat=iterations + 1)
+                state = read_state_file(upstream_sandbox.root)
+                if state is not None and state.pid == warm_pid and warm.pid == warm_pid:
+                    break
+                # Upstream's own health check gave up on its daemon (it happens under load)
+                # and started another: those calls include a cold spawn, not the warm path.
+                # Kept in the JSON and counted, not in the figures; the round is run again.
+                replaced.append(list(warm.timings_s))
+                if len(replaced) > MAX_REPLACED_ROUNDS or state is None:
+                    raise BenchError("upstream's warm ensure keeps replacing its daemon")
+                warm_pid = state.pid
             upstream.extend(warm.timings_s[1:])
             answer = run_ours_ensure(sut, python, CLIENT_VERSION, iterations + 1)
             if set(answer.actions) != {"reused"} or answer.pid != spawned.pid:
@@ -76,6 +92,7 @@ def run(context: BenchContext) -> list[Row]:
         "loadavg_at_start": load_at_start,
         "loadavg_at_end": list(os.getloadavg()),
         "upstream_samples_s": upstream,
+        "upstream_rounds_that_replaced_their_daemon_s": replaced,
         "ours_samples_s": ours,
     }
     p50 = speedup_row(
