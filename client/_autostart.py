@@ -34,6 +34,13 @@ __all__ = [
 
 COMMAND_ENV = "SPEC_KITTY_SUPERVISOR_COMMAND"
 
+#: How often a request that found no supervisor starts one (or looks again) and asks again.
+#: Twice: a supervisor killed while it served us still accepts connections for a moment
+#: while the kernel closes its sockets, so the first look may find it "there", and the
+#: request then fails once more; the second look finds it gone and starts one. Only
+#: ``ensure`` and ``health`` may start a supervisor, and both are safe to ask again.
+START_ATTEMPTS = 2
+
 
 def supervisor_command() -> list[str]:
     """How to start a supervisor from here: an override, this interpreter, or the console script."""
@@ -95,17 +102,26 @@ def request_or_start(
     try:
         reply = transport.request(method, path, body)
         raise_for_reply(reply)
+        return reply
     except SupervisorUnavailable as exc:
         if not may_start:
             raise
-        if before_start is not None:
-            before_start()  # refuses what no supervisor could serve, before starting one
-        if isinstance(exc, SupervisorExiting):
+        failure = exc
+    if before_start is not None:
+        before_start()  # refuses what no supervisor could serve, before starting one
+    for attempt in range(1, START_ATTEMPTS + 1):
+        if isinstance(failure, SupervisorExiting):
             transport.close()
             replace_exiting_supervisor(daemon_root)
         else:
             start_supervisor(daemon_root)
         transport.follow(socket_path_for_root(daemon_root))
-        reply = transport.request(method, path, body)
-        raise_for_reply(reply)
-    return reply
+        try:
+            reply = transport.request(method, path, body)
+            raise_for_reply(reply)
+            return reply
+        except SupervisorUnavailable as exc:
+            if attempt == START_ATTEMPTS:
+                raise
+            failure = exc
+    raise AssertionError("unreachable: the last attempt returns or raises")

@@ -14,7 +14,12 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from ._autostart import replace_exiting_supervisor, request_or_start, start_supervisor
+from ._autostart import (
+    START_ATTEMPTS,
+    replace_exiting_supervisor,
+    request_or_start,
+    start_supervisor,
+)
 from ._discover import check_spec_kitty_interpreter
 from ._environment import passed_environment
 from ._errors import InvalidRequest, SupervisorExiting, SupervisorUnavailable
@@ -217,15 +222,18 @@ class AsyncSupervisorClient:
         try:
             reply = await self._transport.request(method, path, _body(body))
             raise_for_reply(reply)
+            return response_model.model_validate_json(reply.body)
         except SupervisorUnavailable as exc:
             if not (may_start and self.autostart):
                 raise
-            import anyio.to_thread
+            failure = exc
+        import anyio.to_thread
 
-            if before_start is not None:
-                await anyio.to_thread.run_sync(before_start)
-
-            exiting = isinstance(exc, SupervisorExiting)
+        if before_start is not None:
+            await anyio.to_thread.run_sync(before_start)
+        # As request_or_start does (see START_ATTEMPTS there).
+        for attempt in range(1, START_ATTEMPTS + 1):
+            exiting = isinstance(failure, SupervisorExiting)
             restart = replace_exiting_supervisor if exiting else start_supervisor
             await anyio.to_thread.run_sync(restart, self.daemon_root)
             socket_path = socket_path_for_root(self.daemon_root)
@@ -233,9 +241,15 @@ class AsyncSupervisorClient:
                 await self._transport.aclose()
                 self.socket_path = socket_path
                 self._transport = AsyncTransport(socket_path, self._transport.timeout)
-            reply = await self._transport.request(method, path, _body(body))
-            raise_for_reply(reply)
-        return response_model.model_validate_json(reply.body)
+            try:
+                reply = await self._transport.request(method, path, _body(body))
+                raise_for_reply(reply)
+                return response_model.model_validate_json(reply.body)
+            except SupervisorUnavailable as exc:
+                if attempt == START_ATTEMPTS:
+                    raise
+                failure = exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def start(self) -> SupervisorHealth:
         return await self._call("GET", "/v1/health", SupervisorHealth, may_start=True)

@@ -27,6 +27,7 @@ from spec_kitty_supervisor._doctor import doctor_routes
 from spec_kitty_supervisor._errors import ErrorCode
 from spec_kitty_supervisor._layout import RootLayout
 from spec_kitty_supervisor_client import (
+    AsyncSupervisorClient,
     InvalidRequest,
     RequestConflict,
     RequestFailed,
@@ -38,6 +39,7 @@ from spec_kitty_supervisor_client import (
     SupervisorUnavailable,
 )
 from spec_kitty_supervisor_client import _autostart as autostart_module
+from spec_kitty_supervisor_client import _client as client_module
 from spec_kitty_supervisor_client._errors import error_from_response
 from spec_kitty_supervisor_client._transport import Reply
 
@@ -242,15 +244,21 @@ def test_only_supervisor_exiting_means_retry_with_a_new_supervisor() -> None:
 class _ScriptedTransport:
     """The sync client's transport, answering each request with the next canned reply."""
 
-    def __init__(self, replies: list[tuple[int, dict[str, object]]]) -> None:
+    def __init__(self, replies: list[tuple[int, dict[str, object]] | Exception]) -> None:
         self.replies = replies
         self.closed = 0
         self.socket_path = Path("/unused/supervisor.sock")
         self.followed: list[Path] = []
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
-        status, document = self.replies.pop(0)
+        reply = self.replies.pop(0)
+        if isinstance(reply, Exception):
+            raise reply
+        status, document = reply
         return Reply(status=status, protocol="1", body=json.dumps(document).encode())
+
+    async def arequest(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        return self.request(method, path, body)
 
     def close(self) -> None:
         self.closed += 1
@@ -324,3 +332,58 @@ def test_without_autostart_an_exiting_supervisor_is_reported_not_replaced(
     with pytest.raises(SupervisorExiting):
         client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
     assert started == []
+
+
+# A supervisor killed while it served us: it may still accept a connection for a moment while
+# the kernel closes its sockets, so one look may find it "there" and the request fails again.
+
+_RESET = SupervisorUnavailable("the supervisor on /r/supervisor.sock did not answer: reset")
+
+
+def test_a_supervisor_gone_mid_request_is_looked_for_twice_and_the_ensure_answered(
+    tmp_path: Path, started: list[str]
+) -> None:
+    client = SupervisorClient(tmp_path / "root")
+    transport = _ScriptedTransport([_RESET, _RESET, (200, _ensure_answer(7))])
+    client._transport = transport  # type: ignore[assignment]
+    answer = client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
+    assert answer.daemon.pid == 7
+    assert started == ["start", "start"]
+
+
+def test_a_supervisor_that_stays_gone_is_reported_after_two_looks(
+    tmp_path: Path, started: list[str]
+) -> None:
+    client = SupervisorClient(tmp_path / "root")
+    client._transport = _ScriptedTransport([_RESET, _RESET, _RESET])  # type: ignore[assignment]
+    with pytest.raises(SupervisorUnavailable, match="did not answer"):
+        client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
+    assert started == ["start", "start"]
+
+
+def test_an_exiting_supervisor_then_a_dying_one_are_replaced_then_started(
+    tmp_path: Path, started: list[str]
+) -> None:
+    client = SupervisorClient(tmp_path / "root")
+    transport = _ScriptedTransport(
+        [(503, _error_document("supervisor_exiting")), _RESET, (200, _ensure_answer(8))]
+    )
+    client._transport = transport  # type: ignore[assignment]
+    answer = client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
+    assert answer.daemon.pid == 8
+    assert started == ["replace", "start"]
+
+
+@pytest.mark.anyio
+async def test_the_async_client_looks_for_a_supervisor_gone_mid_request_twice_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(client_module, "start_supervisor", lambda root: calls.append("start"))
+    client = AsyncSupervisorClient(tmp_path / "root")
+    scripted = _ScriptedTransport([_RESET, _RESET, (200, _ensure_answer(9))])
+    monkeypatch.setattr(client._transport, "request", scripted.arequest)
+    answer = await client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
+    assert answer.daemon.pid == 9
+    assert calls == ["start", "start"]
+    await client.aclose()
