@@ -32,12 +32,10 @@ from spec_kitty_supervisor_client._discover import (
 )
 
 from . import __version__
-from ._doctor_cli import add_doctor_parser, cmd_doctor
 from ._identity import read_identity
-from ._integrate_cli import add_integrate_parser, cmd_integrate
 from ._layout import RootLayout
 from ._logging import configure_logging
-from ._service_cli import add_service_parsers, cmd_install_service, cmd_uninstall_service
+from ._parsers import add_doctor_parser, add_integrate_parser, add_service_parsers
 from ._settings import parse_port_range
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_SUPERVISOR", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -292,6 +290,34 @@ def _cmd_restart(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# The commands of their own modules are imported when they run, not to build the parser: a
+# command loads only what it needs (``run`` neither the doctor nor the service installer).
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from ._doctor_cli import cmd_doctor
+
+    return cmd_doctor(args)
+
+
+def _cmd_install_service(args: argparse.Namespace) -> int:
+    from ._service_cli import cmd_install_service
+
+    return cmd_install_service(args)
+
+
+def _cmd_uninstall_service(args: argparse.Namespace) -> int:
+    from ._service_cli import cmd_uninstall_service
+
+    return cmd_uninstall_service(args)
+
+
+def _cmd_integrate(args: argparse.Namespace) -> int:
+    from ._integrate_cli import cmd_integrate
+
+    return cmd_integrate(args)
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _cmd_run,
     "ensure": _cmd_ensure,
@@ -300,10 +326,10 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "events": _cmd_events,
     "retire": _cmd_retire,
     "restart": _cmd_restart,
-    "doctor": cmd_doctor,
-    "install-service": cmd_install_service,
-    "uninstall-service": cmd_uninstall_service,
-    "integrate": cmd_integrate,
+    "doctor": _cmd_doctor,
+    "install-service": _cmd_install_service,
+    "uninstall-service": _cmd_uninstall_service,
+    "integrate": _cmd_integrate,
 }
 
 

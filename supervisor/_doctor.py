@@ -3,7 +3,8 @@
 One story, told in three places:
 
 * the running supervisor's start-up and periodic sweeps (:func:`sweep_root`, ``safe_auto``
-  only) and its ``GET /v1/doctor`` / ``POST /v1/reset`` (:func:`doctor_routes`);
+  only) and its ``GET /v1/doctor`` / ``POST /v1/reset`` (:func:`supervisor_doctor`, served
+  by :mod:`._doctor_routes`);
 * the CLI when no supervisor runs (:func:`standalone_doctor`), which holds the supervisor's
   own lock meanwhile, so that two sweeps of one root never run at once.
 
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Protocol
 
 import anyio
-from pydantic import BaseModel
 
 from spec_kitty_supervisor_client._models import (
     DaemonView,
@@ -36,16 +36,13 @@ from spec_kitty_supervisor_client._models import (
 )
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
 
-from ._api import ApiRequest, Route
 from ._classification import RecordedSingleton, SupervisedDaemon, SupervisorFacts
 from ._discovery import Observation, observe
-from ._errors import LifecycleError
 from ._identity import read_identity
 from ._installed import cli_versions_on_path, interpreter_release
 from ._layout import RootLayout
 from ._ledger import Ledger
 from ._legacy_state import (
-    LegacyLockTimeout,
     LegacyRecord,
     hold_legacy_lock,
     read_legacy_state,
@@ -61,8 +58,8 @@ __all__ = [
     "RunningSupervisor",
     "build_report",
     "doctor_exit_code",
-    "doctor_routes",
     "standalone_doctor",
+    "supervisor_doctor",
     "unwritable_root_doctor",
     "sweep_root",
 ]
@@ -526,26 +523,6 @@ async def supervisor_doctor(
     # A reset changes what runs: serialise it with spawns, retirements and the periodic sweep.
     async with supervisor.lifecycle_lock:
         return await run()
-
-
-def doctor_routes(supervisor: RunningSupervisor) -> list[Route]:
-    """``GET /v1/doctor`` and ``POST /v1/reset`` for :func:`._app.build_router`."""
-
-    async def doctor(request: ApiRequest) -> BaseModel:
-        return await supervisor_doctor(supervisor)
-
-    async def reset(request: ApiRequest) -> BaseModel:
-        body = request.parse(ResetRequest)
-        if supervisor.exiting:
-            raise LifecycleError("supervisor_exiting", "the supervisor is shutting down; retry")
-        try:
-            return await supervisor_doctor(supervisor, body)
-        except LegacyLockTimeout as exc:
-            raise LifecycleError(
-                "legacy_lock_busy", f"an upstream spec-kitty CLI is busy: {exc}; retry"
-            ) from None
-
-    return [Route("GET", "/v1/doctor", doctor), Route("POST", "/v1/reset", reset)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,30 +45,9 @@ from ._layout import RootLayout, UnwritableDirectory
 from ._legacy_state import LegacyLockTimeout
 from ._settings import SettingsError, load_settings
 
-__all__ = ["add_doctor_parser", "cmd_doctor"]
+__all__ = ["cmd_doctor"]
 
 Ask = Callable[[str], str]
-
-
-def add_doctor_parser(commands: Any) -> None:
-    """Add ``doctor`` to the CLI's sub-commands (``commands`` is argparse's subparsers)."""
-    doctor: argparse.ArgumentParser = commands.add_parser(
-        "doctor",
-        help="every listener in the sync range, what needs doing, and (--reset) doing it",
-    )
-    doctor.add_argument(
-        "--root", help="daemon root (default: $SPEC_KITTY_HOME, else ~/.spec-kitty)"
-    )
-    doctor.add_argument("--json", action="store_true", help="print one JSON document")
-    doctor.add_argument("--reset", action="store_true", help="stop this root's orphan daemons")
-    doctor.add_argument(
-        "--force",
-        action="store_true",
-        help="with --reset: also stop operator_required daemons, without asking",
-    )
-    doctor.add_argument(
-        "--dry-run", action="store_true", help="with --reset: show what would be stopped"
-    )
 
 
 def cmd_doctor(args: argparse.Namespace, *, ask: Ask = input) -> int:

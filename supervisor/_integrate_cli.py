@@ -24,31 +24,7 @@ from ._integrate import (
     supervisor_command_of_this_installation,
 )
 
-__all__ = ["add_integrate_parser", "cmd_integrate"]
-
-
-def add_integrate_parser(commands: Any) -> None:
-    integrate = commands.add_parser(
-        "integrate",
-        help="make a released spec-kitty (3.2.0-3.2.7) use this supervisor, or --remove that",
-    )
-    integrate.add_argument(
-        "--python",
-        action="append",
-        metavar="PY",
-        help="spec-kitty's interpreter (repeatable; default: the one of `spec-kitty` on PATH)",
-    )
-    integrate.add_argument("--remove", action="store_true", help="remove the integration")
-    integrate.add_argument(
-        "--dry-run", action="store_true", help="show the paths and contents; write nothing"
-    )
-    integrate.add_argument("--json", action="store_true", help="print one JSON document")
-    integrate.add_argument(
-        "--force",
-        action="store_true",
-        help="also integrate into user or system site-packages, or replace the integration of "
-        "another supervisor installation",
-    )
+__all__ = ["cmd_integrate"]
 
 
 def _interpreters(args: argparse.Namespace) -> list[str]:

@@ -31,7 +31,7 @@ from ._api import ConnectionTracker, peer_pid, serve_connection
 from ._app import build_router
 from ._connections import ConnectionLimits, ConnectionPool
 from ._core import Supervisor
-from ._doctor import doctor_routes
+from ._doctor_routes import doctor_routes
 from ._fd_limit import FD_LIMIT_TARGET, raise_fd_limit
 from ._layout import RootLayout
 from ._lock import SupervisorLock

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from spec_kitty_supervisor_client import (
     SupervisorClient,
@@ -26,37 +25,7 @@ from ._service import (
     write_planned,
 )
 
-__all__ = ["add_service_parsers", "cmd_install_service", "cmd_uninstall_service"]
-
-
-def add_service_parsers(commands: Any) -> None:
-    install = commands.add_parser(
-        "install-service", help="install the supervisor as a systemd user service or launchd agent"
-    )
-    install.add_argument("--root", help="daemon root (default: $SPEC_KITTY_HOME or ~/.spec-kitty)")
-    install.add_argument(
-        "--dry-run", action="store_true", help="print the files and commands; write nothing"
-    )
-    install.add_argument(
-        "--output",
-        type=Path,
-        help="with --dry-run: also write the rendered files into this folder",
-    )
-    install.add_argument(
-        "--force", action="store_true", help="replace unit files that install-service did not write"
-    )
-    install.add_argument("--platform", choices=["linux", "darwin"], help=argparse.SUPPRESS)
-
-    uninstall = commands.add_parser(
-        "uninstall-service", help="stop the supervisor (and its daemons) and remove the service"
-    )
-    uninstall.add_argument(
-        "--root", help="daemon root (default: $SPEC_KITTY_HOME or ~/.spec-kitty)"
-    )
-    uninstall.add_argument(
-        "--keep-daemons", action="store_true", help="leave the sync daemons running"
-    )
-    uninstall.add_argument("--platform", choices=["linux", "darwin"], help=argparse.SUPPRESS)
+__all__ = ["cmd_install_service", "cmd_uninstall_service"]
 
 
 def _platform(args: argparse.Namespace) -> ServicePlatform:

@@ -21,11 +21,11 @@ from spec_kitty_supervisor._doctor import (
     DoctorUnavailable,
     build_report,
     doctor_exit_code,
-    doctor_routes,
     standalone_doctor,
     supervisor_facts,
     sweep_root,
 )
+from spec_kitty_supervisor._doctor_routes import doctor_routes
 from spec_kitty_supervisor._identity import ProcessIdentity
 from spec_kitty_supervisor._layout import RootLayout
 from spec_kitty_supervisor._legacy_state import write_legacy_state
@@ -647,10 +647,18 @@ def test_the_human_report_shows_every_listener_with_class_and_reason(
     assert "fix: `spec-kitty-supervisor doctor --reset" in out
 
 
-def test_the_doctor_command_is_wired_into_the_cli() -> None:
+def test_the_doctor_command_is_wired_into_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     from spec_kitty_supervisor._cli import _COMMANDS, _build_parser
 
     args = _build_parser().parse_args(["doctor", "--reset", "--force", "--json"])
+    received: list[argparse.Namespace] = []
 
-    assert _COMMANDS[args.command] is _doctor_cli.cmd_doctor
+    def recorded(namespace: argparse.Namespace) -> int:
+        received.append(namespace)
+        return 7
+
+    monkeypatch.setattr(_doctor_cli, "cmd_doctor", recorded)
+
+    assert _COMMANDS[args.command](args) == 7
+    assert received == [args]
     assert (args.reset, args.force, args.json, args.dry_run) == (True, True, True, False)

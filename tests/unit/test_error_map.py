@@ -23,7 +23,7 @@ from sks_harness import DEFAULT_TIMEOUT, fake_spec_kitty_venv
 from spec_kitty_supervisor._api import serve_connection
 from spec_kitty_supervisor._app import STATUS_BY_CODE, build_router
 from spec_kitty_supervisor._core import Supervisor
-from spec_kitty_supervisor._doctor import doctor_routes
+from spec_kitty_supervisor._doctor_routes import doctor_routes
 from spec_kitty_supervisor._errors import ErrorCode
 from spec_kitty_supervisor._layout import RootLayout
 from spec_kitty_supervisor_client import (

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from scripts.export_schema import SCHEMA_PATH, protocol_models, render_schema
 from spec_kitty_supervisor._app import build_router
 from spec_kitty_supervisor._core import Supervisor
-from spec_kitty_supervisor._doctor import doctor_routes
+from spec_kitty_supervisor._doctor_routes import doctor_routes
 from spec_kitty_supervisor_client import PROTOCOL_VERSION, SupervisorClient
 
 STALE = (
