@@ -23,18 +23,35 @@ import psutil
 
 from sks_harness import DaemonFleet, Sandbox, SupervisorUnderTest, daemon_pids, parse_daemon_argv
 
-__all__ = ["leaked_tokens", "sandboxes_of"]
+__all__ = ["TOKEN_HOMES", "is_token_home", "leaked_tokens", "sandboxes_of"]
 
 _TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 #: Where a token belongs, relative to the root: upstream's state file, the supervisor's table
-#: and the daemon's owner record (each also as a moved-aside copy, ``<name>.<label>-<n>``, and
-#: whatever a test planted inside one of them made a folder).
-_TOKEN_HOMES = ("sync-daemon", "supervisor/state.json", "sync/daemon/owner.json")
-_HOME = re.compile("|".join(rf"{re.escape(home)}(\.[a-z]+-\d+)?(/.*)?" for home in _TOKEN_HOMES))
+#: and the daemon's owner record; each also as a moved-aside copy (``<name>.<label>-<n>``), with
+#: whatever a test planted inside one of them made a folder, and as the temporary file of an
+#: atomic write (``.<stem>.<random>.tmp`` or upstream's ``.<stem>-<random>.tmp``), which a process
+#: killed half-way through its write leaves behind.
+TOKEN_HOMES = ("sync-daemon", "supervisor/state.json", "sync/daemon/owner.json")
+
+
+def _home_pattern(home: str) -> str:
+    folder, _, name = home.rpartition("/")
+    prefix = re.escape(f"{folder}/" if folder else "")
+    stem = re.escape(name.split(".")[0])
+    copies = rf"{re.escape(home)}(\.[a-z]+-\d+)?(/.*)?"
+    return rf"{copies}|{prefix}\.{stem}[.-][^/]*\.tmp"
+
+
+_HOME = re.compile("|".join(_home_pattern(home) for home in TOKEN_HOMES))
 #: The daemons' queues: SQLite files, not text anyone reads.
 _DATABASES = (".db", ".db-wal", ".db-shm", ".db-journal", ".sqlite")
 #: Files whose every token-shaped string is a leak: the supervisor's own log and ledger.
 _OURS = re.compile(r"supervisor/(supervisor\.log|events\.jsonl)(\.[\w.-]+)?")
+
+
+def is_token_home(relative: str) -> bool:
+    """Whether a path relative to the root (posix) is a place a daemon token belongs."""
+    return _HOME.fullmatch(relative) is not None
 
 
 def sandboxes_of(values: Iterable[object]) -> tuple[list[Sandbox], list[DaemonFleet]]:
@@ -65,7 +82,7 @@ def _known_tokens(sandbox: Sandbox) -> set[str]:
     tokens: set[str] = set()
     for path in _files(sandbox.root):
         relative = path.relative_to(sandbox.root).as_posix()
-        if _HOME.fullmatch(relative) and path.is_file() and not path.is_symlink():
+        if is_token_home(relative) and path.is_file() and not path.is_symlink():
             with contextlib.suppress(OSError):
                 tokens.update(m.decode() for m in _TOKEN.findall(path.read_bytes()))
     for pid in daemon_pids(sandbox.root):
@@ -94,7 +111,7 @@ def leaked_tokens(sandboxes: list[Sandbox], fleets: list[DaemonFleet]) -> list[s
                 relative_to_root = path.relative_to(sandbox.root).as_posix()
             except ValueError:
                 relative_to_root = None
-            if relative_to_root is not None and _HOME.fullmatch(relative_to_root):
+            if relative_to_root is not None and is_token_home(relative_to_root):
                 continue
             try:
                 data = path.read_bytes()

@@ -17,6 +17,7 @@ is looked for in every other byte the session produced.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -44,14 +45,13 @@ from sks_harness import (
     wait_healthy,
 )
 from tests.chaos import conftest as chaos_session
+from tests.chaos._secrets import TOKEN_HOMES, is_token_home
 from tests.chaos._tally import Tally, rounds
 from tests.chaos._wire import call
 
 pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
 
 _TOKEN = re.compile(rb"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
-#: Root-relative files where a token belongs (see the module docstring).
-TOKEN_HOMES = {"sync-daemon", "supervisor/state.json", "sync/daemon/owner.json"}
 
 
 @pytest.fixture
@@ -164,12 +164,14 @@ def _one_session(session: Session, fleet: DaemonFleet, sandbox: Sandbox, out: Pa
 
 
 def _files_to_search(sandbox: Sandbox) -> list[Path]:
-    homes = {sandbox.root / relative for relative in TOKEN_HOMES}
     found = []
     for path in sorted(sandbox.base.rglob("*")):
-        if path.is_symlink() or not path.is_file() or path in homes:
+        if path.is_symlink() or not path.is_file():
             continue
-        # A venv or queue database is not ours to search; the text files and logs are.
+        with contextlib.suppress(ValueError):
+            if is_token_home(path.relative_to(sandbox.root).as_posix()):
+                continue
+        # A queue database is not text anyone reads; the text files and logs are.
         if path.suffix in (".db", ".db-wal", ".db-shm", ".sqlite"):
             continue
         found.append(path)
