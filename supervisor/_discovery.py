@@ -19,7 +19,6 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-import psutil
 
 from spec_kitty_supervisor_client._models import ListenerRecord
 from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE
@@ -69,8 +68,11 @@ def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> 
     if kernel_uids == {}:
         # psutil reads the same kernel tables, then walks every process's descriptors to
         # name the pids (60-200 ms on a busy machine): with no listener in the range there
-        # is nobody to name, and every sweep of a clean root ends here.
+        # is nobody to name, and every sweep of a clean root ends here. psutil is imported
+        # below, not at the top, for the same reason: a clean root's supervisor never needs it.
         return []
+    import psutil
+
     try:
         candidates = _from_system_table(low, high)
     except psutil.AccessDenied:
@@ -96,6 +98,8 @@ _Candidate = tuple[int, int | None, int | None, bool]  # port, pid, uid, is IPv4
 
 
 def _from_system_table(low: int, high: int) -> list[_Candidate]:
+    import psutil
+
     return [
         (conn.laddr.port, conn.pid, None, _is_ipv4(conn.laddr.ip))
         for conn in psutil.net_connections(kind="tcp")
@@ -104,6 +108,8 @@ def _from_system_table(low: int, high: int) -> list[_Candidate]:
 
 
 def _from_each_process(low: int, high: int) -> list[_Candidate]:
+    import psutil
+
     candidates: list[_Candidate] = []
     for process in psutil.process_iter():
         try:
@@ -122,6 +128,8 @@ def _from_each_process(low: int, high: int) -> list[_Candidate]:
 
 
 def _is_reachable_listener(conn: Any, low: int, high: int) -> bool:
+    import psutil
+
     if conn.status != psutil.CONN_LISTEN or not conn.laddr:
         return False
     if not low <= conn.laddr.port < high:
@@ -178,6 +186,8 @@ def read_process_facts(pid: int) -> tuple[ProcessIdentity | None, CmdlineFacts |
     identity = read_identity(pid)
     if identity is None:
         return None, None
+    import psutil
+
     try:
         argv: Sequence[str] = psutil.Process(pid).cmdline()
     except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):

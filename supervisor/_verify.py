@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from ._classification import prove_self_report
 from ._daemon_shape import CmdlineFacts
 from ._discovery import read_process_facts
@@ -72,6 +70,8 @@ async def verify_daemon(
 
 def read_process_context(pid: int) -> tuple[dict[str, str], str] | None:
     """The environment and working directory of a daemon we adopt, so a restart repeats them."""
+    import psutil  # only here: a supervisor that adopts nothing never imports it
+
     try:
         process = psutil.Process(pid)
         return dict(process.environ()), process.cwd()

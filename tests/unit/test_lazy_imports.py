@@ -52,7 +52,22 @@ NOT_FOR_DOCTOR = {
 def test_the_checker_sees_a_module_that_is_imported() -> None:
     loaded = _loaded_after(f"import {SUPERVISOR}._doctor")
     assert f"{SUPERVISOR}._doctor" in loaded
+
+
+def test_psutil_is_imported_when_a_process_is_first_read() -> None:
+    loaded = _loaded_after(
+        f"import os\nfrom {SUPERVISOR}._discovery import read_process_facts\n"
+        "assert read_process_facts(os.getpid())[1] is not None"
+    )
     assert "psutil" in loaded
+
+
+def test_the_serving_modules_do_not_import_psutil() -> None:
+    # A supervisor of a clean root (nothing to re-adopt, no listener in the family range)
+    # never reads another process through psutil: its import is not a cost of every start.
+    loaded = _loaded_after(f"import {SUPERVISOR}._runner")
+    assert f"{SUPERVISOR}._discovery" in loaded
+    assert "psutil" not in loaded
 
 
 def test_building_the_command_line_imports_no_command_of_its_own_module() -> None:
