@@ -28,7 +28,10 @@ _TOKENS_FAULT = "tokens in each chaos test's files"
 _STARTED: dict[str, Any] = {}
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest_configure, not pytest_sessionstart: a conftest below the rootdir that is found
+    # only at collection (the whole suite, as CI runs it) never gets the session's start, but
+    # pytest calls pytest_configure for every conftest when it is registered.
     _STARTED.update(
         started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         loadavg_start=os.getloadavg(),
