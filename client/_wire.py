@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import subprocess
 
 __all__ = [
+    "NOT_A_FILE_ERRNOS",
     "PASSED_ENV_NAMES",
     "PASSED_ENV_PREFIXES",
     "PROTOCOL_HEADER",
@@ -51,9 +52,11 @@ __all__ = [
     "Unavailable",
     "WireError",
     "daemon_root_as_given",
+    "describe_mode",
     "ensure_private_dir",
     "open_own_file",
     "recorded_socket_dir",
+    "refusal",
     "passed_environment",
     "read_own_file",
     "replace_exiting_supervisor",
@@ -188,7 +191,7 @@ def socket_path_for_root(daemon_root: Path) -> Path:
 
 def _not_a_folder(path: Path, info: os.stat_result) -> UnsafeDirectory:
     # Moving it is the user's call (it may be theirs); nothing is ever followed through it.
-    kind = "a regular file" if stat.S_ISREG(info.st_mode) else _kind(info)
+    kind = "a regular file" if stat.S_ISREG(info.st_mode) else describe_mode(info.st_mode)
     return UnsafeDirectory(
         f"{path} is {kind}, not a folder; move it aside (`mv {path} {path}.moved`)"
     )
@@ -227,24 +230,36 @@ def ensure_private_dir(path: Path) -> Path:
 
 #: Opening these errnos means the entry is not a file we could use: a final symlink (ELOOP;
 #: EMLINK on some BSDs), a directory opened for writing, a socket file.
-_NOT_A_FILE = frozenset({errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP})
+NOT_A_FILE_ERRNOS = frozenset(
+    {errno.ELOOP, errno.EMLINK, errno.EISDIR, errno.ENXIO, errno.EOPNOTSUPP}
+)
 
 
-def _kind(info: os.stat_result) -> str:
-    mode = info.st_mode
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
+def describe_mode(mode: int) -> str:
+    """What an entry that is not a regular file is, in the words of our messages."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
         return "a FIFO"
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
     if stat.S_ISSOCK(mode):
         return "a socket"
-    if not stat.S_ISREG(mode):
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
+    return "not a regular file"
+
+
+def refusal(info: os.stat_result, *, single_link: bool) -> str | None:
+    """What makes the entry ``info`` describes unfit to open, or None when it is a regular
+    file of ours (with one link when ``single_link``: a hard link would redirect a write)."""
+    if not stat.S_ISREG(info.st_mode):
+        return describe_mode(info.st_mode)
     if info.st_uid != os.getuid():
         return f"a file of uid {info.st_uid}"
-    return f"a file with {info.st_nlink} hard links"
+    if single_link and info.st_nlink != 1:
+        return f"a file with {info.st_nlink} hard links"
+    return None
 
 
 def _move_aside(path: Path) -> Path:
@@ -293,7 +308,7 @@ def open_own_file(path: Path, flags: int, mode: int = 0o600) -> tuple[int, str |
         try:
             fd = os.open(path, opened, mode)
         except OSError as exc:
-            if exc.errno not in _NOT_A_FILE:
+            if exc.errno not in NOT_A_FILE_ERRNOS:
                 raise
             try:
                 info = path.lstat()
@@ -301,10 +316,11 @@ def open_own_file(path: Path, flags: int, mode: int = 0o600) -> tuple[int, str |
                 continue
         else:
             info = os.fstat(fd)
-            if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and info.st_nlink == 1:
+            if refusal(info, single_link=True) is None:
                 return fd, note
             os.close(fd)
-        note = f"{path} was {_kind(info)}; moved to {_move_aside(path)}"
+        kind = refusal(info, single_link=True) or "a regular file"
+        note = f"{path} was {kind}; moved to {_move_aside(path)}"
     raise OSError(errno.EBUSY, f"{path} keeps being replaced by something that is not a file")
 
 

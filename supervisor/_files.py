@@ -23,7 +23,12 @@ import stat
 import tempfile
 from pathlib import Path
 
-from spec_kitty_supervisor_client._wire import open_own_file
+from spec_kitty_supervisor_client._wire import (
+    NOT_A_FILE_ERRNOS,
+    describe_mode,
+    open_own_file,
+    refusal,
+)
 
 from ._errors import LifecycleError
 
@@ -54,37 +59,6 @@ class RefusedFile(OSError):
         self.identity = identity
 
 
-def _kind_of(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
-
-
-#: What ``open`` says of an entry that is not a file to write: a final symlink (ELOOP; EMLINK
-#: on some BSDs), a socket file (ENXIO, EOPNOTSUPP), a directory opened for writing (EISDIR).
-_NOT_OPENABLE = frozenset({errno.ELOOP, errno.EMLINK, errno.ENXIO, errno.EOPNOTSUPP, errno.EISDIR})
-
-
-def refusal(info: os.stat_result, *, single_link: bool) -> str | None:
-    """What makes the entry ``info`` describes unfit to open, or None when it is a regular
-    file of ours (with one link when ``single_link``: a hard link would redirect a write)."""
-    if not stat.S_ISREG(info.st_mode):
-        return _kind_of(info.st_mode)
-    if info.st_uid != os.getuid():
-        return f"a file of uid {info.st_uid}"
-    if single_link and info.st_nlink != 1:
-        return f"a file with {info.st_nlink} hard links"
-    return None
-
-
 def open_upstream_file(path: Path, flags: int, *, single_link: bool) -> int:
     """Open (creating it if needed) one of upstream's files in the root; return the fd.
 
@@ -98,10 +72,10 @@ def open_upstream_file(path: Path, flags: int, *, single_link: bool) -> int:
     try:
         fd = os.open(path, opened, 0o600)
     except OSError as exc:
-        if exc.errno not in _NOT_OPENABLE:
+        if exc.errno not in NOT_A_FILE_ERRNOS:
             raise
         info = path.lstat()
-        raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino)) from None
+        raise RefusedFile(path, describe_mode(info.st_mode), (info.st_dev, info.st_ino)) from None
     try:
         info = os.fstat(fd)
         problem = refusal(info, single_link=single_link)
@@ -153,12 +127,14 @@ def read_regular_file(path: Path, max_bytes: int) -> bytes | None:
                 info = path.lstat()
             except FileNotFoundError:
                 return None  # gone meanwhile
-            raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino)) from None
+            raise RefusedFile(
+                path, describe_mode(info.st_mode), (info.st_dev, info.st_ino)
+            ) from None
         raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise RefusedFile(path, _kind_of(info.st_mode), (info.st_dev, info.st_ino))
+            raise RefusedFile(path, describe_mode(info.st_mode), (info.st_dev, info.st_ino))
         if info.st_uid != os.getuid():
             raise RefusedFile(path, f"a file of uid {info.st_uid}", (info.st_dev, info.st_ino))
         if info.st_size > max_bytes:
