@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 
 import anyio
-import h11
 
 from ._health import HealthAnswer
 
@@ -36,6 +35,10 @@ async def http_request(
     host: str = "127.0.0.1",
 ) -> DaemonReply | None:
     """One HTTP exchange with a loopback listener; None when it did not answer in time."""
+    # h11 is imported by the first probe, not by the supervisor's start (a clean root's
+    # supervisor probes no daemon before it serves).
+    import h11
+
     with anyio.move_on_after(timeout):
         try:
             return await _exchange(host, port, method, target, body)
@@ -45,6 +48,8 @@ async def http_request(
 
 
 async def _exchange(host: str, port: int, method: str, target: str, body: bytes) -> DaemonReply:
+    import h11
+
     connection = h11.Connection(our_role=h11.CLIENT)
     headers = [("Host", f"{host}:{port}"), ("Connection", "close")]
     if body:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
-import h11
 import structlog
 from anyio.abc import SocketStream, TaskGroup, UNIXSocketStream
 
@@ -173,6 +172,10 @@ class ServingRecord:
 
 async def probe_own_socket(path: Path, expected_pid: int, timeout: float) -> str | None:
     """None when ``path`` answers ``GET /v1/health`` with our pid; else what went wrong."""
+    # The probe speaks h11 (an independent parser checks our answers, ADR 0009); it is
+    # imported by the first probe, a heartbeat after the start, not by the start itself.
+    import h11
+
     try:
         with anyio.fail_after(timeout):
             async with await anyio.connect_unix(path) as stream:
@@ -187,6 +190,8 @@ async def probe_own_socket(path: Path, expected_pid: int, timeout: float) -> str
 
 
 async def _health_exchange(stream: SocketStream, expected_pid: int) -> str | None:
+    import h11
+
     conn = h11.Connection(h11.CLIENT)
     request = h11.Request(
         method="GET",

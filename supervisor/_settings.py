@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -50,14 +49,19 @@ def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
 def _from_toml(path: Path) -> dict[str, Any]:
     try:
         raw = read_regular_file(path, MAX_CONFIG_BYTES)
-        if raw is None:
-            return {}
-        data = tomllib.loads(raw.decode("utf-8"))
     except RefusedFile as exc:
         raise SettingsError(f"{exc}; replace it with a regular file, or remove it") from None
+    except OSError as exc:
+        raise SettingsError(f"{path}: {exc}") from exc
+    if raw is None:
+        return {}
+    import tomllib  # only when there is a config file: most supervisors start without one
+
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except RecursionError:
         raise SettingsError(f"{path}: nested too deeply to be a settings file") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{path}: {exc}") from exc
     unknown = sorted(set(data) - set(Settings.model_fields))
     if unknown:

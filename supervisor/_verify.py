@@ -13,9 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._classification import prove_self_report
 from ._daemon_shape import CmdlineFacts
-from ._discovery import read_process_facts
 from ._health import HealthAnswer
 from ._identity import ProcessIdentity
 from ._probe import probe_health
@@ -46,6 +44,10 @@ async def verify_daemon(
     A live, same-process daemon that does not answer health keeps its identity (its pid and
     start prove it is the one we recorded) with ``health=None``: it is wedged, not a stranger.
     """
+    # Imported where a recorded daemon is first re-proved: a clean root's start needs neither.
+    from ._classification import prove_self_report
+    from ._discovery import read_process_facts
+
     identity, cmdline = read_process_facts(expected.pid)
     if identity is None:
         return Verdict(None, None, None, "it has exited")

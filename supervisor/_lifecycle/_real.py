@@ -27,7 +27,6 @@ from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPa
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION, effective_daemon_version
 from spec_kitty_supervisor_client._terms import in_family_range
 
-from .._doctor import sweep_root, sweep_would_act
 from .._errors import LifecycleError
 from .._files import RefusedFile, read_regular_file, refusal
 from .._identity import ProcessIdentity, read_identity
@@ -347,9 +346,15 @@ class RealEffects:
     # -------------------------------------------------------------- orphans
 
     async def orphans_to_sweep(self, table: Table) -> bool:
+        # The doctor's modules (classification, discovery, the sweep) are imported by the
+        # first sweep, not by the supervisor's start: serving needs none of them.
+        from .._doctor import sweep_would_act
+
         return await sweep_would_act(self.layout, self.settings, table)
 
     async def sweep_orphans(self, table: Table) -> None:
+        from .._doctor import sweep_root
+
         try:
             await sweep_root(self.layout, self.settings, table, self.ledger)
         except LegacyLockTimeout as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 SUPERVISOR = "spec_kitty_supervisor"
 
@@ -62,12 +63,73 @@ def test_psutil_is_imported_when_a_process_is_first_read() -> None:
     assert "psutil" in loaded
 
 
+#: What the supervisor's start (``run`` up to serving) must not import: the doctor's modules
+#: (imported by the first orphan sweep or doctor request, beside serving), psutil (imported
+#: when another process is first read), h11 (the probes' client side, imported by the first
+#: probe) and tomllib (imported only when there is a config file).
+NOT_FOR_THE_START = {
+    f"{SUPERVISOR}._doctor",
+    f"{SUPERVISOR}._classification",
+    f"{SUPERVISOR}._discovery",
+    f"{SUPERVISOR}._sweep",
+    f"{SUPERVISOR}._units",
+    "psutil",
+    "h11",
+    "tomllib",
+}
+
+
 def test_the_serving_modules_do_not_import_psutil() -> None:
     # A supervisor of a clean root (nothing to re-adopt, no listener in the family range)
     # never reads another process through psutil: its import is not a cost of every start.
     loaded = _loaded_after(f"import {SUPERVISOR}._runner")
-    assert f"{SUPERVISOR}._discovery" in loaded
+    assert f"{SUPERVISOR}._runner" in loaded
     assert "psutil" not in loaded
+
+
+def test_the_start_imports_only_what_serving_needs() -> None:
+    loaded = _loaded_after(
+        f"import {SUPERVISOR}._cli, {SUPERVISOR}._runner\n"
+        f"from {SUPERVISOR}._settings import load_settings\n"
+        "load_settings(None)"
+    )
+    assert f"{SUPERVISOR}._runner" in loaded
+    assert loaded & NOT_FOR_THE_START == set()
+
+
+def test_the_first_sweep_imports_the_doctor() -> None:
+    loaded = _loaded_after(
+        "import anyio, pathlib, tempfile\n"
+        f"from {SUPERVISOR}._layout import RootLayout\n"
+        f"from {SUPERVISOR}._ledger import Ledger\n"
+        f"from {SUPERVISOR}._lifecycle import RealEffects\n"
+        f"from {SUPERVISOR}._settings import load_settings\n"
+        f"from {SUPERVISOR}._table import Table\n"
+        "home = pathlib.Path(tempfile.mkdtemp())\n"
+        "layout = RootLayout(home / '.spec-kitty'); layout.prepare()\n"
+        "effects = RealEffects(layout, load_settings(None), Ledger(None))\n"
+        "anyio.run(effects.orphans_to_sweep, Table())"
+    )
+    assert f"{SUPERVISOR}._doctor" in loaded
+    assert f"{SUPERVISOR}._classification" in loaded
+
+
+def test_a_config_file_is_read_with_tomllib(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("heartbeat_seconds = 7.5\n")
+    loaded = _loaded_after(
+        f"from pathlib import Path\nfrom {SUPERVISOR}._settings import load_settings\n"
+        f"assert load_settings(Path({str(config)!r})).heartbeat_seconds == 7.5"
+    )
+    assert "tomllib" in loaded
+
+
+def test_a_probe_imports_h11() -> None:
+    loaded = _loaded_after(
+        f"import anyio\nfrom {SUPERVISOR}._probe import probe_health\n"
+        "assert anyio.run(probe_health, 1, 0.5) is None"
+    )
+    assert "h11" in loaded
 
 
 def test_building_the_command_line_imports_no_command_of_its_own_module() -> None:
