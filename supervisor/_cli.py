@@ -12,31 +12,27 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-from spec_kitty_supervisor_client import (
+from spec_kitty_supervisor_client._errors import (
     ProtocolMismatch,
     RequestFailed,
     SpawnFailed,
-    StatusResponse,
-    SupervisorClient,
     SupervisorError,
     SupervisorUnavailable,
-    resolve_daemon_root,
-)
-from spec_kitty_supervisor_client._discover import (
-    SpecKittyNotFound,
-    spec_kitty_python,
 )
 
 from . import __version__
-from ._identity import read_identity
-from ._layout import RootLayout
-from ._logging import configure_logging
 from ._parsers import add_doctor_parser, add_integrate_parser, add_service_parsers
-from ._settings import parse_port_range
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from spec_kitty_supervisor_client import SupervisorClient
+
+# The commands that talk to a supervisor import the client (and through it pydantic and the
+# protocol's models) when they run: ``doctor`` asks over the standard-library wire and must
+# not pay for them, nor for structlog, before it knows whether it observes itself.
 
 __all__ = ["EXIT_FAILED", "EXIT_NO_SUPERVISOR", "EXIT_OK", "EXIT_USAGE", "main"]
 
@@ -125,11 +121,23 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_port_range(text: str) -> tuple[int, int]:
+    """``--port-range``'s type (argparse names it in its error): :mod:`._settings`' parser."""
+    from ._settings import parse_port_range as parse
+
+    return parse(text)
+
+
 def _client(args: argparse.Namespace, autostart: bool = False) -> SupervisorClient:
+    from spec_kitty_supervisor_client import SupervisorClient
+
     return SupervisorClient(args.root, autostart=autostart)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from spec_kitty_supervisor_client import resolve_daemon_root
+
+    from ._layout import RootLayout
     from ._runner import RunOptions, run_supervisor
 
     flags: dict[str, Any] = {
@@ -149,6 +157,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_ensure(args: argparse.Namespace) -> int:
+    from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
+
     with _client(args, autostart=True) as client:  # the root is checked first
         try:
             python = args.python or spec_kitty_python()
@@ -174,6 +184,8 @@ def _cmd_ensure(args: argparse.Namespace) -> int:
 
 
 def _no_supervisor(args: argparse.Namespace) -> int:
+    from spec_kitty_supervisor_client import StatusResponse, resolve_daemon_root
+
     if args.json:
         _print_json(StatusResponse(supervisor=None))
     else:
@@ -214,6 +226,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
+    from ._identity import read_identity
+
     with _client(args) as client:
         try:
             pid = client.health().pid
@@ -335,8 +349,12 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    if args.command != "run":
+    if args.command not in ("run", "doctor"):
         # Anything logged by a one-shot command goes to stderr: stdout is its JSON document.
+        # (``doctor`` sets this up itself when it observes without a supervisor: asking one
+        # logs nothing.)
+        from ._logging import configure_logging
+
         configure_logging(None, level=logging.WARNING)
     try:
         return _COMMANDS[args.command](args)

@@ -57,7 +57,6 @@ __all__ = [
     "DoctorUnavailable",
     "RunningSupervisor",
     "build_report",
-    "doctor_exit_code",
     "standalone_doctor",
     "supervisor_doctor",
     "unwritable_root_doctor",
@@ -69,10 +68,6 @@ __all__ = [
 #: How long a sweep waits for an upstream CLI to release ``R/sync-daemon.lock`` (it may hold
 #: it ~21 s while it waits for a daemon's health).
 LEGACY_LOCK_WAIT = 30.0
-
-EXIT_NOTHING_TO_DO = 0
-EXIT_ACTION_NEEDED = 1
-EXIT_DOCTOR_FAILED = 2
 
 
 class DoctorUnavailable(RuntimeError):
@@ -395,12 +390,6 @@ def build_report(
         findings=findings,
         reset_result=reset_result,
     )
-
-
-def doctor_exit_code(report: DoctorReport) -> int:
-    """0 when nothing needs action, 1 when something does (``doctor`` itself failing is 2)."""
-    needs_action = any(f.severity in ("warning", "error") for f in report.findings)
-    return EXIT_ACTION_NEEDED if needs_action else EXIT_NOTHING_TO_DO
 
 
 # --------------------------------------------------------------------------------------------

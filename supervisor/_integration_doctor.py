@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from spec_kitty_supervisor_client import DoctorFinding
 from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
 from spec_kitty_supervisor_client._hook import INTEGRATION_FILE, INTEGRATION_RECORD_LIMIT
 
@@ -37,6 +36,7 @@ from ._integrate import (
 )
 
 __all__ = [
+    "IntegrationFinding",
     "IntegrationState",
     "Installation",
     "integration_findings",
@@ -45,6 +45,30 @@ __all__ = [
 ]
 
 IntegrationState = Literal["active", "stale", "foreign", "absent"]
+
+
+@dataclass(frozen=True)
+class IntegrationFinding:
+    """One of doctor's findings (the API's ``DoctorFinding``), in plain data.
+
+    ``doctor`` adds these to a report it may have read from the supervisor as JSON without
+    the protocol's models (pydantic is most of a one-shot command's start), so they are
+    plain and turn into the report's JSON themselves.
+    """
+
+    severity: Literal["info", "warning", "error"]
+    code: str
+    message: str
+    remediation: str | None = None
+
+    def as_json(self) -> dict[str, str | None]:
+        """The finding as ``DoctorFinding.model_dump(mode="json")`` gives it, key for key."""
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+            "remediation": self.remediation,
+        }
 
 
 @dataclass(frozen=True)
@@ -107,7 +131,9 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _installation_finding(installation: Installation, command: list[str]) -> DoctorFinding | None:
+def _installation_finding(
+    installation: Installation, command: list[str]
+) -> IntegrationFinding | None:
     python = installation.python
     fix = f"`spec-kitty-supervisor integrate --python {python}`"
     try:
@@ -120,27 +146,27 @@ def _installation_finding(installation: Installation, command: list[str]) -> Doc
     )
     release = f"spec-kitty-cli {interpreter.spec_kitty_version} ({installation.where}: {python})"
     if state == "active":
-        return DoctorFinding(
+        return IntegrationFinding(
             severity="info",
             code="integration_active",
             message=f"{release} uses this supervisor; the integration is current",
             remediation=None,
         )
     if state == "absent":
-        return DoctorFinding(
+        return IntegrationFinding(
             severity="info",
             code="integration_absent",
             message=f"{release} decides about its sync daemon on its own",
             remediation=f"{fix} to make it use the supervisor",
         )
     if state == "foreign":
-        return DoctorFinding(
+        return IntegrationFinding(
             severity="warning",
             code="integration_foreign",
             message=f"{release} is integrated with another supervisor installation",
             remediation=f"{fix[:-1]} --force` to use this one instead",
         )
-    return DoctorFinding(
+    return IntegrationFinding(
         severity="warning",
         code="integration_stale",
         message=f"{release} carries an integration written by another version of this project",
@@ -152,7 +178,7 @@ def _installation_finding(installation: Installation, command: list[str]) -> Doc
 MAX_INTEGRATION_RECORD_BYTES = INTEGRATION_RECORD_LIMIT
 
 
-def _record_findings(root: Path) -> list[DoctorFinding]:
+def _record_findings(root: Path) -> list[IntegrationFinding]:
     path = root / "supervisor" / INTEGRATION_FILE
     try:
         # As the supervisor reads its own files: a FIFO would hang doctor, a link could
@@ -160,7 +186,7 @@ def _record_findings(root: Path) -> list[DoctorFinding]:
         raw = read_regular_file(path, MAX_INTEGRATION_RECORD_BYTES)
     except RefusedFile as refused:
         return [
-            DoctorFinding(
+            IntegrationFinding(
                 severity="warning",
                 code="integration_record_refused",
                 message=f"{refused}; doctor does not read it, so it cannot show what the "
@@ -182,7 +208,7 @@ def _record_findings(root: Path) -> list[DoctorFinding]:
     failure = record.get("failure")
     if isinstance(failure, dict):
         findings.append(
-            DoctorFinding(
+            IntegrationFinding(
                 severity="warning",
                 code="integration_failures",
                 message=f"an integrated spec-kitty ({failure.get('python')}) could not use the "
@@ -195,7 +221,7 @@ def _record_findings(root: Path) -> list[DoctorFinding]:
     unpatched = record.get("unpatched")
     if isinstance(unpatched, dict):
         findings.append(
-            DoctorFinding(
+            IntegrationFinding(
                 severity="warning",
                 code="integration_unpatched",
                 message=f"the hook left spec-kitty ({unpatched.get('python')}) unpatched: "
@@ -207,7 +233,9 @@ def _record_findings(root: Path) -> list[DoctorFinding]:
     return findings
 
 
-def integration_findings(root: Path, env: Mapping[str, str] | None = None) -> list[DoctorFinding]:
+def integration_findings(
+    root: Path, env: Mapping[str, str] | None = None
+) -> list[IntegrationFinding]:
     """Every finding about the integration, for ``doctor``."""
     command = supervisor_command_of_this_installation()
     findings = [

@@ -7,6 +7,7 @@ Observation is replaced by fixed observations (real discovery is tested on real 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,14 @@ from spec_kitty_supervisor._discovery import Observation
 from spec_kitty_supervisor._doctor import (
     DoctorUnavailable,
     build_report,
-    doctor_exit_code,
     standalone_doctor,
     supervisor_facts,
     sweep_root,
 )
+from spec_kitty_supervisor._doctor_cli import doctor_exit_code
 from spec_kitty_supervisor._doctor_routes import doctor_routes
 from spec_kitty_supervisor._identity import ProcessIdentity
+from spec_kitty_supervisor._integration_doctor import IntegrationFinding
 from spec_kitty_supervisor._layout import RootLayout
 from spec_kitty_supervisor._legacy_state import write_legacy_state
 from spec_kitty_supervisor._lock import SupervisorLock
@@ -132,7 +134,7 @@ def test_safe_auto_orphans_come_with_the_reset_command(layout: RootLayout) -> No
     assert "9401, 9405" in finding.message
     assert finding.remediation is not None
     assert "spec-kitty-supervisor doctor --reset --root" in finding.remediation
-    assert doctor_exit_code(report) == 1
+    assert doctor_exit_code(report.model_dump(mode="json")) == 1
 
 
 def test_each_operator_required_daemon_gets_its_own_finding_with_force(
@@ -150,7 +152,7 @@ def test_each_operator_required_daemon_gets_its_own_finding_with_force(
     for finding in report.findings[-2:]:
         assert finding.remediation is not None
         assert "--reset --force" in finding.remediation
-    assert doctor_exit_code(report) == 1
+    assert doctor_exit_code(report.model_dump(mode="json")) == 1
 
 
 def test_a_cross_root_daemon_points_at_its_own_roots_doctor(layout: RootLayout) -> None:
@@ -175,7 +177,7 @@ def test_nothing_needs_action_with_only_strangers_and_our_own_daemons(
         ],
     )
 
-    assert doctor_exit_code(report) == 0
+    assert doctor_exit_code(report.model_dump(mode="json")) == 0
     assert "family_ports_held" in codes(report)
     assert report.orphans == []
 
@@ -187,7 +189,7 @@ def test_without_a_supervisor_doctor_says_so_without_asking_for_action(
 
     assert report.supervisor is None
     assert codes(report) == ["supervisor_not_running"]
-    assert doctor_exit_code(report) == 0
+    assert doctor_exit_code(report.model_dump(mode="json")) == 0
 
 
 def test_a_state_file_naming_a_dead_pid_needs_action(layout: RootLayout) -> None:
@@ -196,7 +198,7 @@ def test_a_state_file_naming_a_dead_pid_needs_action(layout: RootLayout) -> None
     report = build_report(layout, [])
 
     assert "state_file_stale" in codes(report)
-    assert doctor_exit_code(report) == 1
+    assert doctor_exit_code(report.model_dump(mode="json")) == 1
 
 
 def test_failed_stops_are_errors(layout: RootLayout) -> None:
@@ -205,7 +207,7 @@ def test_failed_stops_are_errors(layout: RootLayout) -> None:
     report = build_report(layout, [], reset_result=result)
 
     assert "reset_failed" in codes(report)
-    assert doctor_exit_code(report) == 1
+    assert doctor_exit_code(report.model_dump(mode="json")) == 1
 
 
 def test_an_unresponsive_supervised_daemon_and_a_quarantine_are_reported(
@@ -400,7 +402,7 @@ async def test_standalone_doctor_releases_the_supervisor_lock(
 def test_cli_json_orphans_have_exactly_upstreams_schema_2_keys(layout: RootLayout) -> None:
     report = build_report(layout, [observed(9401, "safe_auto"), observed(9402, "supervised")])
 
-    payload = _doctor_cli.report_json(report)
+    payload = _doctor_cli.report_json(report.model_dump(mode="json"))
 
     assert [list(entry) for entry in payload["orphans"]] == [list(UPSTREAM_ORPHAN_KEYS)]
     assert {"uid", "process_start", "why"} <= set(payload["listeners"][0])
@@ -537,9 +539,9 @@ class FakeDoctor:
         self.report = report
         self.requests: list[ResetRequest | None] = []
 
-    def __call__(self, args: argparse.Namespace, request: ResetRequest | None) -> DoctorReport:
+    def __call__(self, args: argparse.Namespace, request: ResetRequest | None) -> dict[str, Any]:
         self.requests.append(request)
-        return self.report
+        return self.report.model_dump(mode="json")
 
 
 def _args(**flags: Any) -> argparse.Namespace:
@@ -621,8 +623,8 @@ def test_force_without_reset_is_a_usage_error(capsys: pytest.CaptureFixture[str]
 def test_doctor_failing_exits_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def unavailable(args: argparse.Namespace, request: ResetRequest | None) -> DoctorReport:
-        raise DoctorUnavailable("a supervisor holds the lock but does not answer")
+    def unavailable(args: argparse.Namespace, request: ResetRequest | None) -> dict[str, Any]:
+        raise _doctor_cli.DoctorFailed("a supervisor holds the lock but does not answer")
 
     monkeypatch.setattr(_doctor_cli, "_doctor", unavailable)
 
@@ -662,3 +664,97 @@ def test_the_doctor_command_is_wired_into_the_cli(monkeypatch: pytest.MonkeyPatc
     assert _COMMANDS[args.command](args) == 7
     assert received == [args]
     assert (args.reset, args.force, args.json, args.dry_run) == (True, True, True, False)
+
+
+def _served_report(supervisor: Supervisor, layout: RootLayout) -> DoctorReport:
+    """A report as a running supervisor builds it: every kind of section filled."""
+    daemon = DaemonView(
+        pid=4000,
+        port=9425,
+        url="http://127.0.0.1:9425",
+        package_version="3.2.4",
+        python="/usr/bin/python3",
+        origin="spawned",
+        state="healthy",
+        role="current",
+        started_at="2026-01-01T00:00:00+00:00",
+    )
+    failed = FailedRecord(pid=60_000 + 9404, port=9404, failure_reason="still alive after KILL")
+    return build_report(
+        layout,
+        [observed(9401, "safe_auto"), observed(9402, "operator_required", "unresponsive")],
+        supervisor=supervisor.view(),
+        daemons=[daemon],
+        reset_result=ResetResult(failed=[failed]),
+    )
+
+
+def test_a_same_version_supervisors_answer_is_printed_as_the_models_dump(
+    supervisor: Supervisor, layout: RootLayout
+) -> None:
+    # The CLI reads this version's answer without the models: what it prints must be exactly
+    # what validating the answer into DoctorReport and dumping it would print.
+    report = _served_report(supervisor, layout)
+    body = report.model_dump_json().encode()  # as _api serialises every answer
+
+    read = _doctor_cli._this_versions_report(body)
+
+    through_the_model = DoctorReport.model_validate_json(body).model_dump(mode="json")
+    assert json.dumps(read, indent=2) == json.dumps(through_the_model, indent=2)
+    assert json.dumps(_doctor_cli.report_json(read), indent=2) == json.dumps(
+        _doctor_cli.report_json(through_the_model), indent=2
+    )
+
+
+def test_another_versions_answer_goes_through_the_model(
+    supervisor: Supervisor, layout: RootLayout
+) -> None:
+    answer = _served_report(supervisor, layout).model_dump(mode="json")
+    answer["supervisor"]["version"] = "0.0.1"
+    answer["a_field_of_a_newer_version"] = True
+    del answer["schema_version"]  # an older one may lack a field this version has
+
+    read = _doctor_cli._this_versions_report(json.dumps(answer).encode())
+
+    assert "a_field_of_a_newer_version" not in read
+    assert read["schema_version"] == 2
+    assert list(read) == list(DoctorReport.model_fields)
+
+
+def test_a_malformed_answer_is_a_doctor_failure(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    class Reply:
+        status, protocol, body = 200, "1", b'{"supervisor": {"version": 7}, "findings": "x"}'
+
+    class Transport:
+        def __init__(self, *args: object) -> None:
+            pass
+
+        def request(self, *args: object) -> Reply:
+            return Reply()
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(_doctor_cli, "SyncTransport", Transport)
+
+    assert _doctor_cli.cmd_doctor(_args(json=True, root=str(tmp_path / "root"))) == 2
+    assert "doctor failed" in capsys.readouterr().err
+
+
+def test_the_cli_adds_the_integration_findings_as_the_models_dump(
+    doctor_with_choices: FakeDoctor,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    finding = IntegrationFinding(
+        severity="warning", code="integration_stale", message="m", remediation="`r`"
+    )
+    monkeypatch.setattr(_doctor_cli, "integration_findings", lambda root: [finding])
+
+    assert _doctor_cli.cmd_doctor(_args(json=True)) == 1
+
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["findings"][-1] == DoctorFinding(**finding.as_json()).model_dump(mode="json")
+    assert list(printed["findings"][-1]) == list(DoctorFinding.model_fields)

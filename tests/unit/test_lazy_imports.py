@@ -137,7 +137,37 @@ def test_building_the_command_line_imports_no_command_of_its_own_module() -> Non
     assert loaded & NOT_FOR_THE_PARSER == set()
 
 
+#: What ``doctor`` must not import until it knows no supervisor answers: asking one is the
+#: standard-library wire; observing (and the models, logging, psutil) is for doing it here.
+ONLY_TO_OBSERVE_HERE = {
+    f"{SUPERVISOR}._doctor",
+    f"{SUPERVISOR}._classification",
+    f"{SUPERVISOR}._discovery",
+    f"{SUPERVISOR}._logging",
+    "spec_kitty_supervisor_client._models",
+    "pydantic",
+    "structlog",
+    "psutil",
+    "anyio",
+}
+
+
 def test_the_doctor_command_does_not_import_the_serving_side() -> None:
-    loaded = _loaded_after(f"from {SUPERVISOR}._doctor_cli import cmd_doctor")
-    assert f"{SUPERVISOR}._doctor" in loaded
+    loaded = _loaded_after(
+        f"from {SUPERVISOR}._cli import _build_parser\n_build_parser()\n"
+        f"from {SUPERVISOR}._doctor_cli import cmd_doctor"
+    )
+    assert f"{SUPERVISOR}._doctor_cli" in loaded
+    assert loaded & NOT_FOR_DOCTOR == set()
+    assert loaded & ONLY_TO_OBSERVE_HERE == set()
+
+
+def test_doctor_observing_here_imports_its_machinery_then() -> None:
+    loaded = _loaded_after(
+        "import tempfile\n"
+        f"from {SUPERVISOR}._cli import main\n"
+        "with tempfile.TemporaryDirectory() as folder:\n"
+        "    main(['doctor', '--json', '--root', folder + '/root'])\n"  # no supervisor there
+    )
+    assert {f"{SUPERVISOR}._doctor", "pydantic", "structlog"} <= loaded
     assert loaded & NOT_FOR_DOCTOR == set()
