@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DaemonAnswer",
     "EnsureAnswer",
+    "ask_running_supervisor",
     "ensure_request_body",
     "ensure_sync_daemon",
 ]
@@ -167,3 +168,26 @@ def ensure_sync_daemon(
     finally:
         transport.close()
     return EnsureAnswer.from_json(reply.body)
+
+
+def ask_running_supervisor(
+    root: str | os.PathLike[str] | Path | None,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> bytes:
+    """One request to the root's running supervisor, on the same wire: its answer's body.
+
+    Never starts a supervisor: raises :class:`SupervisorUnavailable` when none answers, and
+    an error answer as this package's exception. For a command that reads an answer as JSON
+    and need not pay for the models (``spec-kitty-supervisor doctor``).
+    """
+    daemon_root = resolve_daemon_root(root)
+    transport = SyncTransport(socket_path_for_root(daemon_root), timeout)
+    try:
+        reply = request_or_start(transport, daemon_root, method, path, body, may_start=False)
+    finally:
+        transport.close()
+    return reply.body

@@ -30,8 +30,8 @@ from spec_kitty_supervisor_client._errors import (
     UnsafeDirectoryError,
 )
 from spec_kitty_supervisor_client._hook import ORPHAN_RECORD_FIELDS
-from spec_kitty_supervisor_client._paths import resolve_daemon_root, socket_path_for_root
-from spec_kitty_supervisor_client._transport import SyncTransport, raise_for_reply
+from spec_kitty_supervisor_client._one_call import ask_running_supervisor
+from spec_kitty_supervisor_client._paths import resolve_daemon_root
 
 from . import __version__
 from ._errors import LifecycleError
@@ -141,17 +141,12 @@ def _doctor(args: argparse.Namespace, request: ResetRequest | None) -> Report:
 
 
 def _ask_supervisor(args: argparse.Namespace, request: ResetRequest | None) -> Report:
-    root = resolve_daemon_root(args.root)
-    transport = SyncTransport(socket_path_for_root(root), ANSWER_TIMEOUT)
-    try:
-        if request is None:
-            reply = transport.request("GET", "/v1/doctor")
-        else:
-            reply = transport.request("POST", "/v1/reset", request.model_dump_json().encode())
-    finally:
-        transport.close()
-    raise_for_reply(reply)
-    return _this_versions_report(reply.body)
+    if request is None:
+        body = ask_running_supervisor(args.root, "GET", "/v1/doctor", timeout=ANSWER_TIMEOUT)
+    else:
+        reset = request.model_dump_json().encode()
+        body = ask_running_supervisor(args.root, "POST", "/v1/reset", reset, timeout=ANSWER_TIMEOUT)
+    return _this_versions_report(body)
 
 
 def _this_versions_report(body: bytes) -> Report:

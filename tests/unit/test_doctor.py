@@ -724,20 +724,10 @@ def test_another_versions_answer_goes_through_the_model(
 def test_a_malformed_answer_is_a_doctor_failure(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    class Reply:
-        status, protocol, body = 200, "1", b'{"supervisor": {"version": 7}, "findings": "x"}'
+    def answer(*args: object, **options: object) -> bytes:
+        return b'{"supervisor": {"version": 7}, "findings": "x"}'
 
-    class Transport:
-        def __init__(self, *args: object) -> None:
-            pass
-
-        def request(self, *args: object) -> Reply:
-            return Reply()
-
-        def close(self) -> None:
-            pass
-
-    monkeypatch.setattr(_doctor_cli, "SyncTransport", Transport)
+    monkeypatch.setattr(_doctor_cli, "ask_running_supervisor", answer)
 
     assert _doctor_cli.cmd_doctor(_args(json=True, root=str(tmp_path / "root"))) == 2
     assert "doctor failed" in capsys.readouterr().err
