@@ -55,7 +55,10 @@ __all__ = [
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: each model's validator and serializer are built on its first use, not at
+    # import (27 models; most processes use two or three). Safe under threads in the pinned
+    # pydantic, whose rebuild takes a lock (ADR 0012; tests/unit/test_deferred_models.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class _Request(_Model):
@@ -65,13 +68,13 @@ class _Request(_Model):
     pid 1; a request that does not say exactly what it means is refused with a 400.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, defer_build=True)
 
 
 class _Lenient(BaseModel):
     """Responses ignore unknown fields so that an older client reads a newer supervisor."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 VersionPolicy = Literal["keep_newer", "latest_wins"]
