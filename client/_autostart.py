@@ -25,6 +25,7 @@ from ._wire import replace_exiting_supervisor as _replace_exiting_supervisor
 from ._wire import start_supervisor as _start_supervisor
 
 __all__ = [
+    "handed_request",
     "replace_exiting_supervisor",
     "request_or_start",
     "socket_accepts",
@@ -40,6 +41,8 @@ COMMAND_ENV = "SPEC_KITTY_SUPERVISOR_COMMAND"
 #: request then fails once more; the second look finds it gone and starts one. Only
 #: ``ensure`` and ``health`` may start a supervisor, and both are safe to ask again.
 START_ATTEMPTS = 2
+
+ENSURE_PATH = "/v1/sync/ensure"
 
 
 def supervisor_command() -> list[str]:
@@ -63,24 +66,36 @@ def supervisor_command() -> list[str]:
     )
 
 
-def start_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
-    """Make sure a supervisor answers for ``daemon_root``, starting one if needed."""
+def start_supervisor(
+    daemon_root: Path, timeout: float = 15.0, first_request: bytes | None = None
+) -> None:
+    """Make sure a supervisor answers for ``daemon_root``, starting one if needed.
+
+    ``first_request``: the ``ensure`` body the caller sends next (see ``_wire.start_supervisor``).
+    """
     try:
-        _start_supervisor(daemon_root, supervisor_command, timeout)
+        _start_supervisor(daemon_root, supervisor_command, timeout, first_request)
     except StartFailed as exc:
         raise SupervisorStartFailed(str(exc)) from None
     except UnsafeDirectory as exc:
         raise UnsafeDirectoryError(str(exc)) from None
 
 
-def replace_exiting_supervisor(daemon_root: Path, timeout: float = 15.0) -> None:
+def replace_exiting_supervisor(
+    daemon_root: Path, timeout: float = 15.0, first_request: bytes | None = None
+) -> None:
     """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one."""
     try:
-        _replace_exiting_supervisor(daemon_root, supervisor_command, timeout)
+        _replace_exiting_supervisor(daemon_root, supervisor_command, timeout, first_request)
     except StartFailed as exc:
         raise SupervisorStartFailed(str(exc)) from None
     except UnsafeDirectory as exc:
         raise UnsafeDirectoryError(str(exc)) from None
+
+
+def handed_request(method: str, path: str, body: bytes | None) -> bytes | None:
+    """What a started supervisor is handed of the request that needs it: an ``ensure`` only."""
+    return body if (method, path) == ("POST", ENSURE_PATH) else None
 
 
 def request_or_start(
@@ -109,12 +124,13 @@ def request_or_start(
         failure = exc
     if before_start is not None:
         before_start()  # refuses what no supervisor could serve, before starting one
+    handed = handed_request(method, path, body)
     for attempt in range(1, START_ATTEMPTS + 1):
         if isinstance(failure, SupervisorExiting):
             transport.close()
-            replace_exiting_supervisor(daemon_root)
+            replace_exiting_supervisor(daemon_root, first_request=handed)
         else:
-            start_supervisor(daemon_root)
+            start_supervisor(daemon_root, first_request=handed)
         transport.follow(socket_path_for_root(daemon_root))
         try:
             reply = transport.request(method, path, body)

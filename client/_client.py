@@ -7,6 +7,7 @@ with SupervisorClient() as client:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from ._autostart import (
     START_ATTEMPTS,
+    handed_request,
     replace_exiting_supervisor,
     request_or_start,
     start_supervisor,
@@ -232,10 +234,13 @@ class AsyncSupervisorClient:
         if before_start is not None:
             await anyio.to_thread.run_sync(before_start)
         # As request_or_start does (see START_ATTEMPTS there).
+        handed = handed_request(method, path, _body(body))
         for attempt in range(1, START_ATTEMPTS + 1):
             exiting = isinstance(failure, SupervisorExiting)
             restart = replace_exiting_supervisor if exiting else start_supervisor
-            await anyio.to_thread.run_sync(restart, self.daemon_root)
+            await anyio.to_thread.run_sync(
+                functools.partial(restart, self.daemon_root, first_request=handed)
+            )
             socket_path = socket_path_for_root(self.daemon_root)
             if socket_path != self.socket_path:  # see SupervisorClient._follow_socket
                 await self._transport.aclose()

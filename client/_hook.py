@@ -370,7 +370,7 @@ def supervised_daemon_pid(
         except Unavailable:
             if not may_start:
                 raise
-            start_supervisor(root, trusted_command, _remaining(deadline))
+            start_supervisor(root, trusted_command, _remaining(deadline), body)
             connection.timeout = _remaining(deadline)
             # It may have recorded a socket folder of its own (the predictable one was taken).
             connection.socket_path = socket_path_for_root(root)
@@ -379,7 +379,7 @@ def supervised_daemon_pid(
             if may_start and _is_exiting(reply):
                 # It is going away (idle exit, hand-over): a successor answers instead.
                 connection.close()
-                replace_exiting_supervisor(root, trusted_command, _remaining(deadline))
+                replace_exiting_supervisor(root, trusted_command, _remaining(deadline), body)
                 connection.timeout = _remaining(deadline)
                 reply = connection.request("POST", "/v1/sync/ensure", body)
     finally:

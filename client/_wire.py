@@ -46,6 +46,7 @@ __all__ = [
     "SOCKET_PATH_LIMIT",
     "Busy",
     "Connection",
+    "HANDED_REQUEST_FD_ENV",
     "Reply",
     "StartFailed",
     "UnsafeDirectory",
@@ -138,6 +139,12 @@ def _short_socket_dirs() -> list[Path]:
     candidates.append(Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}")
     return candidates
 
+
+#: Names the descriptor (a pipe's read end) on which a starting supervisor finds the ensure
+#: request its starter is about to send (docs/adr/0012): the supervisor spawns that daemon
+#: before its heavy imports. The request itself never goes through argv or the environment
+#: (``ps`` shows both to every user); the pipe is the starter's and the supervisor's alone.
+HANDED_REQUEST_FD_ENV = "SPEC_KITTY_SUPERVISOR_HANDED_REQUEST_FD"
 
 #: In ``R/supervisor/``: the socket folder a supervisor chose because the predictable one was
 #: taken by someone else (its absolute path, one line).
@@ -571,11 +578,18 @@ def _unwritable_start(daemon_root: Path, exc: OSError) -> StartFailed:
 
 
 def start_supervisor(
-    daemon_root: Path, command: Callable[[], Sequence[str]], timeout: float = 15.0
+    daemon_root: Path,
+    command: Callable[[], Sequence[str]],
+    timeout: float = 15.0,
+    first_request: bytes | None = None,
 ) -> None:
     """Make sure a supervisor answers for ``daemon_root``, starting ``command() run`` if needed.
 
     ``command`` is asked only when a supervisor must really be started, under the lock.
+    ``first_request`` is the body of the ``POST /v1/sync/ensure`` the caller sends next: a
+    supervisor this call starts gets it on a pipe, so that it can spawn that daemon while it
+    imports the rest of itself (docs/adr/0012). It is a hint, never the request: the caller
+    still sends it, and the supervisor's answer to it is the answer.
 
     Thirty clients that find no supervisor at once must end with exactly one. They serialise
     on ``R/supervisor/autostart.lock``: the first starts a supervisor and waits until its
@@ -609,13 +623,16 @@ def start_supervisor(
                 time.sleep(0.01)
         if socket_accepts(socket_path_for_root(daemon_root)):
             return
-        _spawn_and_wait(daemon_root, list(command()), deadline)
+        _spawn_and_wait(daemon_root, list(command()), deadline, first_request)
     finally:
         os.close(fd)
 
 
 def replace_exiting_supervisor(
-    daemon_root: Path, command: Callable[[], Sequence[str]], timeout: float = 15.0
+    daemon_root: Path,
+    command: Callable[[], Sequence[str]],
+    timeout: float = 15.0,
+    first_request: bytes | None = None,
 ) -> None:
     """A supervisor answered ``supervisor_exiting``: wait until it has let go, then start one.
 
@@ -629,10 +646,35 @@ def replace_exiting_supervisor(
         if not (socket_accepts(socket_path) or socket_path.exists()):
             break
         time.sleep(0.01)
-    start_supervisor(daemon_root, command, max(deadline - time.monotonic(), 0.1))
+    start_supervisor(daemon_root, command, max(deadline - time.monotonic(), 0.1), first_request)
 
 
-def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> None:
+def _handed_request_pipe(first_request: bytes | None) -> int | None:
+    """A pipe's read end holding ``first_request`` and its end, or None when it cannot.
+
+    Written before the supervisor starts and closed at once, so its reader sees the request
+    and then end-of-file; a request larger than the pipe's buffer is not handed at all
+    (the supervisor then starts as it always did).
+    """
+    if not first_request:
+        return None
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(write_end, False)
+        written = os.write(write_end, first_request)
+    except OSError:
+        written = 0
+    finally:
+        os.close(write_end)
+    if written != len(first_request):
+        os.close(read_end)
+        return None
+    return read_end
+
+
+def _spawn_and_wait(
+    daemon_root: Path, command: list[str], deadline: float, first_request: bytes | None = None
+) -> None:
     import subprocess
 
     argv = [*command, "run", "--root", str(daemon_root), "--auto-started"]
@@ -644,6 +686,8 @@ def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> N
             if exc.errno in NOT_WRITABLE:
                 raise _unwritable_start(daemon_root, exc) from None
             raise
+        handed = _handed_request_pipe(first_request)
+        env = None if handed is None else {**os.environ, HANDED_REQUEST_FD_ENV: str(handed)}
         try:
             os.ftruncate(stderr, 0)  # only now that it is known to be ours
             process = subprocess.Popen(
@@ -653,11 +697,15 @@ def _spawn_and_wait(daemon_root: Path, command: list[str], deadline: float) -> N
                 stderr=stderr,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=() if handed is None else (handed,),
+                env=env,
             )
         except OSError as exc:
             raise StartFailed(f"could not run {argv[0]}: {exc}") from None
         finally:
             os.close(stderr)
+            if handed is not None:
+                os.close(handed)
         while time.monotonic() < deadline:
             # Asked again each time: the supervisor may record a socket folder of its own.
             socket_path = socket_path_for_root(daemon_root)

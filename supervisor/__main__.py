@@ -1,5 +1,22 @@
+"""``python -m spec_kitty_supervisor`` and the ``spec-kitty-supervisor`` command.
+
+``run`` started by a client's auto-start gets a light first stage before anything heavy is
+imported (``_early_spawn``, docs/adr/0012): it may spawn the starter's daemon while the rest
+of the supervisor is imported.
+"""
+
+import os
 import sys
 
-from ._cli import main
 
-sys.exit(main())
+def main() -> int:
+    from ._early_spawn import start_early
+
+    early = start_early(sys.argv[1:], os.environ) if sys.argv[1:2] == ["run"] else None
+    from ._cli import main as cli_main
+
+    return cli_main(early=early)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,8 @@ from ._parsers import add_doctor_parser, add_integrate_parser, add_service_parse
 
 if TYPE_CHECKING:
     from pydantic import BaseModel
+
+    from ._early_spawn import EarlyStart
 
     from spec_kitty_supervisor_client import SupervisorClient
 
@@ -134,11 +137,17 @@ def _client(args: argparse.Namespace, autostart: bool = False) -> SupervisorClie
     return SupervisorClient(args.root, autostart=autostart)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace, early: EarlyStart | None = None) -> int:
     from spec_kitty_supervisor_client import resolve_daemon_root
 
+    from ._early_spawn import take_handed_request
     from ._layout import RootLayout
     from ._runner import RunOptions, run_supervisor
+
+    if early is None:
+        # A handed request the first stage did not see (this entry point skipped it): its
+        # descriptor and variable must not reach the daemons.
+        take_handed_request(os.environ)
 
     flags: dict[str, Any] = {
         "port_range": args.port_range,
@@ -153,7 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     options = RunOptions(
         auto_started=args.auto_started, service=args.service, takeover=args.takeover, flags=flags
     )
-    return run_supervisor(layout, options)
+    return run_supervisor(layout, options, early)
 
 
 def _cmd_ensure(args: argparse.Namespace) -> int:
@@ -347,8 +356,15 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, early: EarlyStart | None = None) -> int:
+    """The command line. ``early`` is what ``run``'s light first stage did (``__main__``)."""
+    try:
+        args = _build_parser().parse_args(argv)
+    except SystemExit:
+        if early is not None:
+            early.discard()
+            early.lock.release()
+        raise
     if args.command not in ("run", "doctor"):
         # Anything logged by a one-shot command goes to stderr: stdout is its JSON document.
         # (``doctor`` sets this up itself when it observes without a supervisor: asking one
@@ -357,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(None, level=logging.WARNING)
     try:
+        if args.command == "run":
+            return _cmd_run(args, early)
         return _COMMANDS[args.command](args)
     except SpawnFailed as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)

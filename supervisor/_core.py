@@ -9,8 +9,9 @@ supervisor's own idle exit; the sweep loop is :func:`._lifecycle.sweep_orphans_f
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import structlog
@@ -28,6 +29,7 @@ from spec_kitty_supervisor_client._models import (
 )
 
 from . import __version__
+from ._early_spawn import EarlyChild
 from ._layout import RootLayout
 from ._ledger import Ledger
 from ._lifecycle import (
@@ -44,6 +46,7 @@ from ._lifecycle import (
     retire,
     stop_all,
     sweep_orphans_forever,
+    take_over_early_spawn,
     tick,
     watch_exits,
 )
@@ -69,6 +72,8 @@ class Supervisor:
         effects: Effects | None = None,
         clock: Clock | None = None,
         holds_root: Callable[[], bool] | None = None,
+        early_child: EarlyChild | None = None,
+        handed_request: Mapping[str, Any] | None = None,
     ) -> None:
         self.layout = layout
         self.settings = settings
@@ -77,11 +82,17 @@ class Supervisor:
         self.pid = os.getpid()
         self.version = __version__
         self.ledger = Ledger(layout.events)
+        real: RealEffects | None = None
         if effects is None:
             real = RealEffects(layout, settings, self.ledger)
             real.child_umask = child_umask
             real.legacy_lock_wait = legacy_lock_wait
+            if early_child is not None:
+                real.hold_early_spawn(early_child)
             effects = real
+        #: The ensure this supervisor's starter handed over, when the first stage spawned
+        #: its daemon (docs/adr/0012): served right after recovery.
+        self._handed = handed_request if early_child is not None and real is not None else None
         if holds_root is not None:
             # Fencing before every act (_fencing): once the lock file is not ours, neither the
             # lifecycle nor the ledger writes anything more into the root.
@@ -126,6 +137,11 @@ class Supervisor:
         """
         await recover(self.lifecycle)
         if self._task_group is not None:
+            if self._handed is not None:
+                # Holds the lifecycle lock before serving starts: the starter's request,
+                # the sweep and the heartbeat all come after it.
+                await self._task_group.start(take_over_early_spawn, self.lifecycle, self._handed)
+                self._handed = None
             self._task_group.start_soon(sweep_orphans_forever, self.lifecycle)
 
     async def wait_exit(self) -> None:

@@ -16,9 +16,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import anyio
-import structlog
+from typing import Any
 
 from ._files import (
     RefusedFile,
@@ -33,13 +31,12 @@ __all__ = [
     "LegacyLockTimeout",
     "LegacyRecord",
     "hold_legacy_lock",
+    "parse_legacy_state",
     "read_legacy_state",
     "remove_legacy_state",
     "write_legacy_state",
 ]
 
-
-log = structlog.get_logger("spec_kitty_supervisor")
 
 #: Upstream's file is four short lines.
 MAX_LEGACY_STATE_BYTES = 64 * 1024
@@ -67,14 +64,19 @@ def read_legacy_state(path: Path) -> LegacyRecord | None:
         raw = read_regular_file(path, MAX_LEGACY_STATE_BYTES)
     except RefusedFile as refused:
         moved_to = move_refused_aside(refused)
-        log.warning("legacy_state_refused", problem=str(refused), moved_to=str(moved_to))
+        _log().warning("legacy_state_refused", problem=str(refused), moved_to=str(moved_to))
         return None
     except PermissionError as exc:
         # Upstream's file: left where it is (it is rewritten by rename, or removed, next).
-        log.warning("legacy_state_refused", problem=f"{path}: {exc.strerror}")
+        _log().warning("legacy_state_refused", problem=f"{path}: {exc.strerror}")
         return None
     if raw is None:
         return None
+    return parse_legacy_state(raw)
+
+
+def parse_legacy_state(raw: bytes) -> LegacyRecord | None:
+    """The record in upstream's four-line shape, or None when ``raw`` is not in it."""
     try:
         lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError:
@@ -101,6 +103,14 @@ def remove_legacy_state(path: Path) -> None:
         path.unlink()
 
 
+def _log() -> Any:
+    # structlog is imported when something is logged: the supervisor's light first stage
+    # (``_early_spawn``) reads this file before the heavy imports.
+    import structlog
+
+    return structlog.get_logger("spec_kitty_supervisor")
+
+
 @asynccontextmanager
 async def hold_legacy_lock(path: Path, timeout: float) -> AsyncIterator[None]:
     """Hold upstream's exclusive flock; poll with a short sleep, as upstream spawners do.
@@ -110,6 +120,8 @@ async def hold_legacy_lock(path: Path, timeout: float) -> AsyncIterator[None]:
     A lock file that is not a regular file of ours (a FIFO would block the open, a symlink
     would lock something else) raises ``LifecycleError("root_file_refused")``.
     """
+    import anyio
+
     try:
         fd = open_upstream_file(path, os.O_RDWR, single_link=False)
     except RefusedFile as refused:

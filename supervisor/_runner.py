@@ -32,6 +32,7 @@ from ._app import build_router
 from ._connections import ConnectionLimits, ConnectionPool
 from ._core import Supervisor
 from ._doctor_routes import doctor_routes
+from ._early_spawn import EarlyStart
 from ._fd_limit import FD_LIMIT_TARGET, raise_fd_limit
 from ._layout import RootLayout
 from ._lock import SupervisorLock
@@ -74,24 +75,44 @@ def _under_service_manager() -> str | None:
     return None
 
 
-def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
-    """The ``run`` command; returns the process exit code."""
-    # Everything the supervisor writes (journal, ledger, logs) is for this user alone; the
-    # daemons it spawns get the user's own umask back.
-    user_umask = os.umask(0o077)
-    # Before anything is opened: an auto-started supervisor inherits its client's limit
-    # (256 on macOS), which a few hundred idle clients would exhaust.
-    fd_limits = raise_fd_limit()
+def run_supervisor(layout: RootLayout, options: RunOptions, early: EarlyStart | None = None) -> int:
+    """The ``run`` command; returns the process exit code.
+
+    ``early`` is what the light first stage did before the heavy imports (``_early_spawn``):
+    it holds the root's lock, and may have spawned the starter's daemon.
+    """
     try:
-        prepared = layout.prepare()
+        return _run(layout, options, early)
+    finally:
+        if early is not None:
+            early.discard()  # a first-stage daemon that the lifecycle never took over
+
+
+def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> int:
+    if early is not None:
+        user_umask, fd_limits, prepared = early.user_umask, early.fd_limits, early.prepared
+    else:
+        # Everything the supervisor writes (journal, ledger, logs) is for this user alone;
+        # the daemons it spawns get the user's own umask back.
+        user_umask = os.umask(0o077)
+        # Before anything is opened: an auto-started supervisor inherits its client's limit
+        # (256 on macOS), which a few hundred idle clients would exhaust.
+        fd_limits = raise_fd_limit()
+    try:
+        if early is None:
+            prepared = layout.prepare()
         settings = load_settings(layout.config, options.flags)
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
+        if early is not None:
+            early.lock.release()
         return 1
     except OSError as exc:
         # Anything else the file system refuses before we own the root (no inode left, an
         # I/O error): the message names the path; nothing was taken.
         print(f"spec-kitty-supervisor: cannot prepare {layout.daemon_root}: {exc}", file=sys.stderr)
+        if early is not None:
+            early.lock.release()
         return 1
     service_manager = _under_service_manager()
     try:
@@ -100,9 +121,9 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         return 1
     control = next((a.sock for a in activated if a.name in (CONTROL_FD_NAME, "unknown")), None)
-    lock = SupervisorLock(layout.lock)
+    lock = SupervisorLock(layout.lock) if early is None else early.lock
     try:
-        if not lock.try_acquire():
+        if early is None and not lock.try_acquire():
             outcome = _take_over_or_yield(layout, lock, options, activated=control is not None)
             if outcome is not None:
                 return outcome
@@ -132,6 +153,7 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
             hard=fd_limits.hard,
         )
     notifier = Notifier.from_environment()
+    early_child = early.take_child() if early is not None else None
     supervisor = Supervisor(
         layout,
         settings,
@@ -139,7 +161,16 @@ def run_supervisor(layout: RootLayout, options: RunOptions) -> int:
         service_manager=service_manager,
         child_umask=user_umask,
         holds_root=lock.still_ours,
+        early_child=early_child,
+        handed_request=early.request if early is not None else None,
     )
+    if early is not None:
+        log.info(
+            "early_spawn",
+            pid=early_child.spawned.identity.pid if early_child is not None else None,
+            spawned=early_child is not None,
+            reason=early.verdict.reason,
+        )
     try:
         anyio.run(_serve, supervisor, notifier, lock, control)
     finally:

@@ -24,9 +24,7 @@ import os
 import socket
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Final
-
-import structlog
+from typing import Any, Final
 
 __all__ = [
     "CONTROL_FD_NAME",
@@ -39,7 +37,21 @@ __all__ = [
     "listen_fds_from_env",
 ]
 
-log = structlog.get_logger(__name__)
+
+class _Log:
+    """``structlog.get_logger(__name__)``, imported when something is first logged.
+
+    :func:`child_environment_scrub` is needed by the supervisor's light first stage
+    (``_early_spawn``), which spawns a daemon before structlog is imported.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger(__name__), name)
+
+
+log = _Log()
 
 #: The first file descriptor a service manager passes (``SD_LISTEN_FDS_START`` in sd-daemon.h).
 SD_LISTEN_FDS_START: Final = 3

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from spec_kitty_supervisor_client._environment import passed_environment
 from spec_kitty_supervisor_client._releases import ignores_spec_kitty_home, without_daemon_reason
+from spec_kitty_supervisor_client._terms import in_family_range
 
 from ._daemon_shape import build_daemon_argv
 from ._errors import ErrorCode, LifecycleError
@@ -30,7 +32,9 @@ __all__ = [
     "SpawnError",
     "SpawnedDaemon",
     "child_environment",
+    "first_free_port",
     "new_token",
+    "port_is_free",
     "resolve_working_directory",
     "spawn_daemon",
     "validate_interpreter",
@@ -174,6 +178,39 @@ def check_root_supported(python_home: str, daemon_root: Path, package_version: s
             "SPEC_KITTY_HOME, or pass --root to match), or upgrade to spec-kitty-cli 3.2.3 or "
             "later, which honours SPEC_KITTY_HOME.",
         )
+
+
+def port_is_free(port: int) -> bool:
+    """Upstream's test: nothing accepts a connect, and a bind succeeds (a race we retry)."""
+    assert in_family_range(port)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(0.2)
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the daemon's HTTPServer does (allow_reuse_address), so a port whose last
+        # connections linger in TIME_WAIT still counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def first_free_port(
+    port_range: tuple[int, int], taken: Collection[int], is_free: Callable[[int], bool]
+) -> int:
+    """The first port of the half-open range that no daemon of ours has and ``is_free`` passes."""
+    low, high = port_range
+    for port in range(low, high):
+        if port not in taken and is_free(port):
+            return port
+    raise SpawnError(
+        "no_free_port",
+        f"no free port in {low}-{high} (half-open); set SPEC_KITTY_SUPERVISOR_PORT_RANGE "
+        "or stop what holds them (`spec-kitty-supervisor doctor`)",
+    )
 
 
 def spawn_daemon(

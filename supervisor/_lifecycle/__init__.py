@@ -23,7 +23,7 @@ from __future__ import annotations
 from ._adoption import adopt_recorded, follow_recorded, recover
 from ._decisions import Rules
 from ._effects import Clock, Effects, SpawnContext
-from ._ensure import ensure, lift_quarantine
+from ._ensure import ensure, lift_quarantine, take_over_early_spawn
 from ._exits import on_exit, restart_wedged, watch_exits
 from ._fencing import FencedEffects
 from ._heartbeat import tick
@@ -46,6 +46,7 @@ __all__ = [
     "ensure",
     "follow_recorded",
     "lift_quarantine",
+    "take_over_early_spawn",
     "on_exit",
     "recover",
     "restart_wedged",

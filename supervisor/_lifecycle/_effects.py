@@ -118,6 +118,19 @@ class Effects(Protocol):
         """Start one daemon; raises :class:`._spawn.SpawnError` when it exits at once."""
         ...
 
+    def take_early_spawn(
+        self, python: str, resolved_python: str, package_version: str, context: SpawnContext
+    ) -> SpawnedChild | None:
+        """The daemon the supervisor's first stage spawned, when it was spawned for exactly
+        this interpreter, version, environment and working directory (on the port it took
+        then); None otherwise. Taken once: the caller waits for its health as for a spawn."""
+        ...
+
+    async def end_early_spawn(self) -> None:
+        """Stop the first stage's daemon when nothing took it over, and release the
+        ``R/sync-daemon.lock`` held since that spawn. Does nothing when there was none."""
+        ...
+
     async def wait_healthy(self, child: SpawnedChild, timeout: float) -> Health | None:
         """Its health answer with its own token, or None (it exited, or ``timeout`` passed)."""
         ...

@@ -16,6 +16,12 @@ a daemon nobody asks for.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
 from spec_kitty_supervisor_client._models import EnsureAction, EnsureRequest, EnsureResponse
 
 from .._errors import LifecycleError
@@ -28,7 +34,7 @@ from ._effects import SpawnContext
 from ._lifecycle import Lifecycle
 from ._spawning import start_current
 
-__all__ = ["ensure", "lift_quarantine"]
+__all__ = ["ensure", "lift_quarantine", "take_over_early_spawn"]
 
 _SPAWN_ACTIONS: dict[str, EnsureAction] = {
     "spawn": "spawned",
@@ -82,6 +88,10 @@ def _answer_from_table(
         lifecycle.handed_out.add(current.pid)
         if action == "reused" and current.origin == "adopted":
             action = "adopted"
+        elif action == "reused" and current.pid == lifecycle.spawned_for_starter:
+            # Spawned at start-up for the ensure this supervisor's starter handed over
+            # (take_over_early_spawn): its first client learns it was spawned for it.
+            action = "spawned"
     return EnsureResponse(
         action=action, daemon=current.view(with_token=True), message=decision.reason
     )
@@ -186,3 +196,38 @@ def lift_quarantine(lifecycle: Lifecycle, reason: str) -> None:
     lifecycle.quarantined_python = None
     lifecycle.death_times.clear()
     lifecycle.effects.record("quarantine_lifted", reason=reason)
+
+
+async def take_over_early_spawn(
+    lifecycle: Lifecycle,
+    handed: Mapping[str, Any],
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve, at start-up, the ensure the supervisor's starter handed over (docs/adr/0012).
+
+    Started after recovery, it holds the lifecycle lock before it reports started, so no
+    client's request, sweep or heartbeat acts before it. The request is decided as any
+    ensure would be; when that is a spawn, its first attempt is the daemon the first stage
+    spawned (``Effects.take_early_spawn``): health, journal and state file follow as for any
+    spawn. Whatever the outcome, a first-stage daemon nothing took over is stopped and
+    ``R/sync-daemon.lock`` released (``Effects.end_early_spawn``). The starter's own request
+    arrives after this and is answered from the table: ``spawned`` the first time.
+    """
+    async with lifecycle.lock:
+        task_status.started()
+        try:
+            request = EnsureRequest.model_validate(handed)
+            if lifecycle.table.current is None and lifecycle.table.quarantine_reason is None:
+                resolved_python = lifecycle.interpreters.resolve(request.python)
+                established = await lifecycle.effects.establish_version(request, resolved_python)
+                decision = _decide(lifecycle, established)
+                if decision.verdict == "spawn":
+                    new = await _spawn_for(lifecycle, established, resolved_python, decision)
+                    lifecycle.spawned_for_starter = new.pid
+        except Exception as exc:  # the starter's own request meets the same refusal
+            lifecycle.effects.record(
+                "early_spawn_unused", reason=f"the handed ensure was not served: {exc}"
+            )
+        finally:
+            await lifecycle.effects.end_early_spawn()

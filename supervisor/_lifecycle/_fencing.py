@@ -73,6 +73,16 @@ class FencedEffects:
         self.fence()
         return await self.inner.spawn(order)
 
+    def take_early_spawn(
+        self, python: str, resolved_python: str, package_version: str, context: SpawnContext
+    ) -> SpawnedChild | None:
+        self.fence()
+        return self.inner.take_early_spawn(python, resolved_python, package_version, context)
+
+    async def end_early_spawn(self) -> None:
+        # Like abandon: a fenced supervisor still stops the child nobody can record.
+        await self.inner.end_early_spawn()
+
     async def abandon(self, child: SpawnedChild) -> Abandoned:
         # A spawn nobody can record must still be stopped: it is ours and the next supervisor
         # would never learn about it. Stopping it is the one act a fenced supervisor does.

@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -25,8 +24,8 @@ import structlog
 
 from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPath
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION, effective_daemon_version
-from spec_kitty_supervisor_client._terms import in_family_range
 
+from .._early_spawn import EarlyChild
 from .._errors import LifecycleError
 from .._files import RefusedFile, read_regular_file, refusal
 from .._identity import ProcessIdentity, read_identity
@@ -43,10 +42,11 @@ from .._legacy_state import (
 )
 from .._probe import probe_health
 from .._signals import SignalRefused, SignalTarget, stop_gracefully
-from .._spawn import child_environment, log_tail, spawn_daemon
+from .._spawn import SpawnedDaemon, child_environment, log_tail, port_is_free, spawn_daemon
 from .._table import LoadedTable, Table, load_table, save_table
 from .._verify import read_process_context, verify_daemon
 from .._versions import EstablishedEnsure, InstalledVersions
+from ._decisions import describe_exit
 from ._effects import (
     Abandoned,
     Health,
@@ -100,6 +100,12 @@ class RealEffects:
         self._log_offsets: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
         self._versions = InstalledVersions()
+        #: The first stage's daemon (docs/adr/0012) until the lifecycle takes it over.
+        self._early: EarlyChild | None = None
+        #: Held since the first stage's spawn until :meth:`end_early_spawn`: meanwhile the
+        #: lifecycle's own holds of ``R/sync-daemon.lock`` are taken in-process, one at a time.
+        self._early_legacy_fd: int | None = None
+        self._early_legacy_turn = anyio.Lock()
 
     # -------------------------------------------------------------- processes
 
@@ -118,6 +124,52 @@ class RealEffects:
         self._children[spawned.identity.pid] = spawned.process
         self._log_offsets[spawned.identity.pid] = spawned.log_offset
         return SpawnedChild(identity=spawned.identity, port=spawned.port, token=spawned.token)
+
+    def hold_early_spawn(self, child: EarlyChild) -> None:
+        """Keep the first stage's daemon and its lock until the lifecycle decides."""
+        self._early = child
+        self._early_legacy_fd = child.legacy_lock_fd
+
+    def take_early_spawn(
+        self, python: str, resolved_python: str, package_version: str, context: SpawnContext
+    ) -> SpawnedChild | None:
+        early = self._early
+        if early is None:
+            return None
+        spawned = early.spawned
+        wanted = (python, resolved_python, package_version, context.env, context.cwd)
+        if wanted != (
+            spawned.python,
+            spawned.resolved_python,
+            early.package_version,
+            early.env,
+            early.cwd,
+        ):
+            return None
+        self._early = None
+        return self._adopt_child(spawned)
+
+    def _adopt_child(self, spawned: SpawnedDaemon) -> SpawnedChild:
+        self._children[spawned.identity.pid] = spawned.process
+        self._log_offsets[spawned.identity.pid] = spawned.log_offset
+        return SpawnedChild(identity=spawned.identity, port=spawned.port, token=spawned.token)
+
+    async def end_early_spawn(self) -> None:
+        early, self._early = self._early, None
+        try:
+            if early is not None:
+                ended = await self.abandon(self._adopt_child(early.spawned))
+                self.record(
+                    "early_spawn_stopped",
+                    pid=early.spawned.identity.pid,
+                    port=early.spawned.port,
+                    package_version=early.package_version,
+                    reason=f"nothing took it over ({describe_exit(ended.returncode)})",
+                )
+        finally:
+            fd, self._early_legacy_fd = self._early_legacy_fd, None
+            if fd is not None:
+                os.close(fd)  # releases the flock
 
     async def wait_healthy(self, child: SpawnedChild, timeout: float) -> Health | None:
         """Poll health until it answers with *our* token (a stranger on the port cannot)."""
@@ -227,21 +279,7 @@ class RealEffects:
             raise StopRefused(str(exc)) from None
 
     def port_is_free(self, port: int) -> bool:
-        """Upstream's test: nothing accepts a connect, and a bind succeeds (a race we retry)."""
-        assert in_family_range(port)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.settimeout(0.2)
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return False
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # As the daemon's HTTPServer does (allow_reuse_address), so a port whose last
-            # connections linger in TIME_WAIT still counts as free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
+        return port_is_free(port)
 
     def owner_record_names(self, pid: int, port: int) -> bool:
         """Upstream removes owner.json on a clean exit when it still names that daemon.
@@ -291,6 +329,12 @@ class RealEffects:
 
     @asynccontextmanager
     async def _legacy_lock(self) -> AsyncIterator[None]:
+        if self._early_legacy_fd is not None:
+            # The first stage's hold: ours until end_early_spawn; a second flock of the same
+            # file by this process would wait for ourselves.
+            async with self._early_legacy_turn:
+                yield
+            return
         try:
             async with hold_legacy_lock(self.layout.legacy_lock, self.legacy_lock_wait):
                 yield

@@ -11,7 +11,7 @@ from __future__ import annotations
 from spec_kitty_supervisor_client._releases import effective_daemon_version
 
 from .._errors import LifecycleError
-from .._spawn import SpawnError
+from .._spawn import SpawnError, first_free_port
 from .._table import DaemonRecord
 from ._decisions import describe_exit
 from ._effects import SpawnContext, SpawnedChild, SpawnOrder
@@ -58,16 +58,8 @@ def _as_child(record: DaemonRecord) -> SpawnedChild:
 
 
 def _pick_port(lifecycle: Lifecycle, avoid: set[int]) -> int:
-    low, high = lifecycle.settings.port_range
     taken = avoid | {d.port for d in lifecycle.table.daemons}
-    for port in range(low, high):
-        if port not in taken and lifecycle.effects.port_is_free(port):
-            return port
-    raise SpawnError(
-        "no_free_port",
-        f"no free port in {low}-{high} (half-open); set SPEC_KITTY_SUPERVISOR_PORT_RANGE "
-        "or stop what holds them (`spec-kitty-supervisor doctor`)",
-    )
+    return first_free_port(lifecycle.settings.port_range, taken, lifecycle.effects.port_is_free)
 
 
 async def _spawn_healthy(
@@ -80,20 +72,36 @@ async def _spawn_healthy(
     effects = lifecycle.effects
     tried: set[int] = set()
     last_error: SpawnError | None = None
+    # The daemon the supervisor's first stage spawned for this very request, if any, is the
+    # first attempt: it is waited for, recorded or abandoned exactly as a spawn of ours.
+    early = effects.take_early_spawn(python, resolved_python, package_version, context)
     for _ in range(SPAWN_PORT_ATTEMPTS):
-        port = _pick_port(lifecycle, tried)
-        tried.add(port)
-        order = SpawnOrder(python, resolved_python, package_version, port, context)
-        try:
-            child = await effects.spawn(order)
-        except SpawnError as exc:
-            # Exited before we could even read its start (a bind lost at once, a broken
-            # interpreter): as much a failed spawn as one that never became healthy.
-            last_error = exc
+        if early is not None:
+            child, early = early, None
+            port = child.port
+            tried.add(port)
             effects.record(
-                "spawn_failed", port=port, package_version=package_version, reason=str(exc)
+                "spawned_early",
+                pid=child.identity.pid,
+                port=port,
+                package_version=package_version,
+                reason="spawned before the supervisor's imports, for the ensure its starter "
+                "handed over",
             )
-            continue
+        else:
+            port = _pick_port(lifecycle, tried)
+            tried.add(port)
+            order = SpawnOrder(python, resolved_python, package_version, port, context)
+            try:
+                child = await effects.spawn(order)
+            except SpawnError as exc:
+                # Exited before we could even read its start (a bind lost at once, a broken
+                # interpreter): as much a failed spawn as one that never became healthy.
+                last_error = exc
+                effects.record(
+                    "spawn_failed", port=port, package_version=package_version, reason=str(exc)
+                )
+                continue
         health = await effects.wait_healthy(child, lifecycle.settings.spawn_timeout_seconds)
         if health is None:
             ended = await effects.abandon(child)

@@ -98,6 +98,9 @@ class FakeEffects:
         self.ledger_fails = False
         self.ledger_file: list[str] = []
         self.ledger_unwritten: list[str] = []
+        #: The first stage's daemon, and what it was spawned for (``add_early``).
+        self.early: SpawnedChild | None = None
+        self.early_for: tuple[str, str, SpawnContext] | None = None
         #: What ``refused_root_files`` answers (a FIFO at R/sync-daemon.lock, ...); while it
         #: is set the legacy lock is refused, as the real one is.
         self.refused_files: str | None = None
@@ -149,6 +152,31 @@ class FakeEffects:
         daemon.responsive = outcome == "healthy"
         self.acts.append(f"spawn {daemon.identity.pid}")
         return SpawnedChild(daemon.identity, daemon.port, daemon.token)
+
+    def take_early_spawn(
+        self, python: str, resolved_python: str, package_version: str, context: SpawnContext
+    ) -> SpawnedChild | None:
+        """The first stage's daemon (``early``), when ``early_for`` is this very order."""
+        early, wanted = self.early, self.early_for
+        if early is None or wanted != (python, package_version, context):
+            return None
+        self.early = None
+        self.acts.append(f"take early {early.identity.pid}")
+        return early
+
+    async def end_early_spawn(self) -> None:
+        if self.early is not None:
+            await self.abandon(self.early)
+            self.early = None
+        self.acts.append("end early")
+
+    def add_early(self, python: str, package_version: str, context: SpawnContext) -> SpawnedChild:
+        """A daemon spawned by the supervisor's first stage for this order, not yet healthy."""
+        daemon = self.add_daemon(package_version, port=9440)
+        daemon.python = python
+        self.early = SpawnedChild(daemon.identity, daemon.port, daemon.token)
+        self.early_for = (python, package_version, context)
+        return self.early
 
     async def wait_healthy(self, child: SpawnedChild, timeout: float) -> Health | None:
         daemon = self.daemons[child.identity.pid]

@@ -291,9 +291,13 @@ def _ensure_answer(pid: int) -> dict[str, object]:
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
-    monkeypatch.setattr(autostart_module, "start_supervisor", lambda root: calls.append("start"))
     monkeypatch.setattr(
-        autostart_module, "replace_exiting_supervisor", lambda root: calls.append("replace")
+        autostart_module, "start_supervisor", lambda root, first_request=None: calls.append("start")
+    )
+    monkeypatch.setattr(
+        autostart_module,
+        "replace_exiting_supervisor",
+        lambda root, first_request=None: calls.append("replace"),
     )
     return calls
 
@@ -379,7 +383,9 @@ async def test_the_async_client_looks_for_a_supervisor_gone_mid_request_twice_to
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(client_module, "start_supervisor", lambda root: calls.append("start"))
+    monkeypatch.setattr(
+        client_module, "start_supervisor", lambda root, first_request=None: calls.append("start")
+    )
     client = AsyncSupervisorClient(tmp_path / "root")
     scripted = _ScriptedTransport([_RESET, _RESET, (200, _ensure_answer(9))])
     monkeypatch.setattr(client._transport, "request", scripted.arequest)

@@ -171,3 +171,25 @@ def test_doctor_observing_here_imports_its_machinery_then() -> None:
     )
     assert {f"{SUPERVISOR}._doctor", "pydantic", "structlog"} <= loaded
     assert loaded & NOT_FOR_DOCTOR == set()
+
+
+#: What ``run``'s first stage (``_early_spawn``, ADR 0012) must not import: it spawns the
+#: starter's daemon while these are imported, after it.
+NOT_FOR_THE_FIRST_STAGE = {
+    "pydantic",
+    "structlog",
+    "anyio",
+    "asyncio",
+    "h11",
+    "psutil",
+    f"{SUPERVISOR}._cli",
+    f"{SUPERVISOR}._runner",
+    f"{SUPERVISOR}._models",
+    "spec_kitty_supervisor_client._models",
+}
+
+
+def test_the_first_stage_of_run_imports_nothing_heavy() -> None:
+    loaded = _loaded_after(f"import {SUPERVISOR}._early_spawn")
+    assert f"{SUPERVISOR}._early_spawn" in loaded
+    assert loaded & NOT_FOR_THE_FIRST_STAGE == set()

@@ -1,0 +1,99 @@
+"""The fully cold path on real 3.2.4 daemons: the supervisor spawns its starter's daemon before
+its heavy imports (ADR 0012), and only when nothing alive is recorded for the root."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from sks_harness import (
+    SPAWN_PORTS,
+    PortRange,
+    Sandbox,
+    SupervisorUnderTest,
+    daemon_pids,
+    eventually,
+    read_identity,
+    run_upstream_ensure,
+    spec_kitty_python,
+)
+
+pytestmark = [pytest.mark.real_ports, pytest.mark.interop]
+
+
+@pytest.fixture
+def fleet_ports() -> PortRange:
+    return SPAWN_PORTS
+
+
+def _cold_ensure(sup: SupervisorUnderTest) -> dict[str, Any]:
+    """``ensure`` with no supervisor running: the CLI's client auto-starts one."""
+    assert sup.pids() == []
+    answer: dict[str, Any] = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))
+    return answer
+
+
+def _events(sup: SupervisorUnderTest, kind: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = sup.cli_json("events", "--limit", "1000")["events"]
+    return [e for e in events if e["kind"] == kind]
+
+
+def _stop_leaving_daemons(sup: SupervisorUnderTest) -> None:
+    (pid,) = sup.pids()
+    assert sup.cli("stop").returncode == 0
+    eventually(lambda: read_identity(pid) is None, what="the supervisor to exit")
+
+
+def test_a_cold_ensure_is_answered_spawned_by_the_daemon_spawned_before_the_imports(
+    sup: SupervisorUnderTest,
+) -> None:
+    answer = _cold_ensure(sup)
+    daemon = answer["daemon"]
+    assert answer["action"] == "spawned"
+    (early,) = sup.log_events("early_spawn")
+    assert (early["spawned"], early["pid"]) == (True, daemon["pid"])
+    (taken,) = _events(sup, "spawned_early")
+    assert (taken["pid"], taken["port"]) == (daemon["pid"], daemon["port"])
+    assert [e["pid"] for e in _events(sup, "spawned")] == [daemon["pid"]]
+    assert _events(sup, "spawn_failed") == []
+    assert _events(sup, "early_spawn_stopped") == []
+    # Journaled and recorded as any spawn, and reused afterwards.
+    status = sup.cli_json("status")
+    assert [(d["pid"], d["state"], d["origin"]) for d in status["daemons"]] == [
+        (daemon["pid"], "healthy", "spawned")
+    ]
+    lines = (sup.root / "sync-daemon").read_text().splitlines()
+    assert lines[3] == str(daemon["pid"])
+    again = sup.cli_json("ensure", "--python", str(spec_kitty_python("3.2.4")))
+    assert (again["action"], again["daemon"]["pid"]) == ("reused", daemon["pid"])
+    assert daemon_pids(sup.root) == [daemon["pid"]]
+
+
+def test_a_journal_naming_a_live_daemon_prevents_the_early_spawn(
+    sup: SupervisorUnderTest,
+) -> None:
+    first = _cold_ensure(sup)["daemon"]
+    _stop_leaving_daemons(sup)
+    assert read_identity(first["pid"]) is not None
+    answer = _cold_ensure(sup)
+    assert (answer["action"], answer["daemon"]["pid"]) == ("adopted", first["pid"])
+    decisions = sup.log_events("early_spawn")
+    assert [d["spawned"] for d in decisions] == [True, False]
+    assert decisions[1]["reason"] == "the journal names a live process: recovery decides"
+    assert len(_events(sup, "spawned_early")) == 1  # the first supervisor's only
+    assert daemon_pids(sup.root) == [first["pid"]]
+
+
+def test_a_state_file_naming_a_live_upstream_daemon_prevents_the_early_spawn(
+    sandbox: Sandbox, sup: SupervisorUnderTest
+) -> None:
+    upstream = run_upstream_ensure(sandbox, "3.2.4")
+    assert upstream.pid is not None
+    answer = _cold_ensure(sup)
+    assert (answer["action"], answer["daemon"]["pid"]) == ("adopted", upstream.pid)
+    (decision,) = sup.log_events("early_spawn")
+    assert decision["spawned"] is False
+    assert decision["reason"] == "R/sync-daemon names a live process: recovery decides"
+    assert _events(sup, "spawned_early") == []
+    assert daemon_pids(sup.root) == [upstream.pid]

@@ -1,0 +1,384 @@
+"""The supervisor's light first stage (ADR 0012): when it spawns early, and why not.
+
+The decision is pure (``decide_early_spawn``, ``early_invocation``) and tested as a table; the
+stage's reads run against a real root in a temporary folder (no daemon is spawned here: every
+case below decides not to, or stops at the interpreter); the lifecycle's take-over runs on the
+fake effects. Real daemons: ``tests/integration/test_early_spawn.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from anyio import wait_all_tasks_blocked
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spec_kitty_supervisor._early_spawn import (
+    SETTING_FIELDS,
+    EarlyFacts,
+    EarlyVerdict,
+    Invocation,
+    decide_early_spawn,
+    early_invocation,
+    start_early,
+    take_handed_request,
+)
+from spec_kitty_supervisor._legacy_state import write_legacy_state
+from spec_kitty_supervisor._lifecycle import ensure, recover, take_over_early_spawn
+from spec_kitty_supervisor._lifecycle._effects import SpawnContext
+from spec_kitty_supervisor._settings import SettingsError, load_settings
+from spec_kitty_supervisor._spawn import child_environment, resolve_working_directory
+from spec_kitty_supervisor_client._models import EnsureRequest, Settings
+from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV, _handed_request_pipe
+from tests.unit.lifecycle_fakes import ROOT, FakeClock, FakeEffects, make_lifecycle
+
+PYTHON = sys.executable
+REQUEST: dict[str, Any] = {"python": PYTHON, "cwd": None, "env": {}}
+
+
+def _argv(root: Path | str) -> list[str]:
+    return ["run", "--root", str(root), "--auto-started"]
+
+
+# --------------------------------------------------------------------------------------------
+# the decision, once the root's lock is held
+
+NOTHING_RECORDED = EarlyFacts(
+    journal="absent",
+    recorded="absent",
+    legacy_lock="taken",
+    installed_version="3.2.4",
+    claimed_version=None,
+)
+
+
+def _facts(**changes: Any) -> EarlyFacts:
+    return EarlyFacts(**{**NOTHING_RECORDED.__dict__, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "spawn", "reason"),
+    [
+        ({}, True, "nothing alive is recorded"),
+        ({"journal": "no_live"}, True, "nothing alive is recorded"),
+        ({"recorded": "dead"}, True, "nothing alive is recorded"),
+        ({"claimed_version": "3.2.4"}, True, "nothing alive is recorded"),
+        ({"claimed_version": "unknown"}, True, "nothing alive is recorded"),
+        ({"journal": "live"}, False, "the journal names a live process"),
+        ({"journal": "quarantined"}, False, "quarantined"),
+        ({"journal": "unreadable"}, False, "the journal is not readable"),
+        ({"recorded": "live"}, False, "R/sync-daemon names a live process"),
+        ({"recorded": "unreadable"}, False, "R/sync-daemon is not readable"),
+        ({"legacy_lock": "busy"}, False, "R/sync-daemon.lock is busy"),
+        ({"legacy_lock": "refused"}, False, "R/sync-daemon.lock is refused"),
+        ({"installed_version": None}, False, "not readable from its files"),
+        ({"claimed_version": "3.2.7"}, False, "not the installed one"),
+    ],
+)
+def test_the_early_spawn_waits_for_recovery_whenever_something_may_be_alive(
+    changes: dict[str, Any], spawn: bool, reason: str
+) -> None:
+    verdict = decide_early_spawn(_facts(**changes))
+    assert verdict.spawn is spawn
+    assert reason in verdict.reason
+
+
+# --------------------------------------------------------------------------------------------
+# the invocation: before anything is touched
+
+
+def test_the_auto_start_with_a_handed_ensure_is_an_invocation() -> None:
+    found = early_invocation(_argv("/r"), {}, {**REQUEST, "package_version": "3.2.4"})
+    assert found == Invocation("/r", None, PYTHON, "3.2.4", None, {})
+    assert isinstance(found, Invocation)
+    assert found.spawn_range() == Settings().port_range
+
+
+def test_the_port_range_variable_is_where_the_early_daemon_spawns() -> None:
+    environ = {"SPEC_KITTY_SUPERVISOR_PORT_RANGE": "9425-9450"}
+    found = early_invocation(_argv("/r"), environ, REQUEST)
+    assert isinstance(found, Invocation)
+    assert found.spawn_range() == (9425, 9450)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "request_", "reason"),
+    [
+        (_argv("/r"), {}, None, "no ensure request"),
+        (["run", "--root", "/r"], {}, REQUEST, "not the auto-start's command line"),
+        (["run", "--root", "/r", "--takeover"], {}, REQUEST, "not the auto-start's"),
+        (["run", "--auto-started", "--root", "/r"], {}, REQUEST, "not the auto-start's"),
+        (_argv("/r"), {"NOTIFY_SOCKET": "/run/x"}, REQUEST, "service manager"),
+        (_argv("/r"), {"LISTEN_FDS": "1"}, REQUEST, "service manager"),
+        (_argv("/r"), {"SPEC_KITTY_SUPERVISOR_PORT_RANGE": "9000-9100"}, REQUEST, "settings"),
+        (_argv("/r"), {"SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0"}, REQUEST, "settings"),
+        (_argv("/r"), {"SPEC_KITTY_SUPERVISOR_VERSION_POLICY": "x"}, REQUEST, "settings"),
+        (_argv("/r"), {}, {**REQUEST, "replace": True}, "replace"),
+        (_argv("/r"), {}, {**REQUEST, "surprise": 1}, "does not know"),
+        (_argv("/r"), {}, {"cwd": None}, "no interpreter"),
+        (_argv("/r"), {}, {**REQUEST, "env": {"A": 1}}, "environment"),
+        (_argv("/r"), {}, {**REQUEST, "cwd": 3}, "cwd"),
+    ],
+)
+def test_anything_unusual_means_no_early_spawn(
+    argv: list[str], environ: dict[str, str], request_: dict[str, Any] | None, reason: str
+) -> None:
+    found = early_invocation(argv, environ, request_)
+    assert isinstance(found, str)
+    assert reason in found
+
+
+def test_variables_that_are_not_settings_are_left_alone() -> None:
+    environ = {"SPEC_KITTY_SUPERVISOR_COMMAND": "whatever", "SPEC_KITTY_SUPERVISOR_DISABLE": "1"}
+    assert isinstance(early_invocation(_argv("/r"), environ, REQUEST), Invocation)
+
+
+def test_the_stage_knows_every_setting() -> None:
+    assert set(Settings.model_fields) == SETTING_FIELDS
+
+
+_SETTING_VALUES = st.one_of(
+    st.sampled_from(["", "0", "1", "0.5", "5", "1e3", "-1", "nan", "inf", " 2", "2 ", "abc"]),
+    st.sampled_from(["9400-9450", "9425-9450", "9450-9400", "9000-9100", "9400-", "x-y"]),
+    st.sampled_from(["keep_newer", "latest_wins", "KEEP_NEWER", "1.0", "007", "99999999999"]),
+    st.text(max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(SETTING_FIELDS)), _SETTING_VALUES, max_size=4))
+def test_the_stage_accepts_no_setting_the_settings_loader_refuses(
+    values: dict[str, str],
+) -> None:
+    environ = {f"SPEC_KITTY_SUPERVISOR_{name.upper()}": raw for name, raw in values.items()}
+    found = early_invocation(_argv("/r"), environ, REQUEST)
+    if isinstance(found, Invocation):
+        loaded = load_settings(None, environ=environ)  # must not raise
+        assert found.spawn_range() == loaded.port_range
+    else:
+        assert "settings" in found
+
+
+def test_the_settings_loader_refuses_what_the_stage_leaves_to_it() -> None:
+    environ = {"SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0"}
+    assert isinstance(early_invocation(_argv("/r"), environ, REQUEST), str)
+    with pytest.raises(SettingsError):
+        load_settings(None, environ=environ)
+
+
+# --------------------------------------------------------------------------------------------
+# the handed request: a pipe, never argv or the environment's values
+
+
+def test_the_handed_request_is_read_from_its_pipe_and_the_variable_removed() -> None:
+    body = json.dumps({**REQUEST, "env": {"SPEC_KITTY_TOKEN": "secret"}}).encode()
+    fd = _handed_request_pipe(body)
+    assert fd is not None
+    environ = {HANDED_REQUEST_FD_ENV: str(fd), "PATH": "/bin"}
+    assert take_handed_request(environ) == json.loads(body)
+    assert environ == {"PATH": "/bin"}
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(fd)  # closed: no daemon inherits it
+
+
+def test_a_request_larger_than_the_pipe_is_not_handed() -> None:
+    assert _handed_request_pipe(b"x" * (16 * 1024 * 1024)) is None
+    assert _handed_request_pipe(None) is None
+
+
+@pytest.mark.parametrize("value", ["", "x", "1", "-5"])
+def test_a_bad_descriptor_variable_hands_nothing_and_is_removed(value: str) -> None:
+    environ = {HANDED_REQUEST_FD_ENV: value}
+    assert take_handed_request(environ) is None
+    assert environ == {}
+
+
+def test_a_pipe_holding_no_json_object_hands_nothing() -> None:
+    for body in (b"[1]", b"{not json"):
+        fd = _handed_request_pipe(body)
+        assert take_handed_request({HANDED_REQUEST_FD_ENV: str(fd)}) is None
+
+
+# --------------------------------------------------------------------------------------------
+# the stage against a real root: what it reads prevents the spawn
+
+
+@pytest.fixture
+def venv(tmp_path: Path) -> Path:
+    """A venv whose files say spec-kitty-cli 3.2.4 (ADR 0010); its python is this one."""
+    env = tmp_path / "venv"
+    (env / "bin").mkdir(parents=True)
+    (env / "pyvenv.cfg").write_text(
+        f"home = {Path(sys.executable).parent}\nversion = "
+        f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}\n"
+    )
+    site = env / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    dist = site / "site-packages" / "spec_kitty_cli-3.2.4.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: spec-kitty-cli\nVersion: 3.2.4\n")
+    (env / "bin" / "python").symlink_to(sys.executable)
+    return env / "bin" / "python"
+
+
+def _start(root: Path, python: Path) -> Any:
+    fd = _handed_request_pipe(json.dumps({**REQUEST, "python": str(python)}).encode())
+    environ = {HANDED_REQUEST_FD_ENV: str(fd)}
+    return start_early(_argv(root), environ)
+
+
+def _journal_naming(root: Path, pid: int) -> None:
+    (root / "supervisor").mkdir(parents=True, exist_ok=True)
+    (root / "supervisor" / "state.json").write_text(
+        json.dumps({"schema_version": 1, "supervisor_pid": 1, "daemons": [{"pid": pid}]})
+    )
+
+
+def test_a_journal_naming_a_live_process_prevents_the_early_spawn(
+    tmp_path: Path, venv: Path
+) -> None:
+    root = tmp_path / "root"
+    _journal_naming(root, os.getpid())
+    start = _start(root, venv)
+    try:
+        assert start is not None
+        assert start.child is None
+        assert start.verdict == EarlyVerdict(
+            False, "the journal names a live process: recovery decides"
+        )
+        assert start.lock.still_ours()  # the normal start goes on with the root's lock
+        assert (root / "sync-daemon.lock").exists()
+    finally:
+        start.lock.release()
+        os.umask(start.user_umask)
+
+
+def test_a_state_file_naming_a_live_process_prevents_the_early_spawn(
+    tmp_path: Path, venv: Path
+) -> None:
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    write_legacy_state(root / "sync-daemon", 9401, "t" * 32, os.getpid())
+    start = _start(root, venv)
+    try:
+        assert start is not None
+        assert start.child is None
+        assert "R/sync-daemon names a live process" in start.verdict.reason
+    finally:
+        start.lock.release()
+        os.umask(start.user_umask)
+
+
+def test_a_root_another_supervisor_holds_is_left_to_the_normal_start(
+    tmp_path: Path, venv: Path
+) -> None:
+    root = tmp_path / "root"
+    _journal_naming(root, os.getpid())  # so that the first holder spawns nothing
+    first = _start(root, venv)
+    try:
+        assert first is not None
+        os.umask(first.user_umask)
+        umask_before = os.umask(0o022)
+        os.umask(umask_before)
+        assert _start(root, venv) is None  # changed nothing, the umask included
+        assert os.umask(umask_before) == umask_before
+    finally:
+        first.lock.release()
+
+
+def test_a_settings_file_is_left_to_the_settings_loader(tmp_path: Path, venv: Path) -> None:
+    root = tmp_path / "root"
+    (root / "supervisor").mkdir(parents=True)
+    (root / "supervisor" / "config.toml").write_text("heartbeat_seconds = 1\n")
+    assert _start(root, venv) is None
+    assert not (root / "supervisor" / "supervisor.lock").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# the lifecycle takes the early child over (fake effects)
+
+ENSURE = EnsureRequest(python=PYTHON, package_version="3.2.4")
+
+
+def _early_context() -> SpawnContext:
+    env = child_environment({}, ROOT, "3.2.4")
+    return SpawnContext(env=env, cwd=resolve_working_directory(None, ROOT))
+
+
+async def _take_over(effects: FakeEffects, handed: dict[str, Any]) -> Any:
+    lifecycle = make_lifecycle(effects, FakeClock())
+    async with anyio.create_task_group() as group:
+        lifecycle.attach(group)
+        await recover(lifecycle)
+        await group.start(take_over_early_spawn, lifecycle, handed)
+        first = await ensure(lifecycle, ENSURE)
+        second = await ensure(lifecycle, ENSURE)
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    return lifecycle, first, second
+
+
+@pytest.mark.anyio
+async def test_the_early_child_becomes_the_current_daemon_and_its_first_client_hears_spawned() -> (
+    None
+):
+    effects = FakeEffects()
+    early = effects.add_early(PYTHON, "3.2.4", _early_context())
+    _, first, second = await _take_over(effects, ENSURE.model_dump())
+    pid = early.identity.pid
+    assert (first.action, second.action) == ("spawned", "reused")
+    assert first.daemon.pid == second.daemon.pid == pid
+    assert effects.journal == [(pid, "current", "healthy")]
+    assert effects.kinds() == ["spawned_early", "spawned"]
+    # Recovery's journal, then no spawn of its own: the early child is taken, journaled only
+    # once healthy, written to R/sync-daemon, and the upstream lock released.
+    assert effects.acts == ["journal", f"take early {pid}", "journal", f"record {pid}", "end early"]
+
+
+@pytest.mark.anyio
+async def test_an_early_child_for_another_request_is_stopped_and_the_request_spawns() -> None:
+    effects = FakeEffects()
+    early = effects.add_early(PYTHON, "3.2.3", _early_context())
+    _, first, _ = await _take_over(effects, ENSURE.model_dump())
+    assert first.action == "spawned"
+    assert first.daemon.pid != early.identity.pid
+    assert f"abandon {early.identity.pid}" in effects.acts
+
+
+@pytest.mark.anyio
+async def test_an_early_child_that_never_answers_is_stopped_and_the_spawn_retried() -> None:
+    effects = FakeEffects()
+    early = effects.add_early(PYTHON, "3.2.4", _early_context())
+    effects.daemons[early.identity.pid].responsive = False
+    _, first, _ = await _take_over(effects, ENSURE.model_dump())
+    assert first.action == "spawned"
+    assert first.daemon.pid != early.identity.pid
+    assert f"abandon {early.identity.pid}" in effects.acts
+    assert effects.kinds()[:3] == ["spawned_early", "spawn_failed", "spawned"]
+
+
+@pytest.mark.anyio
+async def test_a_daemon_recovery_adopted_wins_over_the_early_child() -> None:
+    effects = FakeEffects()
+    upstream = effects.add_daemon("3.2.4", our_child=False)
+    effects.record_upstream(upstream)
+    early = effects.add_early(PYTHON, "3.2.4", _early_context())
+    _, first, _ = await _take_over(effects, ENSURE.model_dump())
+    assert (first.action, first.daemon.pid) == ("adopted", upstream.identity.pid)
+    assert f"abandon {early.identity.pid}" in effects.acts
+
+
+@pytest.mark.anyio
+async def test_a_handed_request_the_lifecycle_refuses_stops_the_early_child() -> None:
+    effects = FakeEffects()
+    early = effects.add_early(PYTHON, "3.2.4", _early_context())
+    _, first, _ = await _take_over(effects, {"python": "relative/python"})
+    assert "early_spawn_unused" in effects.kinds()
+    assert f"abandon {early.identity.pid}" in effects.acts
+    assert first.action == "spawned"  # the starter's own request is served as ever
