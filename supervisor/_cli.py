@@ -29,9 +29,9 @@ from ._parsers import add_doctor_parser, add_integrate_parser, add_service_parse
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
-    from ._early_spawn import EarlyStart
-
     from spec_kitty_supervisor_client import SupervisorClient
+
+    from ._early_spawn import EarlyStart
 
 # The commands that talk to a supervisor import the client (and through it pydantic and the
 # protocol's models) when they run: ``doctor`` asks over the standard-library wire and must

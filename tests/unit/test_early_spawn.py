@@ -3,7 +3,7 @@
 The decision is pure (``decide_early_spawn``, ``early_invocation``) and tested as a table; the
 stage's reads run against a real root in a temporary folder (no daemon is spawned here: every
 case below decides not to, or stops at the interpreter); the lifecycle's take-over runs on the
-fake effects. Real daemons: ``tests/integration/test_early_spawn.py``.
+fake effects. Real daemons: ``tests/interop/test_cold_early_spawn.py``.
 """
 
 from __future__ import annotations
