@@ -154,7 +154,8 @@ def ensure_sync_daemon(
     """
     interpreter = python or spec_kitty_python()
     daemon_root = resolve_daemon_root(root)
-    transport = SyncTransport(socket_path_for_root(daemon_root), DEFAULT_TIMEOUT)
+    # One request (two when a supervisor must be started first): each on its own connection.
+    transport = SyncTransport(socket_path_for_root(daemon_root), DEFAULT_TIMEOUT, keep_alive=False)
     try:
         reply = request_or_start(
             transport,

@@ -42,12 +42,17 @@ def raise_for_reply(reply: Reply) -> None:
 
 
 class SyncTransport:
-    """One kept-alive connection (:class:`_wire.Connection`), failures in this library's terms."""
+    """One kept-alive connection (:class:`_wire.Connection`), failures in this library's terms.
 
-    def __init__(self, socket_path: Path, timeout: float) -> None:
+    ``keep_alive=False``: one connection per request, closed by the supervisor once it has
+    answered (the one call asks once per process).
+    """
+
+    def __init__(self, socket_path: Path, timeout: float, *, keep_alive: bool = True) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
-        self._connection = Connection(socket_path, timeout)
+        self.keep_alive = keep_alive
+        self._connection = Connection(socket_path, timeout, keep_alive=keep_alive)
 
     def close(self) -> None:
         self._connection.close()
@@ -58,7 +63,7 @@ class SyncTransport:
         if socket_path != self.socket_path:
             self._connection.close()
             self.socket_path = socket_path
-            self._connection = Connection(socket_path, self.timeout)
+            self._connection = Connection(socket_path, self.timeout, keep_alive=self.keep_alive)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
         try:

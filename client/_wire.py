@@ -451,13 +451,19 @@ class Connection:
 
     A request on a connection the supervisor closed meanwhile (idle timeout, restart) never
     reached it, so it is retried once on a new connection; a fresh connection is not retried.
+
+    ``keep_alive=False`` is for a caller that asks once and leaves (the one call): each
+    request says ``connection: close``, so the supervisor closes its end as soon as it has
+    answered, in the same turn, instead of waiting for this end to hang up; closing this end
+    then wakes nobody.
     """
 
-    def __init__(self, socket_path: Path, timeout: float) -> None:
+    def __init__(self, socket_path: Path, timeout: float, *, keep_alive: bool = True) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
         self._sock: socket.socket | None = None
         self._buffer = b""
+        self._headers = _REQUEST_HEADERS + ("" if keep_alive else "connection: close\r\n")
 
     def close(self) -> None:
         if self._sock is not None:
@@ -488,7 +494,7 @@ class Connection:
 
     def _exchange(self, method: str, path: str, body: bytes | None) -> Reply:
         assert self._sock is not None
-        head = f"{method} {path} HTTP/1.1\r\n{_REQUEST_HEADERS}"
+        head = f"{method} {path} HTTP/1.1\r\n{self._headers}"
         if body is not None:
             head += f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         self._sock.sendall(head.encode("ascii") + b"\r\n" + (body or b""))

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION, ErrorBody, ErrorDetail
 
 from ._connections import ConnectionLimits, ConnectionPool, ConnectionSlot
+from ._fd_wait import wait_readable, wait_writable
 from ._http import (
     MAX_BODY,
     MAX_HEAD,
@@ -162,43 +163,60 @@ def _error_body(code: str, message: str, details: dict[str, object] | None = Non
 
 
 class _Connection:
-    """One client's stream, what it sent that no request has consumed yet, and its deadline.
+    """One client's socket, what it sent that no request has consumed yet, and its deadline.
 
-    The connection has one deadline scope, entered by :func:`_serve_requests` and moved
-    before each phase (waiting for a request, its head, its body, taking the answer): moving
-    a deadline costs a timer, entering a scope several times that, and a request that arrived
-    whole needs no more than one move. When the deadline passes, the scope ends the
+    The connection has one cancel scope, entered by :func:`serve_connection`: the pool
+    cancels it to make room for a newcomer, and its deadline is the phase's (waiting for a
+    request, its head, its body, taking the answer). A deadline only matters while the
+    connection waits for its client, so :meth:`due_in` only notes it, and the scope's timer is
+    set just before a wait (:meth:`_arm`) and cleared before a handler runs: a request that
+    arrived whole, as a spec-kitty process's one request does, costs no timer at all, and a
+    kept-alive one costs one. When the deadline passes during a wait, the scope ends the
     connection, which is what every deadline does.
     """
 
-    def __init__(self, stream: SocketStream) -> None:
-        self.stream = stream
-        self.raw: socket.socket = stream.extra(SocketAttribute.raw_socket)
-        self.fd = self.raw.fileno()
+    def __init__(self, sock: socket.socket, scope: anyio.CancelScope) -> None:
+        self.raw = sock
+        self.fd = sock.fileno()
         self.buffer = bytearray()
         self.closed = False
-        self.deadline = anyio.CancelScope()
+        self.scope = scope
+        #: The deadline in force (loop time), and the one the scope's timer is set to.
+        self.due = math.inf
+        self.armed = math.inf
         #: Whether other tasks ran since this connection's last answer (a task that has just
         #: started was scheduled like any other, so it has).
         self.took_turn = True
 
     def due_in(self, seconds: float) -> None:
-        self.deadline.deadline = anyio.current_time() + seconds
+        self.due = anyio.current_time() + seconds
+
+    def no_deadline(self) -> None:
+        """No deadline runs while a handler works (a spawn may take upstream's health wait)."""
+        self.due = math.inf
+        if self.armed != math.inf:
+            self.scope.deadline = self.armed = math.inf
+
+    def _arm(self) -> None:
+        if self.armed != self.due:
+            self.scope.deadline = self.armed = self.due
 
     async def receive(self) -> None:
         """Read once more, within the deadline; ``closed`` once the peer hung up.
 
         Straight from the (non-blocking) socket, waiting on its descriptor when nothing is
-        there: anyio's stream would also yield before every read, and asyncio registers a
-        socket object by formatting its repr (two syscalls) each time. A read that did not
-        have to wait yields once unless the connection already did since its last answer, so
-        that a client that always has bytes ready takes its turn like the others.
+        there (:mod:`._fd_wait`): anyio's stream would also yield before every read, and
+        asyncio registers a socket object by formatting its repr (two syscalls) each time. A
+        read that did not have to wait yields once unless the connection already did since
+        its last answer, so that a client that always has bytes ready takes its turn like the
+        others.
         """
         while True:
             try:
                 data = self.raw.recv(65536)
             except BlockingIOError:
-                await anyio.wait_readable(self.fd)
+                self._arm()
+                await wait_readable(self.fd)
                 self.took_turn = True
                 continue
             except OSError:
@@ -229,9 +247,8 @@ class _Connection:
     async def respond(self, status: int, body: bytes, keep_alive: bool) -> None:
         """Send a whole answer, within the deadline.
 
-        Written straight to the (non-blocking) socket first: an answer that fits in the
-        socket's buffer, as nearly every one does, leaves at once, without the stream's
-        scheduling round; what does not fit is sent by the stream, waiting for room.
+        Written straight to the (non-blocking) socket: an answer that fits in the socket's
+        buffer, as nearly every one does, leaves at once; what does not fit waits for room.
         """
         data = response_bytes(status, body, keep_alive=keep_alive)
         try:
@@ -239,7 +256,14 @@ class _Connection:
         except BlockingIOError:
             sent = 0
         if sent < len(data):
-            await self.stream.send(data[sent:])
+            rest = memoryview(data)[sent:]
+            while rest:
+                self._arm()
+                await wait_writable(self.fd)
+                try:
+                    rest = rest[self.raw.send(rest) :]
+                except BlockingIOError:
+                    continue
 
 
 class ConnectionTracker(Protocol):
@@ -252,30 +276,43 @@ class ConnectionTracker(Protocol):
 
 
 async def serve_connection(
-    stream: SocketStream,
+    client: socket.socket | SocketStream,
     router: Router,
     tracker: ConnectionTracker,
     pool: ConnectionPool | None = None,
 ) -> None:
     """Serve one client until it closes, misbehaves, times out or is closed to make room.
 
-    ``pool`` holds the connection bounds shared by all connections (a private one, with the
-    default time limits, when None).
+    ``client`` is the accepted socket (what the supervisor's acceptor hands over), or an anyio
+    stream whose socket is served the same way; either is closed on return. ``pool`` holds the
+    connection bounds shared by all connections (a private one, with the default time limits,
+    when None).
     """
     pool = pool if pool is not None else ConnectionPool()
-    with anyio.CancelScope() as scope:
-        slot = pool.admit(scope)
-        if slot is None:
-            await stream.aclose()
-            return
-        try:
-            await _serve_admitted(stream, router, tracker, pool, slot)
-        finally:
-            pool.close(slot)
+    if isinstance(client, socket.socket):
+        sock, stream = client, None
+        sock.setblocking(False)
+    else:
+        sock, stream = client.extra(SocketAttribute.raw_socket), client
+    try:
+        with anyio.CancelScope() as scope:
+            slot = pool.admit(scope)
+            if slot is None:
+                return
+            try:
+                await _serve_admitted(_Connection(sock, scope), router, tracker, pool, slot)
+            finally:
+                pool.close(slot)
+    finally:
+        if stream is None:
+            sock.close()
+        else:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
 
 
 async def _serve_admitted(
-    stream: SocketStream,
+    connection: _Connection,
     router: Router,
     tracker: ConnectionTracker,
     pool: ConnectionPool,
@@ -283,23 +320,20 @@ async def _serve_admitted(
 ) -> None:
     tracker.connection_opened()
     try:
-        async with stream:
-            connection = _Connection(stream)
-            uid = peer_uid(connection.raw)
-            with connection.deadline:
-                if uid is not None and uid != os.getuid():
-                    log.warning("peer_refused", peer_uid=uid)
-                    connection.due_in(pool.limits.reply_timeout)
-                    await connection.respond(
-                        403,
-                        _error_body(
-                            "peer_refused",
-                            f"uid {uid} may not use this supervisor (owner {os.getuid()})",
-                        ),
-                        keep_alive=False,
-                    )
-                    return
-                await _serve_requests(connection, router, tracker, pool, slot)
+        uid = peer_uid(connection.raw)
+        if uid is not None and uid != os.getuid():
+            log.warning("peer_refused", peer_uid=uid)
+            connection.due_in(pool.limits.reply_timeout)
+            await connection.respond(
+                403,
+                _error_body(
+                    "peer_refused",
+                    f"uid {uid} may not use this supervisor (owner {os.getuid()})",
+                ),
+                keep_alive=False,
+            )
+            return
+        await _serve_requests(connection, router, tracker, pool, slot)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
         pass
     except Exception as exc:  # the server never dies of a client
@@ -315,7 +349,7 @@ async def _serve_requests(
     pool: ConnectionPool,
     slot: ConnectionSlot,
 ) -> None:
-    """Answer requests until the client closes or misbehaves; inside ``connection.deadline``.
+    """Answer requests until the client closes or misbehaves; inside ``connection.scope``.
 
     The first request's head is due within ``head_timeout`` of the accept; a kept-alive
     connection's next request may be awaited for ``idle_timeout``, then its head is due within
@@ -357,7 +391,7 @@ async def _serve_requests(
             return  # the client hung up mid-request: nobody to answer
         tracker.request_started()
         try:
-            connection.deadline.deadline = math.inf
+            connection.no_deadline()
             status, answer = await _answer(router, head, body)
             connection.due_in(limits.reply_timeout)
             await connection.respond(status, answer, head.keep_alive)

@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 import structlog
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from spec_kitty_supervisor_client import SupervisorClient, SupervisorError
 from spec_kitty_supervisor_client._autostart import socket_accepts
@@ -41,6 +41,7 @@ from ._policy import compare_versions
 from ._sd_notify import CONTROL_FD_NAME, Notifier, listen_fds_from_env
 from ._serving import (
     SELF_PROBE_TIMEOUT,
+    ConnectionTasks,
     ServingRecord,
     UnixAcceptor,
     accept_loop,
@@ -308,9 +309,9 @@ def _soft_fd_limit() -> int:
     return FD_LIMIT_TARGET if soft == resource.RLIM_INFINITY else soft
 
 
-def _tracker_for(stream: SocketStream, supervisor: Supervisor) -> ConnectionTracker:
+def _tracker_for(client: socket.socket, supervisor: Supervisor) -> ConnectionTracker:
     try:
-        own = peer_pid(stream.extra(SocketAttribute.raw_socket)) == supervisor.pid
+        own = peer_pid(client) == supervisor.pid
     except OSError:
         own = False
     return _Untracked() if own else supervisor
@@ -326,20 +327,24 @@ async def _serve(
     control = _ControlSocket(layout, activated)
     listener = await control.open()
     try:
-        async with anyio.create_task_group() as group:
+        # Leaving these, the task group ends first (its scope was cancelled), then every
+        # connection's task: both before the last write of the table.
+        async with ConnectionTasks() as connections, anyio.create_task_group() as group:
             supervisor.attach(group)
             await supervisor.recover()
             router = build_router(supervisor, doctor_routes)
 
             pool = ConnectionPool(ConnectionLimits().for_descriptor_limit(_soft_fd_limit()))
 
-            async def handle(stream: SocketStream) -> None:
-                await serve_connection(stream, router, _tracker_for(stream, supervisor), pool)
+            async def handle(client: socket.socket) -> None:
+                await serve_connection(client, router, _tracker_for(client, supervisor), pool)
 
-            group.start_soon(accept_loop, listener, handle, group)
+            group.start_soon(accept_loop, listener, handle, connections)
             group.start_soon(_signals, supervisor)
             group.start_soon(supervisor.heartbeat_forever)
-            group.start_soon(_fence, supervisor, lock, control, handle, group)
+            group.start_soon(
+                _fence, supervisor, lock, control, _Serving(handle, group, connections)
+            )
             notifier.ready()
             notifier.status(_status_line(supervisor))
             group.start_soon(_watch_serving, supervisor, notifier)
@@ -369,12 +374,21 @@ async def _serve(
         await control.close()
 
 
+@dataclass(frozen=True)
+class _Serving:
+    """What a restored socket needs to be served: the handler, where its accept loop runs, and
+    where its connections' tasks start."""
+
+    handle: Callable[[socket.socket], Coroutine[Any, Any, None]]
+    group: TaskGroup
+    connections: ConnectionTasks
+
+
 async def _fence(
     supervisor: Supervisor,
     lock: SupervisorLock,
     control: _ControlSocket,
-    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
-    group: TaskGroup,
+    serving: _Serving,
 ) -> None:
     """Self-fencing: never keep running as a second owner of the root.
 
@@ -400,7 +414,7 @@ async def _fence(
                 if layout_socket.exists() and not socket_accepts(layout_socket):
                     layout_socket.unlink()
             listener = await control.open()
-            group.start_soon(accept_loop, listener, handle, group)
+            serving.group.start_soon(accept_loop, listener, serving.handle, serving.connections)
             if old is not None:
                 await old.aclose()
             supervisor.ledger.record("socket_restored", reason=str(control.layout.socket))

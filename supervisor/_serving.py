@@ -11,28 +11,32 @@ the next supervisor to re-adopt).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskGroup, UNIXSocketStream
+from anyio.abc import SocketStream, TaskGroup
 
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION
 
 from ._api import PROTOCOL_HEADER
+from ._fd_wait import wake
 
 __all__ = [
     "ACCEPT_RETRY_PAUSE",
     "RESOURCE_ERRNOS",
     "SELF_PROBE_TIMEOUT",
     "SERVING_FAILURES",
+    "ConnectionTasks",
     "ServingRecord",
+    "Spawner",
     "UnixAcceptor",
     "accept_loop",
     "probe_own_socket",
@@ -51,19 +55,26 @@ SELF_PROBE_TIMEOUT = 5.0
 SERVING_FAILURES = 3
 
 
-class Accepting(Protocol):
-    """What the accept loop needs of a listener (anyio's ``SocketListener`` has it)."""
+_Client_co = TypeVar("_Client_co", covariant=True)
+_Client = TypeVar("_Client")
 
-    async def accept(self) -> SocketStream: ...
+
+class Accepting(Protocol[_Client_co]):
+    """What the accept loop needs of a listener: :class:`UnixAcceptor` hands over accepted
+    sockets, anyio's ``SocketListener`` streams."""
+
+    async def accept(self) -> _Client_co: ...
 
 
 class UnixAcceptor:
-    """The listening socket, accepted from directly.
+    """The listening socket, accepted from directly; each connection handed over as its socket.
 
     anyio's listener waits for a connection by registering the socket object with asyncio,
     which formats the socket's repr (a ``getsockname`` and a ``getpeername``) every time; a
     process that connects, asks once and leaves (every spec-kitty command) paid for it. This
-    waits on the descriptor instead. Failures are anyio's: ``ClosedResourceError`` once closed,
+    waits on the descriptor instead, and hands over the accepted (non-blocking) socket, which
+    :func:`._api.serve_connection` serves directly: a stream object per connection would only
+    be built and closed around it. Failures are anyio's: ``ClosedResourceError`` once closed,
     ``BrokenResourceError`` raised from the ``OSError`` of a failed accept (EMFILE and friends,
     which :func:`accept_loop` survives).
     """
@@ -75,15 +86,28 @@ class UnixAcceptor:
         self._closed = False
         #: Whether other tasks ran since the last connection was taken.
         self._yielded = True
+        #: What a waiting accept waits on, so that closing can end the wait.
+        self._waiter: asyncio.Future[None] | None = None
 
-    async def accept(self) -> SocketStream:
+    async def _wait_for_connection(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        loop.add_reader(self._fd, wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if not self._closed:
+                loop.remove_reader(self._fd)
+
+    async def accept(self) -> socket.socket:
         while True:
             if self._closed:
                 raise anyio.ClosedResourceError
             try:
                 client, _ = self._sock.accept()
             except BlockingIOError:
-                await anyio.wait_readable(self._fd)
+                await self._wait_for_connection()
                 self._yielded = True
                 continue
             except OSError as exc:
@@ -100,14 +124,77 @@ class UnixAcceptor:
                     client.close()  # cancelled (shut down): nobody will serve it
                     raise
             self._yielded = False
-            return await UNIXSocketStream.from_socket(client)
+            client.setblocking(False)
+            return client
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            anyio.notify_closing(self._sock)  # a waiting accept raises ClosedResourceError
+            if self._waiter is not None:
+                # A waiting accept wakes, finds the acceptor closed: ClosedResourceError.
+                asyncio.get_running_loop().remove_reader(self._fd)
+                wake(self._waiter)
             self._sock.close()
         await anyio.lowlevel.checkpoint()
+
+
+class Spawner(Protocol):
+    """Where the accept loop starts a connection's task (:class:`ConnectionTasks`, or an anyio
+    task group)."""
+
+    def start_soon(self, func: Callable[[Any], Coroutine[Any, Any, None]], arg: Any, /) -> None: ...
+
+
+class ConnectionTasks:
+    """The connections' tasks: plain asyncio tasks, started cheaply and ended together.
+
+    A spec-kitty process connects for its one request, so starting a connection's task is part
+    of every such request. anyio's ``TaskGroup.start_soon`` costs about 100,000 instructions a
+    task here (callgrind: a task handle, a wrapper coroutine, a name, its cancel-scope
+    bookkeeping), a fifth of serving that whole request. What a task group adds is not needed
+    for these tasks: :func:`._api.serve_connection` ends quietly whatever the client does, so
+    there is no failure to propagate to its siblings, and a task that failed anyway is logged
+    (``connection_task_failed``) while the others keep being served. What is kept is the
+    structure: :meth:`aclose` (and leaving ``async with``) cancels every task still running and
+    returns once all have ended, and no task is started after that.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def __aenter__(self) -> ConnectionTasks:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def start_soon(self, func: Callable[[Any], Coroutine[Any, Any, None]], arg: Any, /) -> None:
+        coroutine = func(arg)
+        if self._closed:
+            coroutine.close()
+            raise RuntimeError("the connection tasks were closed; no new one can start")
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("connection_task_failed", error=repr(exc))
+
+    async def aclose(self) -> None:
+        """Cancel every task still running and wait until all have ended."""
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            while self._tasks:
+                pending = set(self._tasks)
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
 
 
 def _errno_of(exc: BaseException) -> int | None:
@@ -117,9 +204,9 @@ def _errno_of(exc: BaseException) -> int | None:
 
 
 async def accept_loop(
-    listener: Accepting,
-    handle: Callable[[SocketStream], Coroutine[Any, Any, None]],
-    group: TaskGroup,
+    listener: Accepting[_Client],
+    handle: Callable[[_Client], Coroutine[Any, Any, None]],
+    group: Spawner | TaskGroup,
     *,
     retry_pause: float = ACCEPT_RETRY_PAUSE,
 ) -> None:
@@ -132,7 +219,7 @@ async def accept_loop(
     failures = 0
     while True:
         try:
-            stream = await listener.accept()
+            client = await listener.accept()
         except anyio.ClosedResourceError:
             return
         except (anyio.BrokenResourceError, OSError) as exc:
@@ -151,7 +238,7 @@ async def accept_loop(
         if failures:
             log.info("accept_recovered", failed_attempts=failures, errno=failing)
             failing, failures = None, 0
-        group.start_soon(handle, stream)
+        group.start_soon(handle, client)
 
 
 @dataclass

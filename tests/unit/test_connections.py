@@ -6,6 +6,7 @@ the defaults are 512 connections (fewer when descriptors are scarce), 5 s, 10 s,
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel
 from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
 from spec_kitty_supervisor._connections import ConnectionLimits, ConnectionPool
+from spec_kitty_supervisor._serving import ConnectionTasks, UnixAcceptor, accept_loop
 from spec_kitty_supervisor_client._models import SupervisorHealth
 
 pytestmark = pytest.mark.anyio
@@ -71,8 +73,12 @@ def limits(request: pytest.FixtureRequest) -> ConnectionLimits:
     return limits
 
 
-@pytest.fixture
-async def server(tmp_path: Path, limits: ConnectionLimits) -> AsyncIterator[Server]:
+@pytest.fixture(params=["acceptor", "anyio_listener"])
+async def server(
+    tmp_path: Path, limits: ConnectionLimits, request: pytest.FixtureRequest
+) -> AsyncIterator[Server]:
+    """Served as the supervisor serves (its acceptor hands sockets to connection tasks), and
+    from an anyio listener's streams, which ``serve_connection`` also takes."""
     state = Server(tmp_path / "api.sock", ConnectionPool(limits))
 
     async def health(request: ApiRequest) -> BaseModel:
@@ -85,9 +91,21 @@ async def server(tmp_path: Path, limits: ConnectionLimits) -> AsyncIterator[Serv
 
     router = Router([Route("GET", "/v1/health", health), Route("GET", "/v1/slow", slow)])
 
-    async def handle(stream: SocketStream) -> None:
-        await serve_connection(stream, router, _Tracker(), state.pool)
+    async def handle(client: socket.socket | SocketStream) -> None:
+        await serve_connection(client, router, _Tracker(), state.pool)
 
+    if request.param == "acceptor":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(state.path))
+        sock.listen(128)
+        acceptor = UnixAcceptor(sock)
+        async with ConnectionTasks() as connections, anyio.create_task_group() as group:
+            group.start_soon(accept_loop, acceptor, handle, connections)
+            yield state
+            state.release_slow.set()
+            await acceptor.aclose()
+        assert len(connections) == 0  # every connection's task ended with the server
+        return
     async with (
         await anyio.create_unix_listener(state.path) as listener,
         anyio.create_task_group() as group,
@@ -147,6 +165,35 @@ async def test_a_kept_alive_connection_in_use_stays_open(server: Server) -> None
         for _ in range(3):
             await stream.send(HEALTH)
             assert (await _reply(stream)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_client_that_asks_to_close_is_answered_then_closed_by_the_server(
+    server: Server,
+) -> None:
+    async with await anyio.connect_unix(server.path) as stream:
+        await stream.send(b"GET /v1/health HTTP/1.1\r\nHost: s\r\nConnection: close\r\n\r\n")
+        reply = await _reply(stream)
+        assert reply.startswith(b"HTTP/1.1 200")
+        assert b"\r\nconnection: close\r\n" in reply.lower()
+        # Closed by the server while this end still holds the connection open.
+        assert await _closed_by_server(stream)
+
+
+@quick_timeouts
+async def test_no_deadline_runs_while_a_handler_works(server: Server) -> None:
+    # Kept alive first, so that the connection waited (a deadline was set) before the request.
+    async with await _kept_alive(server.path) as stream:
+        await stream.send(b"GET /v1/slow HTTP/1.1\r\nHost: s\r\n\r\n")
+        await aeventually(lambda: server.slow_started == 1, what="the slow request in flight")
+        began = anyio.current_time()
+        # Every deadline of QUICK passes while the handler works; the answer still comes.
+        await aeventually(
+            lambda: anyio.current_time() > began + 2 * QUICK.idle_timeout,
+            what="every deadline to pass",
+        )
+        server.release_slow.set()
+        reply = await _reply(stream)
+        assert json.loads(reply.partition(b"\r\n\r\n")[2])["pid"] == 2
 
 
 @quick_timeouts

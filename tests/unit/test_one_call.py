@@ -52,6 +52,8 @@ def serve():
     while len(body) < length:
         body += conn.recv(65536)
     seen["request_line"] = head.split(b"\r\n")[0].decode()
+    seen["connection"] = [line.split(b":", 1)[1].strip().decode() for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"connection:")]
     seen["body"] = json.loads(body)
     seen["heavy_when_asked"] = sorted(m for m in heavy if m in sys.modules)
     conn.sendall(
@@ -108,6 +110,13 @@ def test_the_one_call_sends_no_version_runs_no_subprocess_and_imports_no_pydanti
     assert result["heavy_at_end"] == []
     assert result["type"] == "spec_kitty_supervisor_client._one_call.EnsureAnswer"
     assert (result["pid"], result["token"]) == (4242, "t")
+
+
+def test_the_one_call_asks_the_supervisor_to_close_the_connection_once_it_has_answered(
+    tmp_path: Path,
+) -> None:
+    # It asks once and leaves: the supervisor need not wait for it to hang up.
+    assert _run(tmp_path)["seen"]["connection"] == ["close"]
 
 
 def test_the_ensure_body_is_what_the_schema_accepts() -> None:

@@ -14,9 +14,12 @@ from anyio.abc import SocketListener, SocketStream
 from pydantic import BaseModel
 from structlog.testing import capture_logs
 
+from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
+from spec_kitty_supervisor._fd_wait import wait_readable, wait_writable
 from spec_kitty_supervisor._serving import (
     SERVING_FAILURES,
+    ConnectionTasks,
     ServingRecord,
     UnixAcceptor,
     accept_loop,
@@ -175,9 +178,12 @@ async def test_the_acceptor_serves_queued_connections_each_in_turn(tmp_path: Pat
     got = []
     with anyio.fail_after(30):  # a guard against a hang, not a duration
         for _ in clients:
-            stream = await acceptor.accept()
-            async with stream:
-                got.append(await stream.receive())
+            accepted = await acceptor.accept()
+            with accepted:
+                # Handed over non-blocking, to be read as the server reads it.
+                assert accepted.gettimeout() == 0.0
+                await anyio.wait_readable(accepted.fileno())
+                got.append(accepted.recv(16))
     assert sorted(got) == [b"0", b"1", b"2"]
     for client in clients:
         client.close()
@@ -187,8 +193,8 @@ async def test_the_acceptor_serves_queued_connections_each_in_turn(tmp_path: Pat
 async def test_closing_the_acceptor_ends_a_waiting_accept_loop(tmp_path: Path) -> None:
     acceptor = UnixAcceptor(_bound(tmp_path / "s.sock"))
 
-    async def handle(stream: SocketStream) -> None:
-        await stream.aclose()
+    async def handle(accepted: socket.socket) -> None:
+        accepted.close()
 
     with anyio.fail_after(30):  # a guard against a hang, not a duration
         async with anyio.create_task_group() as group:
@@ -204,3 +210,71 @@ async def test_closing_the_acceptor_ends_a_waiting_accept_loop(tmp_path: Path) -
             await ended.wait()
     with pytest.raises(anyio.ClosedResourceError):
         await acceptor.accept()
+
+
+async def test_closing_the_connection_tasks_ends_every_task_still_running() -> None:
+    ended: list[int] = []
+    started = anyio.Event()
+
+    async def serve_forever(number: int) -> None:
+        try:
+            if number == 2:
+                started.set()
+            await anyio.sleep_forever()
+        finally:
+            ended.append(number)
+
+    connections = ConnectionTasks()
+    for number in range(3):
+        connections.start_soon(serve_forever, number)
+    await started.wait()
+    assert len(connections) == 3
+    with anyio.fail_after(30):  # a guard against a hang, not a duration
+        await connections.aclose()
+    assert sorted(ended) == [0, 1, 2]
+    assert len(connections) == 0
+
+    never_run = serve_forever(3)
+    with pytest.raises(RuntimeError, match="closed"):
+        connections.start_soon(lambda _: never_run, None)
+    assert never_run.cr_frame is None  # closed, not left un-awaited
+
+
+async def test_a_connection_task_that_fails_is_logged_and_the_others_keep_running() -> None:
+    release = anyio.Event()
+    served: list[str] = []
+
+    async def fails(_: object) -> None:
+        raise ValueError("a bug in serving one connection")
+
+    async def waits(_: object) -> None:
+        await release.wait()
+        served.append("the other connection")
+
+    with capture_logs() as logs:
+        async with ConnectionTasks() as connections:
+            connections.start_soon(waits, None)
+            connections.start_soon(fails, None)
+            await aeventually(
+                lambda: any(e["event"] == "connection_task_failed" for e in logs),
+                what="the failure logged",
+            )
+            assert len(connections) == 1  # the other one still runs
+            release.set()
+            await aeventually(lambda: served, what="the other connection served")
+    failed = [entry for entry in logs if entry["event"] == "connection_task_failed"]
+    assert failed[0]["error"] == "ValueError('a bug in serving one connection')"
+
+
+async def test_a_wait_on_a_descriptor_ends_when_it_is_readable_and_can_be_cancelled() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        with anyio.move_on_after(0.05) as scope:
+            await wait_readable(left.fileno())  # nothing sent: only the cancel ends it
+        assert scope.cancelled_caught
+        # The cancelled wait let go of the descriptor: a new wait on it works.
+        right.send(b"x")
+        with anyio.fail_after(30):  # a guard against a hang, not a duration
+            await wait_readable(left.fileno())
+            await wait_writable(left.fileno())
+        assert left.recv(1) == b"x"
