@@ -141,7 +141,7 @@ def _short_socket_dirs() -> list[Path]:
 
 
 #: Names the descriptor (a pipe's read end) on which a starting supervisor finds the ensure
-#: request its starter is about to send (docs/adr/0012): the supervisor spawns that daemon
+#: request its starter is about to send (docs/adr/0013): the supervisor spawns that daemon
 #: before its heavy imports. The request itself never goes through argv or the environment
 #: (``ps`` shows both to every user); the pipe is the starter's and the supervisor's alone.
 HANDED_REQUEST_FD_ENV = "SPEC_KITTY_SUPERVISOR_HANDED_REQUEST_FD"
@@ -594,7 +594,7 @@ def start_supervisor(
     ``command`` is asked only when a supervisor must really be started, under the lock.
     ``first_request`` is the body of the ``POST /v1/sync/ensure`` the caller sends next: a
     supervisor this call starts gets it on a pipe, so that it can spawn that daemon while it
-    imports the rest of itself (docs/adr/0012). It is a hint, never the request: the caller
+    imports the rest of itself (docs/adr/0013). It is a hint, never the request: the caller
     still sends it, and the supervisor's answer to it is the answer.
 
     Thirty clients that find no supervisor at once must end with exactly one. They serialise

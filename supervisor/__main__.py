@@ -1,7 +1,7 @@
 """``python -m spec_kitty_supervisor`` and the ``spec-kitty-supervisor`` command.
 
 ``run`` started by a client's auto-start gets a light first stage before anything heavy is
-imported (``_early_spawn``, docs/adr/0012): it may spawn the starter's daemon while the rest
+imported (``_early_spawn``, docs/adr/0013): it may spawn the starter's daemon while the rest
 of the supervisor is imported.
 """
 

@@ -91,7 +91,7 @@ class Supervisor:
                 real.hold_early_spawn(early_child)
             effects = real
         #: The ensure this supervisor's starter handed over, when the first stage spawned
-        #: its daemon (docs/adr/0012): served right after recovery.
+        #: its daemon (docs/adr/0013): served right after recovery.
         self._handed = handed_request if early_child is not None and real is not None else None
         if holds_root is not None:
             # Fencing before every act (_fencing): once the lock file is not ours, neither the

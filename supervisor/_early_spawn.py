@@ -1,7 +1,7 @@
 """The supervisor's light first stage: spawn its starter's daemon before the heavy imports.
 
 A client that auto-starts a supervisor hands it, on a pipe named by
-:data:`HANDED_REQUEST_FD_ENV`, the ``ensure`` it is about to send (docs/adr/0012). Importing
+:data:`HANDED_REQUEST_FD_ENV`, the ``ensure`` it is about to send (docs/adr/0013). Importing
 the serving stack (pydantic's models, structlog, anyio) takes most of a supervisor's start,
 and a daemon takes about as long to become healthy, so the two overlap: this stage runs
 before those imports, takes the root's lock, makes sure nothing alive is recorded for the

@@ -204,7 +204,7 @@ async def take_over_early_spawn(
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve, at start-up, the ensure the supervisor's starter handed over (docs/adr/0012).
+    """Serve, at start-up, the ensure the supervisor's starter handed over (docs/adr/0013).
 
     Started after recovery, it holds the lifecycle lock before it reports started, so no
     client's request, sweep or heartbeat acts before it. The request is decided as any

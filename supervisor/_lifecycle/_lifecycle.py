@@ -93,7 +93,7 @@ class Lifecycle:
         #: Daemons some client has been given; the first answer after an adoption says so.
         self.handed_out: set[int] = set()
         #: The daemon spawned at start-up for the ensure the supervisor's starter handed over
-        #: (docs/adr/0012): the first client it is handed to is told it was ``spawned``.
+        #: (docs/adr/0013): the first client it is handed to is told it was ``spawned``.
         self.spawned_for_starter: int | None = None
         #: Called with each pid that enters the table, to watch for its exit (:mod:`._exits`).
         self.watch: Callable[[int], None] = lambda pid: None

@@ -100,7 +100,7 @@ class RealEffects:
         self._log_offsets: dict[int, int] = {}
         self._pidfds: dict[int, int] = {}
         self._versions = InstalledVersions()
-        #: The first stage's daemon (docs/adr/0012) until the lifecycle takes it over.
+        #: The first stage's daemon (docs/adr/0013) until the lifecycle takes it over.
         self._early: EarlyChild | None = None
         #: Held since the first stage's spawn until :meth:`end_early_spawn`: meanwhile the
         #: lifecycle's own holds of ``R/sync-daemon.lock`` are taken in-process, one at a time.

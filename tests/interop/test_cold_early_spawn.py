@@ -1,5 +1,5 @@
 """The fully cold path on real 3.2.4 daemons: the supervisor spawns its starter's daemon before
-its heavy imports (ADR 0012), and only when nothing alive is recorded for the root."""
+its heavy imports (ADR 0013), and only when nothing alive is recorded for the root."""
 
 from __future__ import annotations
 

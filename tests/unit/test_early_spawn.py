@@ -1,4 +1,4 @@
-"""The supervisor's light first stage (ADR 0012): when it spawns early, and why not.
+"""The supervisor's light first stage (ADR 0013): when it spawns early, and why not.
 
 The decision is pure (``decide_early_spawn``, ``early_invocation``) and tested as a table; the
 stage's reads run against a real root in a temporary folder (no daemon is spawned here: every

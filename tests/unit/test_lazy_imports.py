@@ -173,7 +173,7 @@ def test_doctor_observing_here_imports_its_machinery_then() -> None:
     assert loaded & NOT_FOR_DOCTOR == set()
 
 
-#: What ``run``'s first stage (``_early_spawn``, ADR 0012) must not import: it spawns the
+#: What ``run``'s first stage (``_early_spawn``, ADR 0013) must not import: it spawns the
 #: starter's daemon while these are imported, after it.
 NOT_FOR_THE_FIRST_STAGE = {
     "pydantic",
