@@ -106,6 +106,7 @@ def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> i
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         if early is not None:
+            early.discard()  # before the root is let go: nobody else may find it unrecorded
             early.lock.release()
         return 1
     except OSError as exc:
@@ -113,6 +114,7 @@ def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> i
         # I/O error): the message names the path; nothing was taken.
         print(f"spec-kitty-supervisor: cannot prepare {layout.daemon_root}: {exc}", file=sys.stderr)
         if early is not None:
+            early.discard()  # before the root is let go: nobody else may find it unrecorded
             early.lock.release()
         return 1
     service_manager = _under_service_manager()
@@ -131,6 +133,8 @@ def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> i
         moved = configure_logging(None if (options.service or service_manager) else layout.log)
     except OSError as exc:
         # A file of ours we may not open (its mode was changed): say which, and the fix.
+        if early is not None:
+            early.discard()
         lock.release()
         path = exc.filename or layout.supervisor_dir
         print(

@@ -8,7 +8,6 @@ or leak the service manager's variables into a daemon, is refused with a clear e
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import stat
 import subprocess
@@ -61,7 +60,9 @@ class SpawnedDaemon:
 
 
 def new_token() -> str:
-    return secrets.token_hex(16)
+    # What secrets.token_hex(16) returns (os.urandom, hex), without importing secrets, whose
+    # hmac and hashlib (OpenSSL) would cost the supervisor's first stage (_early_spawn).
+    return os.urandom(16).hex()
 
 
 def validate_interpreter(python: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,9 @@ from hypothesis import strategies as st
 
 from spec_kitty_supervisor._early_spawn import (
     SETTING_FIELDS,
+    EarlyChild,
     EarlyFacts,
+    EarlyStart,
     EarlyVerdict,
     Invocation,
     decide_early_spawn,
@@ -30,11 +34,18 @@ from spec_kitty_supervisor._early_spawn import (
     start_early,
     take_handed_request,
 )
+from spec_kitty_supervisor._fd_limit import raise_fd_limit
+from spec_kitty_supervisor._identity import read_identity
 from spec_kitty_supervisor._legacy_state import write_legacy_state
 from spec_kitty_supervisor._lifecycle import ensure, recover, take_over_early_spawn
 from spec_kitty_supervisor._lifecycle._effects import SpawnContext
+from spec_kitty_supervisor._lock import SupervisorLock
 from spec_kitty_supervisor._settings import SettingsError, load_settings
-from spec_kitty_supervisor._spawn import child_environment, resolve_working_directory
+from spec_kitty_supervisor._spawn import (
+    SpawnedDaemon,
+    child_environment,
+    resolve_working_directory,
+)
 from spec_kitty_supervisor_client._models import EnsureRequest, Settings
 from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV, _handed_request_pipe
 from tests.unit.lifecycle_fakes import ROOT, FakeClock, FakeEffects, make_lifecycle
@@ -382,3 +393,30 @@ async def test_a_handed_request_the_lifecycle_refuses_stops_the_early_child() ->
     assert "early_spawn_unused" in effects.kinds()
     assert f"abandon {early.identity.pid}" in effects.acts
     assert first.action == "spawned"  # the starter's own request is served as ever
+
+
+# --------------------------------------------------------------------------------------------
+# a start that fails before the lifecycle took the child stops it
+
+
+@pytest.mark.real_ports
+def test_a_child_nobody_took_over_is_stopped_and_reaped(tmp_path: Path) -> None:
+    process = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    identity = read_identity(process.pid)
+    assert identity is not None
+    lock_fd = os.open(tmp_path / "sync-daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    spawned = SpawnedDaemon(process, identity, 9449, "0" * 32, PYTHON, PYTHON, 0)
+    start = EarlyStart(
+        user_umask=0o022,
+        fd_limits=raise_fd_limit(),
+        prepared=[],
+        lock=SupervisorLock(tmp_path / "supervisor.lock"),
+        verdict=EarlyVerdict(True, "nothing alive is recorded for the root"),
+        child=EarlyChild(spawned, "3.2.4", {}, str(tmp_path), lock_fd),
+    )
+    start.discard(grace=5)
+    assert process.returncode == -signal.SIGTERM  # nothing answered the token shutdown
+    assert start.child is None
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        os.fstat(lock_fd)  # R/sync-daemon.lock released
+    start.discard()  # a second time does nothing

@@ -176,6 +176,7 @@ def test_doctor_observing_here_imports_its_machinery_then() -> None:
 #: What ``run``'s first stage (``_early_spawn``, ADR 0013) must not import: it spawns the
 #: starter's daemon while these are imported, after it.
 NOT_FOR_THE_FIRST_STAGE = {
+    "hashlib",  # through secrets: OpenSSL's start, for a token os.urandom gives
     "pydantic",
     "structlog",
     "anyio",
