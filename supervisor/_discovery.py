@@ -319,7 +319,8 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
         )
         observations.append(
             Observation(
-                record=ListenerRecord(**dataclasses.asdict(classified)),
+                # Every field is a scalar: a shallow copy (asdict copies deeply, for nothing).
+                record=ListenerRecord(**vars(classified)),
                 identity=item.identity,
                 health_token=health.token if health is not None else None,
             )

@@ -15,12 +15,13 @@ report shows the state after the sweep. Findings name the command that fixes the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
@@ -52,6 +53,9 @@ from ._lock import SupervisorLock
 from ._sweep import plan_sweep, sweep
 from ._table import Table
 from ._units import is_default_root
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = [
     "DoctorUnavailable",
@@ -451,23 +455,49 @@ async def sweep_would_act(layout: RootLayout, settings: Settings, table: Table) 
 
 
 async def sweep_root(
-    layout: RootLayout, settings: Settings, table: Table, ledger: Ledger
+    layout: RootLayout,
+    settings: Settings,
+    table: Table,
+    ledger: Ledger,
+    *,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> ResetResult:
     """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
 
-    The caller holds the supervisor's lifecycle lock, so the table cannot change meanwhile
-    (a daemon being spawned is in the table before the legacy lock is released).
+    The caller holds the supervisor's lifecycle lock until ``task_status.started()``, so the
+    table cannot change while the sweep observes and asks (a daemon being spawned is in the
+    table before the legacy lock is released). ``started`` comes once every orphan has been
+    asked to stop, with ``R/sync-daemon.lock`` released: the deaths (about a second for 18
+    interpreters exiting on two cores) are awaited without either lock, so an ``ensure`` is
+    not held up by them. Every escalation re-checks the process's identity at signal time
+    (:func:`._signals.send_signal`). The ledger records each outcome once it is known.
     """
-    async with hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT):
+    results: list[ResetResult] = []
+
+    async def stop_them(observations: list[Observation], *, task_status: TaskStatus[None]) -> None:
+        results.append(
+            await sweep(
+                observations,
+                ResetRequest(),
+                legacy_state=layout.legacy_state,
+                grace=settings.stop_grace_seconds,
+                replacement=_current_as_state(table),
+                sent=task_status.started,
+            )
+        )
+
+    async with contextlib.AsyncExitStack() as legacy_lock:
+        # Taken outside the task group, so that a busy lock raises LegacyLockTimeout itself.
+        await legacy_lock.enter_async_context(
+            hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT)
+        )
         facts = supervisor_facts(layout, settings, table)
         observations = await observe(facts, settings.health_timeout_seconds)
-        result = await sweep(
-            observations,
-            ResetRequest(),
-            legacy_state=layout.legacy_state,
-            grace=settings.stop_grace_seconds,
-            replacement=_current_as_state(table),
-        )
+        async with anyio.create_task_group() as group:
+            await group.start(stop_them, observations)
+            await legacy_lock.aclose()  # every orphan is asked: R/sync-daemon.lock goes
+            task_status.started()
+    (result,) = results
     for swept in result.swept:
         ledger.record(
             "orphan_swept",

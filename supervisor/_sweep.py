@@ -12,14 +12,16 @@ re-checked before each signal, death confirmed by pid). A sweep adds what it owe
   adopts it through its lifecycle instead of fighting the CLI that recorded it;
 * every daemon is stopped in parallel, so a sweep lasts as long as its slowest daemon.
 
-Callers hold ``R/sync-daemon.lock`` from observation to the end of the sweep, so that no
-upstream CLI spawns, records or kills a daemon in between.
+Callers hold ``R/sync-daemon.lock`` from observation until every daemon has been asked to
+stop (``sent``), so that no upstream CLI spawns, records or kills a daemon in between. Waiting
+for the deaths may go on without it: the state file names none of them any more, and each
+escalation (SIGTERM, SIGKILL) re-checks the process's identity right before the signal.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -122,23 +124,37 @@ async def sweep(
     grace: float,
     replacement: LegacyRecord | None = None,
     http_timeout: float = 1.0,
+    sent: Callable[[], object] = lambda: None,
 ) -> ResetResult:
     """Stop what :func:`plan_sweep` chooses, in parallel; report it in upstream's shape.
 
-    Call it holding ``R/sync-daemon.lock`` (see the module docstring). With
-    ``request.dry_run`` nothing is stopped or written: ``swept`` stays empty and ``skipped``
-    lists what would be left alone.
+    Call it holding ``R/sync-daemon.lock`` until ``sent`` is called: once, when every chosen
+    daemon has been asked to stop (or failed, or was found gone), or at once when there is
+    nothing to stop (see the module docstring). It returns when every one is gone or failed.
+    With ``request.dry_run`` nothing is stopped or written: ``swept`` stays empty and
+    ``skipped`` lists what would be left alone.
     """
     plan = plan_sweep(observations, request)
     if request.dry_run or not plan.to_stop:
+        sent()
         return ResetResult(skipped=plan.skipped)
     release_state_file(
         legacy_state, {item.identity.pid for item in plan.to_stop if item.identity}, replacement
     )
     outcomes: dict[int, SweptRecord | FailedRecord] = {}
+    not_yet_asked = set(range(len(plan.to_stop)))
+
+    def asked(index: int) -> None:
+        if index in not_yet_asked:
+            not_yet_asked.discard(index)
+            if not not_yet_asked:
+                sent()
 
     async def stop_one(index: int, item: Observation) -> None:
-        outcomes[index] = await _stop(item, grace, http_timeout)
+        try:
+            outcomes[index] = await _stop(item, grace, http_timeout, sent=lambda: asked(index))
+        finally:
+            asked(index)  # refused or gone before anything was asked: nothing left to send
 
     async with anyio.create_task_group() as group:
         for index, item in enumerate(plan.to_stop):
@@ -151,7 +167,13 @@ async def sweep(
     )
 
 
-async def _stop(item: Observation, grace: float, http_timeout: float) -> SweptRecord | FailedRecord:
+async def _stop(
+    item: Observation,
+    grace: float,
+    http_timeout: float,
+    *,
+    sent: Callable[[], object] = lambda: None,
+) -> SweptRecord | FailedRecord:
     record = item.record
     try:
         check_family_boundary(record.port)
@@ -164,7 +186,7 @@ async def _stop(item: Observation, grace: float, http_timeout: float) -> SweptRe
         # it is used only where the answer was proven to be this listener's own.
         token = item.health_token if record.self_report_matches_listener else None
         cleanup_path = await stop_gracefully(
-            SignalTarget(identity, record.port), token, grace, http_timeout
+            SignalTarget(identity, record.port), token, grace, http_timeout, sent=sent
         )
     except SignalRefused as exc:
         return FailedRecord(pid=record.pid, port=record.port, failure_reason=f"refused: {exc}")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
 
 from spec_kitty_supervisor_client._models import EnsureRequest, StopPath
 
@@ -23,6 +25,9 @@ from .._identity import ProcessIdentity
 from .._legacy_state import LegacyRecord
 from .._table import LoadedTable, Table
 from .._versions import EstablishedEnsure
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = [
     "Abandoned",
@@ -244,6 +249,13 @@ class Effects(Protocol):
         """Whether a sweep would stop anything now (observes without any lock)."""
         ...
 
-    async def sweep_orphans(self, table: Table) -> None:
-        """Stop this root's ``safe_auto`` orphans under ``R/sync-daemon.lock``; record them."""
+    async def sweep_orphans(
+        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Stop this root's ``safe_auto`` orphans; record them.
+
+        Observes and asks each orphan to stop under ``R/sync-daemon.lock``, then reports
+        ``task_status.started()`` (the caller's lifecycle lock may go) and waits for the
+        deaths, escalating with identity-checked signals, without the locks.
+        """
         ...

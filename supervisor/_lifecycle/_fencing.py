@@ -18,6 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING
+
+import anyio
 
 from spec_kitty_supervisor_client._models import EnsureRequest, StopPath
 
@@ -35,6 +38,9 @@ from ._effects import (
     SpawnOrder,
     Verification,
 )
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["FencedEffects", "fenced_error"]
 
@@ -130,9 +136,11 @@ class FencedEffects:
     def refused_root_files(self) -> str | None:
         return self.inner.refused_root_files()
 
-    async def sweep_orphans(self, table: Table) -> None:
+    async def sweep_orphans(
+        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         self.fence()
-        await self.inner.sweep_orphans(table)
+        await self.inner.sweep_orphans(table, task_status=task_status)
 
     # -------------------------------------------------------------- observations: passed on
 

@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -56,6 +57,9 @@ from ._effects import (
     StopRefused,
     Verification,
 )
+
+if TYPE_CHECKING:
+    from anyio.abc import TaskStatus
 
 __all__ = ["LEGACY_LOCK_WAIT", "RealEffects", "SystemClock"]
 
@@ -396,10 +400,14 @@ class RealEffects:
 
         return await sweep_would_act(self.layout, self.settings, table)
 
-    async def sweep_orphans(self, table: Table) -> None:
+    async def sweep_orphans(
+        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         from .._doctor import sweep_root
 
         try:
-            await sweep_root(self.layout, self.settings, table, self.ledger)
+            await sweep_root(
+                self.layout, self.settings, table, self.ledger, task_status=task_status
+            )
         except LegacyLockTimeout as exc:
             raise LifecycleError("legacy_lock_busy", str(exc)) from None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+from anyio.abc import TaskStatus
 
 from spec_kitty_supervisor._errors import LifecycleError
 from spec_kitty_supervisor._identity import ProcessIdentity
@@ -112,6 +113,8 @@ class FakeEffects:
         self.refuse_stop: set[int] = set()
         #: Every health probe, by port, in order.
         self.probes: list[int] = []
+        #: When set, a sweep's orphans die only once it is set (after the sweep was started).
+        self.sweep_deaths: anyio.Event | None = None
 
     # -------------------------------------------------------------- test controls
 
@@ -324,8 +327,14 @@ class FakeEffects:
     async def orphans_to_sweep(self, table: Table) -> bool:
         return False
 
-    async def sweep_orphans(self, table: Table) -> None:
+    async def sweep_orphans(
+        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         self.acts.append("sweep")
+        task_status.started()
+        if self.sweep_deaths is not None:
+            await self.sweep_deaths.wait()
+        self.acts.append("sweep_done")
 
 
 def make_lifecycle(

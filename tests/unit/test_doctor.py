@@ -302,7 +302,9 @@ def fixed_observations(monkeypatch: pytest.MonkeyPatch) -> list[Observation]:
 def stopped(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     pids: list[int] = []
 
-    async def fake_stop(target: SignalTarget, token: str | None, grace: float, _: float) -> str:
+    async def fake_stop(
+        target: SignalTarget, token: str | None, grace: float, _: float, **__: object
+    ) -> str:
         pids.append(target.identity.pid)
         return "http_shutdown"
 

@@ -27,6 +27,7 @@ from spec_kitty_supervisor._lifecycle import (
     recover,
     retire,
     retire_now,
+    sweep_orphans,
     tick,
 )
 from spec_kitty_supervisor._lifecycle import _ensure as ensure_module
@@ -789,3 +790,30 @@ async def test_a_journaled_retirement_is_resumed_after_a_restart_of_the_supervis
         assert f"stop {daemon.identity.pid}" in world.effects.acts
         assert world.effects.kinds() == ["adopted", "retired"]
         assert world.lifecycle.table.daemons == []
+
+
+# --------------------------------------------------------------------------------------------
+# sweeps
+
+
+async def test_an_ensure_is_not_held_up_while_swept_orphans_die() -> None:
+    async with running() as world:
+        world.effects.sweep_deaths = anyio.Event()
+
+        async def orphans_found(table: object) -> bool:
+            return True
+
+        world.effects.orphans_to_sweep = orphans_found  # type: ignore[assignment,method-assign]
+        async with anyio.create_task_group() as group:
+            group.start_soon(sweep_orphans, world.lifecycle)
+            await wait_all_tasks_blocked()
+            # Every orphan is asked; they are still dying, and no lock is held for that.
+            assert world.effects.acts == ["sweep"]
+            assert not world.lifecycle.lock.locked()
+
+            answer = await world.ensure()
+
+            assert answer.action == "spawned"
+            assert "sweep_done" not in world.effects.acts
+            world.effects.sweep_deaths.set()
+        assert world.effects.acts[-1] == "sweep_done"

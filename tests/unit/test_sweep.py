@@ -70,7 +70,13 @@ class FakeStops:
         self.on_stop = on_stop
 
     async def __call__(
-        self, target: SignalTarget, token: str | None, grace: float, http_timeout: float = 1.0
+        self,
+        target: SignalTarget,
+        token: str | None,
+        grace: float,
+        http_timeout: float = 1.0,
+        *,
+        sent: Callable[[], object] = lambda: None,
     ) -> str:
         self.calls.append((target, token, grace))
         await anyio.lowlevel.checkpoint()
@@ -113,7 +119,9 @@ async def test_daemons_are_stopped_in_parallel(
     started = 0
     everyone_started = anyio.Event()
 
-    async def slow_stop(target: SignalTarget, token: str | None, grace: float, _: float) -> str:
+    async def slow_stop(
+        target: SignalTarget, token: str | None, grace: float, _: float, **__: object
+    ) -> str:
         nonlocal started
         started += 1
         if started == count:
@@ -278,6 +286,78 @@ async def test_another_users_process_is_refused_before_anything(
 
     assert stops.calls == []
     assert "uid" in result.failed[0].failure_reason
+
+
+# --------------------------------------------------------------------------------------------
+# Asked, then dying: the caller's locks are needed only until every daemon has been asked
+
+
+@pytest.mark.anyio
+async def test_sent_comes_once_every_daemon_is_asked_and_before_any_is_gone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    deaths = anyio.Event()
+    gone: list[int] = []
+    reports: list[list[int]] = []
+
+    async def asked_then_dying(
+        target: SignalTarget,
+        token: str | None,
+        grace: float,
+        _: float,
+        *,
+        sent: Callable[[], object],
+    ) -> str:
+        sent()
+        await deaths.wait()  # the process dies only after the sweep said "sent"
+        gone.append(target.port)
+        return "http_shutdown"
+
+    def sent() -> None:
+        reports.append(list(gone))
+        deaths.set()
+
+    monkeypatch.setattr(_sweep, "stop_gracefully", asked_then_dying)
+    observations = [observed(9400 + i, "safe_auto") for i in range(18)]
+    with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against the deadlock, not a duration
+        result = await sweep(
+            observations, ResetRequest(), legacy_state=tmp_path / "sd", grace=3, sent=sent
+        )
+
+    assert reports == [[]]  # once, while none was gone yet
+    assert len(result.swept) == 18
+
+
+@pytest.mark.anyio
+async def test_sent_comes_when_nothing_is_to_be_stopped_or_only_refusals(
+    stops: FakeStops, tmp_path: Path
+) -> None:
+    calls: list[str] = []
+    await sweep(
+        [],
+        ResetRequest(),
+        legacy_state=tmp_path / "sd",
+        grace=3,
+        sent=lambda: calls.append("empty"),
+    )
+    stranger = observed(9414, "safe_auto", uid=os.getuid() + 1)  # refused before asking
+    await sweep(
+        [stranger],
+        ResetRequest(),
+        legacy_state=tmp_path / "sd",
+        grace=3,
+        sent=lambda: calls.append("refused"),
+    )
+    dry = observed(9415, "safe_auto")
+    await sweep(
+        [dry],
+        ResetRequest(dry_run=True),
+        legacy_state=tmp_path / "sd",
+        grace=3,
+        sent=lambda: calls.append("dry"),
+    )
+    assert calls == ["empty", "refused", "dry"]
+    assert stops.calls == []
 
 
 # --------------------------------------------------------------------------------------------
