@@ -35,6 +35,7 @@ from ._classification import (
 from ._daemon_shape import CmdlineFacts, parse_cmdline
 from ._health import HealthAnswer
 from ._identity import ProcessIdentity, read_identity
+from ._listen_table import linux_listen_uids
 from ._probe import probe_health
 
 __all__ = [
@@ -47,8 +48,6 @@ __all__ = [
     "read_process_facts",
     "read_root_files",
 ]
-
-_LINUX_TCP_LISTEN = "0A"
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> 
     """Every listening port in ``family_range`` reachable on loopback, one entry per port."""
     low, high = family_range
     on_linux = sys.platform.startswith("linux")
-    kernel_uids = _linux_listen_uids(low, high) if on_linux else None
+    kernel_uids = linux_listen_uids(low, high) if on_linux else None
     if kernel_uids == {}:
         # psutil reads the same kernel tables, then walks every process's descriptors to
         # name the pids (60-200 ms on a busy machine): with no listener in the range there
@@ -149,36 +148,6 @@ def _is_loopback_or_any(ip: str) -> bool:
 
 def _is_ipv4(ip: str) -> bool:
     return ":" not in ip
-
-
-def _linux_listen_uids(low: int, high: int) -> dict[int, int] | None:
-    """Port → uid of its listening socket, from ``/proc/net/tcp{,6}``; None if unreadable.
-
-    psutil does not report a socket's owner, and cannot name the pid of another user's
-    socket; the kernel table still says whose it is, which keeps such a listener
-    ``other_user`` instead of a pid-less mystery.
-    """
-    uids: dict[int, set[int]] = {}
-    readable = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        readable = True
-        for line in lines:
-            fields = line.split()
-            if len(fields) < 8 or fields[3] != _LINUX_TCP_LISTEN:
-                continue
-            port = int(fields[1].rsplit(":", 1)[1], 16)
-            if low <= port < high:
-                uids.setdefault(port, set()).add(int(fields[7]))
-    if not readable:
-        return None
-    own_uid = os.getuid()
-    # Two owners on one port (IPv4 and IPv6 by different users): name the foreign one, the
-    # cautious answer.
-    return {port: max(owners, key=lambda uid: uid != own_uid) for port, owners in uids.items()}
 
 
 def read_process_facts(pid: int) -> tuple[ProcessIdentity | None, CmdlineFacts | None]:

@@ -394,8 +394,14 @@ class RealEffects:
     # -------------------------------------------------------------- orphans
 
     async def orphans_to_sweep(self, table: Table) -> bool:
+        from .._listen_table import linux_listen_uids
+
+        if await anyio.to_thread.run_sync(linux_listen_uids, *self.settings.scan_range) == {}:
+            # Nothing listens in the range (a clean root, most starts): nothing to sweep,
+            # and the kernel's table said so without the doctor's modules.
+            return False
         # The doctor's modules (classification, discovery, the sweep) are imported by the
-        # first sweep, not by the supervisor's start: serving needs none of them.
+        # first sweep that has listeners to look at, not by the supervisor's start.
         from .._doctor import sweep_would_act
 
         return await sweep_would_act(self.layout, self.settings, table)

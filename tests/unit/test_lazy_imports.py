@@ -97,21 +97,48 @@ def test_the_start_imports_only_what_serving_needs() -> None:
     assert loaded & NOT_FOR_THE_START == set()
 
 
-def test_the_first_sweep_imports_the_doctor() -> None:
-    loaded = _loaded_after(
-        "import anyio, pathlib, tempfile\n"
+def _first_sweep_loads(listening: bool) -> set[str]:
+    """What the first sweep's look imports, its scan range one port of the family range on
+    which we hold a listener, or on which nothing listens."""
+    return _loaded_after(
+        "import anyio, pathlib, socket, tempfile\n"
         f"from {SUPERVISOR}._layout import RootLayout\n"
         f"from {SUPERVISOR}._ledger import Ledger\n"
         f"from {SUPERVISOR}._lifecycle import RealEffects\n"
-        f"from {SUPERVISOR}._settings import load_settings\n"
         f"from {SUPERVISOR}._table import Table\n"
+        "from spec_kitty_supervisor_client._models import Settings\n"
+        "def bound():\n"
+        "    for port in range(9400, 9450):\n"
+        "        sock = socket.socket()\n"
+        "        try:\n"
+        "            sock.bind(('127.0.0.1', port))\n"
+        "            return sock, port\n"
+        "        except OSError:\n"
+        "            sock.close()\n"
+        "    raise SystemExit('no free port in the family range')\n"
+        "sock, port = bound()\n"
+        f"if {listening}:\n"
+        "    sock.listen()\n"
         "home = pathlib.Path(tempfile.mkdtemp())\n"
         "layout = RootLayout(home / '.spec-kitty'); layout.prepare()\n"
-        "effects = RealEffects(layout, load_settings(None), Ledger(None))\n"
-        "anyio.run(effects.orphans_to_sweep, Table())"
+        "settings = Settings(scan_range=(port, port + 1))\n"
+        "effects = RealEffects(layout, settings, Ledger(None))\n"
+        "anyio.run(effects.orphans_to_sweep, Table())\n"
+        "sock.close()"
     )
+
+
+def test_the_first_sweep_of_a_range_with_a_listener_imports_the_doctor() -> None:
+    loaded = _first_sweep_loads(listening=True)
     assert f"{SUPERVISOR}._doctor" in loaded
     assert f"{SUPERVISOR}._classification" in loaded
+
+
+def test_the_first_sweep_of_a_range_where_nothing_listens_imports_nothing_of_it() -> None:
+    # Most starts: the kernel's table has no listener in the range, and says so alone.
+    loaded = _first_sweep_loads(listening=False)
+    assert f"{SUPERVISOR}._listen_table" in loaded
+    assert loaded & NOT_FOR_THE_START == set()
 
 
 def test_a_config_file_is_read_with_tomllib(tmp_path: Path) -> None:
