@@ -10,9 +10,13 @@ import sys
 
 
 def main() -> int:
-    from ._early_spawn import start_early
+    early = None
+    if sys.argv[1:2] == ["run"]:
+        # Only ``run`` has a first stage: the other commands (``doctor``, ``status``) do not
+        # import it.
+        from ._early_spawn import start_early
 
-    early = start_early(sys.argv[1:], os.environ) if sys.argv[1:2] == ["run"] else None
+        early = start_early(sys.argv[1:], os.environ)
     from ._cli import main as cli_main
 
     return cli_main(early=early)

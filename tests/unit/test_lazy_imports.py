@@ -221,3 +221,16 @@ def test_the_first_stage_of_run_imports_nothing_heavy() -> None:
     loaded = _loaded_after(f"import {SUPERVISOR}._early_spawn")
     assert f"{SUPERVISOR}._early_spawn" in loaded
     assert loaded & NOT_FOR_THE_FIRST_STAGE == set()
+
+
+def test_only_run_imports_the_early_spawn_stage() -> None:
+    loaded = _loaded_after(
+        "sys.argv = ['spec-kitty-supervisor', '--version']\n"
+        f"from {SUPERVISOR}.__main__ import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+    assert f"{SUPERVISOR}._cli" in loaded
+    assert f"{SUPERVISOR}._early_spawn" not in loaded
