@@ -56,7 +56,10 @@ def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
     another user's folder) is refused before anything is created in it.
     """
     given = daemon_root_as_given(root)
-    resolved = given.resolve()
+    # What Path.resolve() returns (the realpath, as a Path), without its own stat: the check
+    # below stats the same path, and reports a symbolic-link loop as a root that cannot be
+    # read (Path.resolve() raised RuntimeError for it). Every ensure of the one call pays this.
+    resolved = Path(os.path.realpath(given))
     check_daemon_root(given, resolved)
     return resolved
 

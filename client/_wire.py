@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -167,6 +168,18 @@ def recorded_socket_dir(daemon_root: Path) -> Path | None:
     return folder if private and not info.st_mode & 0o077 else None
 
 
+@functools.lru_cache(maxsize=64)
+def _preferred_socket_path(daemon_root: Path) -> Path | None:
+    """``R/supervisor/supervisor.sock`` when it fits a socket address, else None.
+
+    A function of the root's path alone, so it is remembered: every request of every client
+    derives its socket from its root, and building the path and checking its length cost
+    more instructions than the rest of the one call's own preparation.
+    """
+    preferred = supervisor_dir(daemon_root) / "supervisor.sock"
+    return preferred if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT else None
+
+
 def socket_path_for_root(daemon_root: Path) -> Path:
     """The control socket of the supervisor that owns ``daemon_root``.
 
@@ -179,8 +192,8 @@ def socket_path_for_root(daemon_root: Path) -> Path:
     The caller that creates a fallback folder makes it 0700 and checks that it owns it
     (:func:`ensure_private_dir`).
     """
-    preferred = supervisor_dir(daemon_root) / "supervisor.sock"
-    if len(os.fsencode(preferred)) <= SOCKET_PATH_LIMIT:
+    preferred = _preferred_socket_path(daemon_root)
+    if preferred is not None:
         return preferred
     # Imported here, as subprocess below: loading OpenSSL's hashes costs a spec-kitty process
     # milliseconds, and only a deep root needs a digest (a supervisor start, a subprocess).

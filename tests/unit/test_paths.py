@@ -14,6 +14,7 @@ from spec_kitty_supervisor_client import (
     resolve_daemon_root,
     socket_path_for_root,
 )
+from spec_kitty_supervisor_client._errors import InvalidDaemonRoot
 
 
 def test_root_is_spec_kitty_home_when_set(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -112,3 +113,20 @@ def test_fallback_skips_a_runtime_dir_that_is_itself_too_long(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
     path = socket_path_for_root(tmp_path / ("a" * 120))
     assert path.parent == Path("/tmp") / f"spec-kitty-supervisor-{os.getuid()}"
+
+
+def test_the_root_is_the_realpath_of_what_was_given(tmp_path: Path) -> None:
+    # Links followed, ".." and "." folded, as upstream's Path.resolve() gives it.
+    (tmp_path / "real" / "root").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    given = f"{tmp_path}/link/./x/../root"
+    (tmp_path / "real" / "x").mkdir()
+    assert resolve_daemon_root(given) == Path(given).resolve()
+    assert str(resolve_daemon_root(given)) == str(tmp_path.resolve() / "real" / "root")
+
+
+def test_a_root_that_is_a_symbolic_link_loop_is_refused_as_unreadable(tmp_path: Path) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(InvalidDaemonRoot, match="cannot be read"):
+        resolve_daemon_root(loop)
