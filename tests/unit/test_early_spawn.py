@@ -46,8 +46,14 @@ from spec_kitty_supervisor._spawn import (
     child_environment,
     resolve_working_directory,
 )
+from spec_kitty_supervisor_client import _autostart as autostart_module
+from spec_kitty_supervisor_client._errors import SupervisorUnavailable
 from spec_kitty_supervisor_client._models import EnsureRequest, Settings
-from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV, _handed_request_pipe
+from spec_kitty_supervisor_client._wire import (
+    HANDED_REQUEST_FD_ENV,
+    Reply,
+    _handed_request_pipe,
+)
 from tests.unit.lifecycle_fakes import ROOT, FakeClock, FakeEffects, make_lifecycle
 
 PYTHON = sys.executable
@@ -420,3 +426,53 @@ def test_a_child_nobody_took_over_is_stopped_and_reaped(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="Bad file descriptor"):
         os.fstat(lock_fd)  # R/sync-daemon.lock released
     start.discard()  # a second time does nothing
+
+
+# --------------------------------------------------------------------------------------------
+# the client hands over an ensure, and nothing else
+
+
+class _AbsentThenAnswering:
+    """A transport that finds no supervisor once, then an answer."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def request(self, method: str, path: str, body: bytes | None = None) -> Reply:
+        self.requests += 1
+        if self.requests == 1:
+            raise SupervisorUnavailable("nothing accepts connections")
+        return Reply(200, None, b"{}")
+
+    def follow(self, socket_path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "handed"),
+    [("POST", "/v1/sync/ensure", True), ("GET", "/v1/health", False)],
+)
+def test_a_started_supervisor_is_handed_the_ensure_body_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, method: str, path: str, handed: bool
+) -> None:
+    starts: list[bytes | None] = []
+    monkeypatch.setattr(
+        autostart_module,
+        "start_supervisor",
+        lambda root, first_request=None: starts.append(first_request),
+    )
+    body = json.dumps(REQUEST).encode() if method == "POST" else None
+    transport = _AbsentThenAnswering()
+    autostart_module.request_or_start(
+        transport,  # type: ignore[arg-type]
+        tmp_path / "root",
+        method,
+        path,
+        body,
+        may_start=True,
+    )
+    assert starts == [body if handed else None]
+    assert transport.requests == 2  # the request itself is still sent: the hand-over is a hint
