@@ -178,6 +178,13 @@ def _status(sandbox: Sandbox) -> dict[str, Any]:
     return status
 
 
+def _early_spawns(sandbox: Sandbox) -> list[tuple[bool, int | None]]:
+    """What each supervisor's first stage did, from ``R/supervisor/supervisor.log``."""
+    log = (sandbox.root / "supervisor" / "supervisor.log").read_text(errors="replace")
+    entries = [json.loads(line) for line in log.splitlines() if '"early_spawn"' in line]
+    return [(e["spawned"], e["pid"]) for e in entries if e.get("event") == "early_spawn"]
+
+
 def _recorded_pid(sandbox: Sandbox) -> int:
     return int(sandbox.state_file.read_text().split()[3])
 
@@ -200,6 +207,9 @@ def test_an_integrated_release_auto_starts_the_supervisor_and_gets_its_daemon(
     # had the caller held that lock, the spawn would have failed and the hook fallen back
     # to upstream, which it records.
     assert not (sandbox.root / "supervisor" / "integration.json").exists()
+    # The hook handed its ensure to the supervisor it started, which spawned that daemon
+    # before its heavy imports (ADR 0013).
+    assert _early_spawns(sandbox) == [(True, answer["pid"])]
     again = _run(integrated[version], sandbox)
     assert again["pid"] == answer["pid"]
     assert supervisor_pids(sandbox.root) == [supervisor]
