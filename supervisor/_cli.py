@@ -137,7 +137,7 @@ def _client(args: argparse.Namespace, autostart: bool = False) -> SupervisorClie
     return SupervisorClient(args.root, autostart=autostart)
 
 
-def _cmd_run(args: argparse.Namespace, early: EarlyStart | None = None) -> int:
+def _cmd_run(args: argparse.Namespace, early: EarlyStart | str | None = None) -> int:
     from spec_kitty_supervisor_client import resolve_daemon_root
 
     from ._early_spawn import take_handed_request
@@ -162,6 +162,8 @@ def _cmd_run(args: argparse.Namespace, early: EarlyStart | None = None) -> int:
     options = RunOptions(
         auto_started=args.auto_started, service=args.service, takeover=args.takeover, flags=flags
     )
+    if isinstance(early, str):
+        return run_supervisor(layout, options, early_skipped=early)
     return run_supervisor(layout, options, early)
 
 
@@ -356,12 +358,13 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
-def main(argv: Sequence[str] | None = None, early: EarlyStart | None = None) -> int:
-    """The command line. ``early`` is what ``run``'s light first stage did (``__main__``)."""
+def main(argv: Sequence[str] | None = None, early: EarlyStart | str | None = None) -> int:
+    """The command line. ``early`` is what ``run``'s light first stage did (``__main__``):
+    what it holds, or why it did nothing with the request it was handed."""
     try:
         args = _build_parser().parse_args(argv)
     except SystemExit:
-        if early is not None:
+        if early is not None and not isinstance(early, str):
             early.discard()
             early.lock.release()
         raise

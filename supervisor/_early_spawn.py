@@ -365,15 +365,21 @@ def _take_legacy_lock(layout: RootLayout) -> tuple[str, int | None]:
     return "taken", fd
 
 
-def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> EarlyStart | None:
-    """The first stage of ``run``. None when it changed nothing (the normal start follows)."""
+def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> EarlyStart | str | None:
+    """The first stage of ``run``.
+
+    None when no request was handed over; a reason when one was but the stage changed nothing
+    (the normal start follows and logs it); else what it did, holding the root's lock.
+    """
     request = take_handed_request(environ)
+    if request is None:
+        return None
     invocation = early_invocation(argv, environ, request)
     if isinstance(invocation, str):
-        return None
+        return invocation
     layout = RootLayout(resolve_daemon_root(invocation.root))
     if os.path.lexists(layout.config):
-        return None  # the operator's settings file: read by the settings loader only
+        return "R/supervisor/config.toml is read by the settings loader only"
     user_umask = os.umask(0o077)  # as run_supervisor does first
     lock = SupervisorLock(layout.lock)
     try:
@@ -383,10 +389,10 @@ def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> Early
         taken = False  # the normal start says what is wrong, with the fix
     if not taken:
         os.umask(user_umask)
-        return None
+        return "the root's lock is held by another supervisor, or could not be taken"
     fd_limits = raise_fd_limit()  # before the spawn: its child gets the inherited limit back
     verdict, child = _spawn_if_safe(layout, invocation, user_umask)
-    return EarlyStart(user_umask, fd_limits, prepared, lock, verdict, request or {}, child)
+    return EarlyStart(user_umask, fd_limits, prepared, lock, verdict, request, child)
 
 
 def _spawn_if_safe(

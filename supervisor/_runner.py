@@ -76,20 +76,29 @@ def _under_service_manager() -> str | None:
     return None
 
 
-def run_supervisor(layout: RootLayout, options: RunOptions, early: EarlyStart | None = None) -> int:
+def run_supervisor(
+    layout: RootLayout,
+    options: RunOptions,
+    early: EarlyStart | None = None,
+    *,
+    early_skipped: str | None = None,
+) -> int:
     """The ``run`` command; returns the process exit code.
 
     ``early`` is what the light first stage did before the heavy imports (``_early_spawn``):
-    it holds the root's lock, and may have spawned the starter's daemon.
+    it holds the root's lock, and may have spawned the starter's daemon. ``early_skipped``:
+    why the stage did nothing with the request it was handed (logged once logging is set up).
     """
     try:
-        return _run(layout, options, early)
+        return _run(layout, options, early, early_skipped)
     finally:
         if early is not None:
             early.discard()  # a first-stage daemon that the lifecycle never took over
 
 
-def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> int:
+def _run(
+    layout: RootLayout, options: RunOptions, early: EarlyStart | None, early_skipped: str | None
+) -> int:
     if early is not None:
         user_umask, fd_limits, prepared = early.user_umask, early.fd_limits, early.prepared
     else:
@@ -169,6 +178,8 @@ def _run(layout: RootLayout, options: RunOptions, early: EarlyStart | None) -> i
         early_child=early_child,
         handed_request=early.request if early is not None else None,
     )
+    if early_skipped is not None:
+        log.info("early_spawn", pid=None, spawned=False, reason=early_skipped)
     if early is not None:
         log.info(
             "early_spawn",

@@ -97,3 +97,17 @@ def test_a_state_file_naming_a_live_upstream_daemon_prevents_the_early_spawn(
     assert decision["reason"] == "R/sync-daemon names a live process: recovery decides"
     assert _events(sup, "spawned_early") == []
     assert daemon_pids(sup.root) == [upstream.pid]
+
+
+def test_a_settings_file_means_the_normal_start_and_the_log_says_why(
+    sup: SupervisorUnderTest,
+) -> None:
+    (sup.root / "supervisor").mkdir(parents=True, mode=0o700)
+    (sup.root / "supervisor" / "config.toml").write_text("stop_grace_seconds = 3\n")
+    answer = _cold_ensure(sup)
+    assert answer["action"] == "spawned"
+    (decision,) = sup.log_events("early_spawn")
+    assert (decision["spawned"], decision["pid"]) == (False, None)
+    assert decision["reason"] == "R/supervisor/config.toml is read by the settings loader only"
+    assert _events(sup, "spawned_early") == []
+    assert [e["pid"] for e in _events(sup, "spawned")] == [answer["daemon"]["pid"]]

@@ -303,7 +303,10 @@ def test_a_root_another_supervisor_holds_is_left_to_the_normal_start(
         os.umask(first.user_umask)
         umask_before = os.umask(0o022)
         os.umask(umask_before)
-        assert _start(root, venv) is None  # changed nothing, the umask included
+        # Changed nothing, the umask included, and says why.
+        assert _start(root, venv) == (
+            "the root's lock is held by another supervisor, or could not be taken"
+        )
         assert os.umask(umask_before) == umask_before
     finally:
         first.lock.release()
@@ -313,8 +316,24 @@ def test_a_settings_file_is_left_to_the_settings_loader(tmp_path: Path, venv: Pa
     root = tmp_path / "root"
     (root / "supervisor").mkdir(parents=True)
     (root / "supervisor" / "config.toml").write_text("heartbeat_seconds = 1\n")
-    assert _start(root, venv) is None
+    assert _start(root, venv) == "R/supervisor/config.toml is read by the settings loader only"
     assert not (root / "supervisor" / "supervisor.lock").exists()
+
+
+def test_without_a_handed_request_the_stage_does_nothing_and_says_nothing(
+    tmp_path: Path,
+) -> None:
+    assert start_early(_argv(tmp_path / "root"), {}) is None
+    assert not (tmp_path / "root").exists()
+
+
+def test_a_request_the_stage_does_not_take_is_left_with_its_reason(tmp_path: Path) -> None:
+    fd = _handed_request_pipe(json.dumps({**REQUEST, "replace": True}).encode())
+    environ = {HANDED_REQUEST_FD_ENV: str(fd)}
+    found = start_early(_argv(tmp_path / "root"), environ)
+    assert found == "the handed request asks to replace a daemon"
+    assert environ == {}
+    assert not (tmp_path / "root").exists()
 
 
 # --------------------------------------------------------------------------------------------
