@@ -1,6 +1,6 @@
 """Waiting until a descriptor is readable or writable, on the asyncio loop the supervisor runs.
 
-The control socket's hot path waits on descriptors directly (docs/adr/0009, 0012).
+The control socket's hot path waits on descriptors directly (docs/adr/0009, 0014).
 ``anyio.wait_readable`` does the same with bookkeeping of its own on top (a context variable
 that refuses a second waiter, a closure per wait): measured with callgrind, about 18,000
 instructions a wait, and every connection waits at least twice (its accept, its close). Each
