@@ -34,6 +34,7 @@ from ._core import Supervisor
 from ._doctor_routes import doctor_routes
 from ._early_spawn import EarlyStart
 from ._fd_limit import FD_LIMIT_TARGET, raise_fd_limit
+from ._heap import freeze_start_up_heap
 from ._layout import RootLayout
 from ._lock import SupervisorLock
 from ._logging import configure_logging
@@ -363,6 +364,8 @@ async def _serve(
             notifier.ready()
             notifier.status(_status_line(supervisor))
             group.start_soon(_watch_serving, supervisor, notifier)
+            # Everything serving needs exists now and lives as long as the process (ADR 0018).
+            freeze_start_up_heap()
             log.info(
                 "supervisor_ready",
                 pid=supervisor.pid,
