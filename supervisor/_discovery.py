@@ -12,7 +12,7 @@ import dataclasses
 import ipaddress
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,12 @@ from ._classification import (
 from ._daemon_shape import CmdlineFacts, parse_cmdline
 from ._health import HealthAnswer
 from ._identity import ProcessIdentity, read_identity
-from ._listen_table import linux_listen_uids
+from ._listen_table import (
+    KernelListener,
+    linux_listen_sockets,
+    linux_socket_owners,
+    port_uids,
+)
 from ._probe import probe_health
 
 __all__ = [
@@ -47,6 +52,7 @@ __all__ = [
     "read_kernel_root",
     "read_process_facts",
     "read_root_files",
+    "split_proc_cmdline",
 ]
 
 
@@ -62,14 +68,13 @@ class Listener:
 def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> list[Listener]:
     """Every listening port in ``family_range`` reachable on loopback, one entry per port."""
     low, high = family_range
-    on_linux = sys.platform.startswith("linux")
-    kernel_uids = linux_listen_uids(low, high) if on_linux else None
-    if kernel_uids == {}:
-        # psutil reads the same kernel tables, then walks every process's descriptors to
-        # name the pids (60-200 ms on a busy machine): with no listener in the range there
-        # is nobody to name, and every sweep of a clean root ends here. psutil is imported
-        # below, not at the top, for the same reason: a clean root's supervisor never needs it.
-        return []
+    kernel = linux_listen_sockets(low, high) if sys.platform.startswith("linux") else None
+    if kernel is not None:
+        # On Linux the kernel's tables say everything: the sockets, and (through each
+        # process's descriptors) who holds them. With no listener in the range there is
+        # nobody to name, and every sweep of a clean root ends here.
+        return _choose(_from_kernel_tables(kernel), port_uids(kernel))
+    # psutil is imported here, not at the top: on Linux the doctor never needs it.
     import psutil
 
     try:
@@ -78,8 +83,14 @@ def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> 
         # macOS lists system-wide sockets only to root; each of our own processes can
         # still show its own, and another user's processes are not ours anyway.
         candidates = _from_each_process(low, high)
+    return _choose(candidates, {})
+
+
+_Candidate = tuple[int, int | None, int | None, bool]  # port, pid, uid, is IPv4
+
+
+def _choose(candidates: Iterable[_Candidate], known_uids: dict[int, int]) -> list[Listener]:
     chosen: dict[int, tuple[tuple[bool, bool], Listener]] = {}
-    known_uids = kernel_uids or {}
     for port, pid, uid, is_ipv4 in candidates:
         listener = Listener(
             port=port, pid=pid, uid=uid if uid is not None else known_uids.get(port)
@@ -93,10 +104,19 @@ def find_family_listeners(family_range: tuple[int, int] = FAMILY_PORT_RANGE) -> 
     return [chosen[port][1] for port in sorted(chosen)]
 
 
-_Candidate = tuple[int, int | None, int | None, bool]  # port, pid, uid, is IPv4
+def _from_kernel_tables(sockets: list[KernelListener]) -> list[_Candidate]:
+    reachable = [socket for socket in sockets if _is_loopback_or_any(socket.address)]
+    if not reachable:
+        return []  # nobody to name: no process is read (every sweep of a clean root)
+    owners = linux_socket_owners({socket.inode for socket in reachable})
+    return [
+        (socket.port, owners.get(socket.inode), None, _is_ipv4(socket.address))
+        for socket in reachable
+    ]
 
 
 def _from_system_table(low: int, high: int) -> list[_Candidate]:
+    # The kernel's socket table did not answer (not Linux, or no /proc): psutil's.
     import psutil
 
     return [
@@ -155,17 +175,50 @@ def read_process_facts(pid: int) -> tuple[ProcessIdentity | None, CmdlineFacts |
     identity = read_identity(pid)
     if identity is None:
         return None, None
-    import psutil
-
-    try:
-        argv: Sequence[str] = psutil.Process(pid).cmdline()
-    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+    argv = _linux_argv(pid) if sys.platform.startswith("linux") else _psutil_argv(pid)
+    if argv is None:
         return identity, None
     # The pid may have exited and been reused between the two reads; the argv is only
     # this identity's if the same process is still there afterwards.
     if not identity.same_process(read_identity(pid)):
         return None, None
     return identity, parse_cmdline(argv)
+
+
+def _linux_argv(pid: int) -> list[str] | None:
+    """``/proc/PID/cmdline`` as psutil reads it on Linux; None when unreadable."""
+    try:
+        return split_proc_cmdline(os.fsdecode(Path(f"/proc/{pid}/cmdline").read_bytes()))
+    except OSError:
+        return None
+
+
+def split_proc_cmdline(data: str) -> list[str]:
+    """The arguments in ``/proc/PID/cmdline``'s text, split as psutil splits them on Linux.
+
+    Arguments end with NUL bytes, but a process that rewrote its title (setproctitle) may
+    separate them with spaces instead. Empty for a kernel thread, or a process exiting (the
+    identity's re-check then tells).
+    """
+    if not data:
+        return []
+    separator = "\0" if data.endswith("\0") else " "
+    if data.endswith(separator):
+        data = data[:-1]
+    argv = data.split(separator)
+    if separator == "\0" and len(argv) == 1 and " " in data:
+        argv = data.split(" ")
+    return argv
+
+
+def _psutil_argv(pid: int) -> list[str] | None:
+    import psutil
+
+    try:
+        argv: list[str] = psutil.Process(pid).cmdline()
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    return argv
 
 
 def _file_id(path: str) -> FileId | None:

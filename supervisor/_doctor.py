@@ -42,7 +42,6 @@ from ._discovery import Observation, observe
 from ._identity import read_identity
 from ._installed import cli_versions_on_path, interpreter_release
 from ._layout import RootLayout
-from ._ledger import Ledger
 from ._legacy_state import (
     LegacyRecord,
     hold_legacy_lock,
@@ -51,11 +50,15 @@ from ._legacy_state import (
 )
 from ._lock import SupervisorLock
 from ._sweep import plan_sweep, sweep
-from ._table import Table
 from ._units import is_default_root
 
 if TYPE_CHECKING:
     from anyio.abc import TaskStatus
+
+    # Only the running supervisor hands doctor its table and ledger: the CLI observing
+    # without one imports neither (the table's models, the ledger's structlog).
+    from ._ledger import Ledger
+    from ._table import Table
 
 __all__ = [
     "DoctorUnavailable",

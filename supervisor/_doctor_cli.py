@@ -178,8 +178,9 @@ def _standalone(args: argparse.Namespace, request: ResetRequest | None) -> Repor
     from ._logging import configure_logging
     from ._settings import SettingsError, load_settings
 
-    # What this process logs goes to stderr: stdout is the report.
-    configure_logging(None, level=logging.WARNING)
+    # What this process logs goes to stderr: stdout is the report. A look that logs nothing
+    # (the usual one) never imports structlog.
+    configure_logging(None, level=logging.WARNING, structlog_when_used=request is None)
     layout = RootLayout(resolve_daemon_root(args.root))
     report: DoctorReport
     try:

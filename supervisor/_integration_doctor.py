@@ -23,17 +23,6 @@ from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty
 from spec_kitty_supervisor_client._hook import INTEGRATION_FILE, INTEGRATION_RECORD_LIMIT
 
 from ._files import RefusedFile, read_regular_file
-from ._integrate import (
-    HOOK_FILE,
-    PTH_FILE,
-    IntegrationRefused,
-    hook_source,
-    inspect_interpreter,
-    plan,
-    pth_line,
-    recorded_command,
-    supervisor_command_of_this_installation,
-)
 
 __all__ = [
     "IntegrationFinding",
@@ -115,6 +104,8 @@ def integration_state(
     hook_text: str | None, pth_text: str | None, command: list[str]
 ) -> IntegrationState:
     """Active (this installation's current hook), stale, foreign (another's) or absent."""
+    from ._integrate import hook_source, pth_line, recorded_command
+
     if hook_text is None and pth_text is None:
         return "absent"
     if hook_text is not None and recorded_command(hook_text) not in (None, tuple(command)):
@@ -134,6 +125,8 @@ def _read(path: Path) -> str | None:
 def _installation_finding(
     installation: Installation, command: list[str]
 ) -> IntegrationFinding | None:
+    from ._integrate import HOOK_FILE, PTH_FILE, IntegrationRefused, inspect_interpreter, plan
+
     python = installation.python
     fix = f"`spec-kitty-supervisor integrate --python {python}`"
     try:
@@ -236,11 +229,20 @@ def _record_findings(root: Path) -> list[IntegrationFinding]:
 def integration_findings(
     root: Path, env: Mapping[str, str] | None = None
 ) -> list[IntegrationFinding]:
-    """Every finding about the integration, for ``doctor``."""
-    command = supervisor_command_of_this_installation()
-    findings = [
-        finding
-        for installation in spec_kitty_installations(env)
-        if (finding := _installation_finding(installation, command)) is not None
-    ]
+    """Every finding about the integration, for ``doctor``.
+
+    ``integrate``'s own module (what it writes, how it asks an interpreter) is imported only
+    when a spec-kitty installation is found: a machine without one pays nothing for it.
+    """
+    findings: list[IntegrationFinding] = []
+    installations = spec_kitty_installations(env)
+    if installations:
+        from ._integrate import supervisor_command_of_this_installation
+
+        command = supervisor_command_of_this_installation()
+        findings = [
+            finding
+            for installation in installations
+            if (finding := _installation_finding(installation, command)) is not None
+        ]
     return findings + _record_findings(root)

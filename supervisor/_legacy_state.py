@@ -105,10 +105,11 @@ def remove_legacy_state(path: Path) -> None:
 
 def _log() -> Any:
     # structlog is imported when something is logged: the supervisor's light first stage
-    # (``_early_spawn``) reads this file before the heavy imports.
-    import structlog
+    # (``_early_spawn``) reads this file before the heavy imports, and ``doctor`` reads it
+    # with structlog's configuration left to the first logger (``_logging.get_logger``).
+    from ._logging import get_logger
 
-    return structlog.get_logger("spec_kitty_supervisor")
+    return get_logger("spec_kitty_supervisor")
 
 
 @asynccontextmanager

@@ -8,6 +8,12 @@ handler would print a "--- Logging error ---" traceback to stderr for every reco
 writes one ``log_not_written`` line to stderr, ``status`` shows it as degraded
 (:func:`log_not_written`), and the first record written again is followed, in the file and on
 stderr, by ``log_written_again`` with how many writes failed meanwhile.
+
+A command that may log nothing at all (``doctor`` observing without a supervisor) asks for
+structlog's configuration to wait until something first logs (``structlog_when_used``):
+structlog, which imports asyncio's and the standard library's logging machinery, is then
+imported only by a first :func:`get_logger`. Unconfigured, structlog prints to stdout, where
+such a command writes its report, so code on those paths logs through :func:`get_logger`.
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from ._files import open_own_file
 
-__all__ = ["configure_logging", "log_not_written"]
+__all__ = ["configure_logging", "get_logger", "log_not_written"]
+
+#: The level structlog is to be configured with by the first :func:`get_logger`, when
+#: :func:`configure_logging` was asked to wait; empty once configured (or never asked).
+_structlog_waiting: list[int] = []
 
 
 def _drop_secrets(
@@ -107,8 +115,14 @@ def log_not_written() -> str | None:
     return None
 
 
-def configure_logging(log_file: Path | None, level: int = logging.INFO) -> list[str]:
-    """Send structured logs to ``log_file`` (or stderr); returns what was moved aside for it."""
+def configure_logging(
+    log_file: Path | None, level: int = logging.INFO, *, structlog_when_used: bool = False
+) -> list[str]:
+    """Send structured logs to ``log_file`` (or stderr); returns what was moved aside for it.
+
+    With ``structlog_when_used``, structlog is configured by the first :func:`get_logger`
+    rather than now (at once if something imported it already).
+    """
     handler: logging.Handler
     moved: list[str] = []
     if log_file is None:
@@ -121,6 +135,27 @@ def configure_logging(log_file: Path | None, level: int = logging.INFO) -> list[
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    _structlog_waiting.clear()
+    if structlog_when_used and "structlog" not in sys.modules:
+        _structlog_waiting.append(level)
+    else:
+        _configure_structlog(level)
+    return moved
+
+
+def get_logger(name: str) -> Any:
+    """structlog's logger ``name``, structlog configured first if :func:`configure_logging`
+    left that to the first logger."""
+    import structlog
+
+    if _structlog_waiting:
+        _configure_structlog(_structlog_waiting.pop())
+    return structlog.get_logger(name)
+
+
+def _configure_structlog(level: int) -> None:
+    import structlog
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -134,4 +169,3 @@ def configure_logging(log_file: Path | None, level: int = logging.INFO) -> list[
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=True,
     )
-    return moved

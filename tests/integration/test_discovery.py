@@ -11,14 +11,14 @@ import select
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from sks_harness import DEFAULT_TIMEOUT, NoFreePortsError, PortRange, eventually, port_is_free
+from spec_kitty_supervisor import _discovery
 from spec_kitty_supervisor._classification import SupervisorFacts
 from spec_kitty_supervisor._daemon_shape import DAEMON_EXEC_MARKER, DAEMON_ROOT_MARKER
 from spec_kitty_supervisor._discovery import (
@@ -259,6 +259,31 @@ while True:
 """
 
 
+# Listens, then forks: parent and child both hold the listening socket. The child prints its
+# pid and lives until the parent dies (its end of a pipe then reads EOF).
+SHARED_LISTENER = """\
+import os, socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+sock.bind(("127.0.0.1", int(sys.argv[1])))
+sock.listen(8)
+read_end, write_end = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(write_end)
+    os.read(read_end, 1)
+    os._exit(0)
+os.close(read_end)
+print("ready", flush=True)
+print(child, flush=True)
+os.wait()  # until killed
+"""
+
+
+def shared_listener_argv(ports: list[int]) -> list[str]:
+    return [sys.executable, "-c", SHARED_LISTENER, str(ports[0])]
+
+
 def silent_listeners_argv(ports: list[int]) -> list[str]:
     return [sys.executable, "-c", SILENT_LISTENERS, *map(str, ports)]
 
@@ -302,36 +327,70 @@ def test_a_stopped_processs_listener_is_still_found(processes: Processes, daemon
 def test_listeners_are_found_process_by_process_when_the_system_table_is_denied(
     processes: Processes, daemon_root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # As on macOS, where listing every socket needs root.
+    # As on macOS: no kernel tables to read, and listing every socket needs root.
     def denied(kind: str = "inet") -> list[object]:
         raise psutil.AccessDenied()
 
     daemon, (port,) = processes.start(fake_daemon_argv(daemon_root))
+    monkeypatch.setattr(_discovery, "linux_listen_sockets", lambda low, high: None)
     monkeypatch.setattr(psutil, "net_connections", denied)
 
     assert listener_on(port, find_family_listeners()) == Listener(port, daemon.pid, os.getuid())
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's /proc tables")
-def test_a_range_the_kernel_lists_no_listener_in_is_not_walked_process_by_process(
+def test_on_linux_the_kernel_tables_name_the_listeners_without_psutil(
     processes: Processes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, (port,) = processes.start(silent_listeners_argv)
-    calls: list[str] = []
-    listing = psutil.net_connections
+    walks: list[frozenset[int]] = []
+    walk = _discovery.linux_socket_owners
 
-    def counted(kind: str = "inet") -> list[Any]:
-        calls.append(kind)
-        return listing(kind)
+    def counted(inodes: Collection[int]) -> dict[int, int]:
+        walks.append(frozenset(inodes))
+        return walk(inodes)
 
-    monkeypatch.setattr(psutil, "net_connections", counted)
+    def not_psutil(kind: str = "inet") -> list[object]:
+        raise AssertionError("psutil's system-wide listing was used")
+
+    monkeypatch.setattr(_discovery, "linux_socket_owners", counted)
+    monkeypatch.setattr(psutil, "net_connections", not_psutil)
     empty = (port + 1, port + 1)  # half-open: no port at all, so nothing can listen in it
 
     assert find_family_listeners(empty) == []
-    assert calls == []
-    # With a listener in the range the pids are named as before.
-    assert listener_on(port, find_family_listeners((port, port + 1))).pid is not None
-    assert calls == ["tcp"]
+    assert walks == []  # nothing listens there: no process is read
+    # With a listener in the range, its sockets' holder is looked for, and named.
+    holder = listener_on(port, find_family_listeners((port, port + 1)))
+    assert holder.pid is not None
+    assert holder.uid == os.getuid()
+    assert len(walks) == 1
+    assert len(walks[0]) >= 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's /proc tables")
+def test_the_kernel_tables_name_what_psutil_names(
+    processes: Processes, daemon_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    daemon, (daemon_port,) = processes.start(fake_daemon_argv(daemon_root))
+    both, (both_port,) = processes.start(silent_listeners_argv)
+    parent, (shared_port,) = processes.start(shared_listener_argv)
+    assert parent.stdout is not None
+    child_pid = int(parent.stdout.readline())
+    ours = {daemon_port, both_port, shared_port}
+
+    from_kernel = [entry for entry in find_family_listeners() if entry.port in ours]
+    monkeypatch.setattr(_discovery, "linux_listen_sockets", lambda low, high: None)
+    from_psutil = [entry for entry in find_family_listeners() if entry.port in ours]
+
+    # psutil, without the kernel's tables, cannot say whose a socket is: the pids must agree.
+    assert [(e.port, e.pid) for e in from_kernel] == [(e.port, e.pid) for e in from_psutil]
+    assert {e.port: e.pid for e in from_kernel} == {
+        daemon_port: daemon.pid,
+        both_port: both.pid,
+        # The socket is held by the parent and its forked child: the last, as psutil says.
+        shared_port: max(parent.pid, child_pid),
+    }
+    assert {e.uid for e in from_kernel} == {os.getuid()}
 
 
 def test_a_port_held_on_ipv4_and_ipv6_is_one_listener(processes: Processes) -> None:

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SUPERVISOR = "spec_kitty_supervisor"
 
 
@@ -55,6 +57,19 @@ def test_the_checker_sees_a_module_that_is_imported() -> None:
     assert f"{SUPERVISOR}._doctor" in loaded
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux reads /proc itself")
+def test_on_linux_reading_processes_and_listeners_imports_no_psutil() -> None:
+    loaded = _loaded_after(
+        f"import os\nfrom {SUPERVISOR}._discovery import find_family_listeners\n"
+        f"from {SUPERVISOR}._discovery import read_process_facts\n"
+        "assert read_process_facts(os.getpid())[1] is not None\n"
+        "find_family_listeners()"
+    )
+    assert f"{SUPERVISOR}._discovery" in loaded
+    assert "psutil" not in loaded
+
+
+@pytest.mark.skipif(sys.platform.startswith("linux"), reason="elsewhere psutil reads processes")
 def test_psutil_is_imported_when_a_process_is_first_read() -> None:
     loaded = _loaded_after(
         f"import os\nfrom {SUPERVISOR}._discovery import read_process_facts\n"
@@ -196,41 +211,31 @@ def test_doctor_observing_here_imports_its_machinery_then() -> None:
         "with tempfile.TemporaryDirectory() as folder:\n"
         "    main(['doctor', '--json', '--root', folder + '/root'])\n"  # no supervisor there
     )
-    assert {f"{SUPERVISOR}._doctor", "pydantic", "structlog"} <= loaded
+    assert {f"{SUPERVISOR}._doctor", "pydantic"} <= loaded
     assert loaded & NOT_FOR_DOCTOR == set()
+    # Nothing was logged, so structlog was not needed; the table and ledger are the
+    # running supervisor's.
+    assert {"structlog", f"{SUPERVISOR}._table", f"{SUPERVISOR}._ledger"} & loaded == set()
+    if sys.platform.startswith("linux"):
+        assert "psutil" not in loaded
 
 
-#: What ``run``'s first stage (``_early_spawn``, ADR 0013) must not import: it spawns the
-#: starter's daemon while these are imported, after it.
-NOT_FOR_THE_FIRST_STAGE = {
-    "hashlib",  # through secrets: OpenSSL's start, for a token os.urandom gives
-    "pydantic",
-    "structlog",
-    "anyio",
-    "asyncio",
-    "h11",
-    "psutil",
-    f"{SUPERVISOR}._cli",
-    f"{SUPERVISOR}._runner",
-    f"{SUPERVISOR}._models",
-    "spec_kitty_supervisor_client._models",
-}
-
-
-def test_the_first_stage_of_run_imports_nothing_heavy() -> None:
-    loaded = _loaded_after(f"import {SUPERVISOR}._early_spawn")
-    assert f"{SUPERVISOR}._early_spawn" in loaded
-    assert loaded & NOT_FOR_THE_FIRST_STAGE == set()
-
-
-def test_only_run_imports_the_early_spawn_stage() -> None:
-    loaded = _loaded_after(
-        "sys.argv = ['spec-kitty-supervisor', '--version']\n"
-        f"from {SUPERVISOR}.__main__ import main\n"
-        "try:\n"
-        "    main()\n"
-        "except SystemExit:\n"
-        "    pass"
+def test_doctor_that_logs_configures_structlog_before_the_first_line(tmp_path: Path) -> None:
+    # R/sync-daemon is a folder: reading it refuses it, moves it aside and logs why. The log
+    # line goes to stderr as JSON; stdout stays the report alone.
+    root = tmp_path / "root"
+    (root / "sync-daemon").mkdir(parents=True)
+    done = subprocess.run(
+        [sys.executable, "-m", SUPERVISOR, "doctor", "--json", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
-    assert f"{SUPERVISOR}._cli" in loaded
-    assert f"{SUPERVISOR}._early_spawn" not in loaded
+    assert done.returncode in (0, 1), done.stderr
+    report = json.loads(done.stdout)
+    assert report["supervisor"] is None
+    logged = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [entry["event"] for entry in logged] == ["legacy_state_refused"]
+    assert logged[0]["level"] == "warning"
+    assert (root / "sync-daemon.refused-0").is_dir()
