@@ -391,9 +391,11 @@ def passed_environment(env: Mapping[str, str]) -> dict[str, str]:
     """
     if env is os.environ and os.name == "posix":
         # This runs on every ensure: os.environ's own bytes are filtered first and only what
-        # passes is decoded (as os.environ decodes it), instead of decoding every key to test it.
+        # passes is decoded, as os.environ decodes it (its encoding, surrogateescape), by the
+        # bytes' own method: os.fsdecode would look both up again for every key and value.
+        encoding = sys.getfilesystemencoding()
         return {
-            os.fsdecode(key): os.fsdecode(value)
+            key.decode(encoding, "surrogateescape"): value.decode(encoding, "surrogateescape")
             for key, value in os.environ._data.items()  # type: ignore[attr-defined]
             if key not in _SET_BY_SUPERVISOR_BYTES
             and (key in _PASSED_ENV_NAMES_BYTES or key.startswith(_PASSED_ENV_PREFIXES_BYTES))

@@ -15,7 +15,7 @@ import struct
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -43,7 +43,9 @@ __all__ = [
     "ApiError",
     "ApiRequest",
     "ConnectionTracker",
+    "Encoded",
     "Handler",
+    "ParsedBodies",
     "Route",
     "Router",
     "peer_pid",
@@ -105,7 +107,46 @@ class ApiRequest:
             raise ApiError(400, "invalid_request", f"{name} must be an integer") from None
 
 
-Handler = Callable[[ApiRequest], Awaitable[BaseModel]]
+class ParsedBodies(Generic[_M]):
+    """:meth:`ApiRequest.parse` for one request model, remembering the bodies it accepted.
+
+    Validating a body is a function of its bytes alone, and the clients of a root send the
+    same ``ensure`` body again and again (same interpreter, folder and environment). A body
+    accepted before is answered with the model it gave, the same object: request models are
+    frozen, and nothing that handles a request changes what it holds. Bounded like
+    :func:`._http.parse_head`'s memory: at most :data:`LIMIT` bodies of at most
+    :data:`BODY_BYTES` each (all forgotten when full); a refused body is validated, and
+    refused, every time.
+    """
+
+    LIMIT = 16
+    BODY_BYTES = 16 * 1024
+
+    def __init__(self, model: type[_M]) -> None:
+        self.model = model
+        self._accepted: dict[bytes, _M] = {}
+
+    def parse(self, request: ApiRequest) -> _M:
+        known = self._accepted.get(request.body)
+        if known is not None:
+            return known
+        parsed = request.parse(self.model)
+        if len(request.body) <= self.BODY_BYTES:
+            if len(self._accepted) >= self.LIMIT:
+                self._accepted.clear()
+            self._accepted[request.body] = parsed
+        return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """An answer a handler gives already written as its model's JSON (``model_dump_json``):
+    for an answer it gives again unchanged, whose JSON it keeps."""
+
+    json: bytes
+
+
+Handler = Callable[[ApiRequest], Awaitable[BaseModel | Encoded]]
 
 
 @dataclass(frozen=True)
@@ -120,7 +161,7 @@ class Router:
         self._routes = {(r.method, r.path): r.handler for r in routes}
         self._paths = {r.path for r in routes}
 
-    async def dispatch(self, request: ApiRequest) -> tuple[int, BaseModel]:
+    async def dispatch(self, request: ApiRequest) -> tuple[int, BaseModel | Encoded]:
         handler = self._routes.get((request.method, request.path))
         if handler is None:
             if request.path in self._paths:
@@ -454,4 +495,6 @@ async def _answer(router: Router, head: RequestHead, body: bytes) -> tuple[int, 
     except Exception as exc:
         log.exception("handler_failed", path=request.path)
         return 500, _error_body("internal_error", f"the supervisor failed this request: {exc!r}")
+    if isinstance(model, Encoded):
+        return status, model.json
     return status, model.model_dump_json().encode()

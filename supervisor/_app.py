@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from spec_kitty_supervisor_client._models import (
     PROTOCOL_VERSION,
     EnsureRequest,
+    EnsureResponse,
     EventsResponse,
     HandoverResponse,
     RetireRequest,
@@ -18,7 +19,7 @@ from spec_kitty_supervisor_client._models import (
     SupervisorHealth,
 )
 
-from ._api import ApiError, ApiRequest, Handler, Route, Router
+from ._api import ApiError, ApiRequest, Encoded, Handler, ParsedBodies, Route, Router
 from ._core import Supervisor
 from ._errors import ErrorCode, LifecycleError, RequestErrorCode
 
@@ -80,13 +81,34 @@ def refuse_while_exiting(supervisor: Supervisor) -> None:
 def _answering_errors(handler: Handler) -> Handler:
     """The route layer: a refusal of the core becomes its error document, with its status."""
 
-    async def handle(request: ApiRequest) -> BaseModel:
+    async def handle(request: ApiRequest) -> BaseModel | Encoded:
         try:
             return await handler(request)
         except LifecycleError as exc:
             raise api_error(exc) from None
 
     return handle
+
+
+class _LastJson:
+    """The JSON of the last ``ensure`` answer, kept while the lifecycle gives that same answer.
+
+    A warm ``ensure`` is answered with the very :class:`EnsureResponse` object of the last one
+    while nothing it says changed (``_lifecycle._ensure``). That object cannot change: the
+    model is frozen and holds only strings, numbers and a frozen :class:`DaemonView` of them
+    (``tests/unit/test_api.py`` checks that), so its JSON is written once.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[EnsureResponse, Encoded] | None = None
+
+    def encoded(self, answer: EnsureResponse) -> Encoded:
+        last = self._last
+        if last is not None and last[0] is answer:
+            return last[1]
+        encoded = Encoded(answer.model_dump_json().encode())
+        self._last = (answer, encoded)
+        return encoded
 
 
 def build_router(
@@ -103,10 +125,13 @@ def build_router(
     async def status(request: ApiRequest) -> BaseModel:
         return supervisor.status()
 
-    async def ensure(request: ApiRequest) -> BaseModel:
-        body = request.parse(EnsureRequest)
+    ensure_bodies = ParsedBodies(EnsureRequest)
+    ensure_json = _LastJson()
+
+    async def ensure(request: ApiRequest) -> BaseModel | Encoded:
+        body = ensure_bodies.parse(request)
         refuse_while_exiting(supervisor)
-        return await supervisor.ensure(body)
+        return ensure_json.encoded(await supervisor.ensure(body))
 
     async def retire(request: ApiRequest) -> BaseModel:
         body = request.parse(RetireRequest)

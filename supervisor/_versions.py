@@ -107,6 +107,7 @@ class InstalledVersions:
     def __init__(self, ask: Callable[[str], tuple[str, str]] = learn_release) -> None:
         self._ask = ask
         self._learnt: dict[str, _Learnt] = {}
+        self._last_established: tuple[EnsureRequest, str, EstablishedEnsure] | None = None
 
     def known(self, python: str, resolved_python: str) -> str | None:
         """The version learnt for ``python`` while nothing was installed since; else None."""
@@ -144,7 +145,16 @@ class InstalledVersions:
                 "reads it) or with the installed one",
                 {"claimed": claimed, "installed": version},
             )
+        # The same request object (``_api.ParsedBodies`` gives it again for the same body)
+        # with the same version is the same established request: both are frozen.
+        last = self._last_established
+        if last is not None and last[0] is request and last[1] == version:
+            return last[2]
         # The fields were validated when the request was parsed; only the version is new.
         # Every field of the request (a new one included) carries over.
         # (``__dict__`` is the fields' values: a third of the cost of iterating the model.)
-        return EstablishedEnsure.model_construct(**{**request.__dict__, "package_version": version})
+        established = EstablishedEnsure.model_construct(
+            **{**request.__dict__, "package_version": version}
+        )
+        self._last_established = (request, version, established)
+        return established

@@ -92,9 +92,31 @@ def _answer_from_table(
             # Spawned at start-up for the ensure this supervisor's starter handed over
             # (take_over_early_spawn): its first client learns it was spawned for it.
             action = "spawned"
-    return EnsureResponse(
+    # The answer is a function of these values alone (the view's fields, the action, the
+    # reason): while none changed, the last answer object is given again, and its JSON with it
+    # (``_app``). Every decision above was made again for this request all the same.
+    said = (
+        action,
+        decision.reason,
+        current.pid,
+        current.port,
+        current.package_version,
+        current.python,
+        current.origin,
+        current.state,
+        current.role,
+        current.started_at,
+        current.last_healthy_at,
+        current.token,
+    )
+    last = lifecycle.last_answer
+    if last is not None and last[0] == said:
+        return last[1]
+    answer = EnsureResponse(
         action=action, daemon=current.view(with_token=True), message=decision.reason
     )
+    lifecycle.last_answer = (said, answer)
+    return answer
 
 
 async def _ensure_locked(

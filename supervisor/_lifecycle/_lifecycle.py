@@ -20,7 +20,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup
 
-from spec_kitty_supervisor_client._models import Settings
+from spec_kitty_supervisor_client._models import EnsureResponse, Settings
 
 from .._errors import ErrorCode, LifecycleError
 from .._spawn import ValidatedInterpreters
@@ -95,6 +95,9 @@ class Lifecycle:
         #: The daemon spawned at start-up for the ensure the supervisor's starter handed over
         #: (docs/adr/0013): the first client it is handed to is told it was ``spawned``.
         self.spawned_for_starter: int | None = None
+        #: The last answer an ``ensure`` gave from the table, and the values it says
+        #: (:mod:`._ensure`): given again, the same object, while those values are the same.
+        self.last_answer: tuple[tuple[object, ...], EnsureResponse] | None = None
         #: Called with each pid that enters the table, to watch for its exit (:mod:`._exits`).
         self.watch: Callable[[int], None] = lambda pid: None
         self._task_group: TaskGroup | None = None

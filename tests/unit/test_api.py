@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import anyio
 import pytest
@@ -23,11 +24,19 @@ from spec_kitty_supervisor._api import (
     PROTOCOL_HEADER,
     ApiError,
     ApiRequest,
+    Encoded,
+    ParsedBodies,
     Route,
     Router,
     serve_connection,
 )
-from spec_kitty_supervisor_client._models import RetireRequest, SupervisorHealth
+from spec_kitty_supervisor_client._models import (
+    DaemonView,
+    EnsureRequest,
+    EnsureResponse,
+    RetireRequest,
+    SupervisorHealth,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -83,9 +92,17 @@ async def _slow(request: ApiRequest) -> BaseModel:
     return SupervisorHealth(pid=2, version="t", protocol_version=1, root="/r")
 
 
+_ENCODED = Encoded(b'{"pid":3,"version":"t","protocol_version":1,"root":"/r"}')
+
+
+async def _encoded(request: ApiRequest) -> Encoded:
+    return _ENCODED
+
+
 ROUTER = Router(
     [
         Route("GET", "/v1/health", _health),
+        Route("GET", "/v1/encoded", _encoded),
         Route("POST", "/v1/retire", _retire),
         Route("GET", "/v1/boom", _boom),
         Route("GET", "/v1/slow", _slow),
@@ -318,3 +335,59 @@ def test_a_client_meeting_another_protocol_gets_an_error_naming_both() -> None:
     assert "protocol 2" in message
     assert "speaks 1" in message
     assert "spec-kitty-supervisor stop" in message
+
+
+async def test_an_answer_a_handler_gives_as_json_is_sent_as_it_is(server: Path) -> None:
+    reply = await _raw(server, _request("GET", "/v1/encoded"))
+    assert reply.endswith(b"\r\n\r\n" + _ENCODED.json)
+    assert _split(reply)[0] == 200
+
+
+def _ensure_request(body: bytes) -> ApiRequest:
+    return ApiRequest(method="POST", path="/v1/sync/ensure", query={}, body=body)
+
+
+def test_a_body_accepted_before_gives_the_same_request_and_a_refused_one_is_refused_again() -> None:
+    bodies = ParsedBodies(EnsureRequest)
+    body = json.dumps({"python": "/p/bin/python", "cwd": "/w", "env": {"HOME": "/h"}}).encode()
+    first = bodies.parse(_ensure_request(body))
+    assert first == EnsureRequest.model_validate_json(body)
+    assert bodies.parse(_ensure_request(bytes(body))) is first
+    other = bodies.parse(_ensure_request(body.replace(b"/w", b"/v")))
+    assert (other.cwd, first.cwd) == ("/v", "/w")
+    for refused, code in ((b'{"python": "p"}', "invalid_request"), (b"{", "invalid_json")):
+        for _ in range(2):
+            with pytest.raises(ApiError) as error:
+                bodies.parse(_ensure_request(refused))
+            assert error.value.code == code
+
+
+def test_what_is_remembered_of_bodies_stays_bounded() -> None:
+    bodies = ParsedBodies(EnsureRequest)
+    for n in range(3 * ParsedBodies.LIMIT):
+        bodies.parse(_ensure_request(json.dumps({"python": f"/p{n}/bin/python"}).encode()))
+        assert len(bodies._accepted) <= ParsedBodies.LIMIT
+    large = json.dumps({"python": "/p/bin/python", "cwd": "/" + "w" * ParsedBodies.BODY_BYTES})
+    bodies.parse(_ensure_request(large.encode()))
+    assert large.encode() not in bodies._accepted
+
+
+def _immutable(annotation: object) -> bool:
+    if annotation in (str, int, float, bool, type(None)):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return bool(annotation.model_config.get("frozen")) and all(
+            _immutable(field.annotation) for field in annotation.model_fields.values()
+        )
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return True
+    return origin is not None and origin not in (list, dict, set) and all(map(_immutable, args))
+
+
+def test_an_ensure_answer_cannot_change_once_made() -> None:
+    # The ensure route keeps the JSON of the last answer object it gave (``_app._LastJson``):
+    # only right while that object cannot change, all the way down.
+    assert _immutable(EnsureResponse)
+    assert _immutable(DaemonView)
+    assert not _immutable(EnsureRequest)  # the check can fail: a request's env is a dict

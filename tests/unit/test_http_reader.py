@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from sks_harness import DEFAULT_TIMEOUT
+from spec_kitty_supervisor import _http
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
 from spec_kitty_supervisor._connections import ConnectionPool
 from spec_kitty_supervisor._http import (
@@ -421,3 +422,24 @@ def test_a_client_that_always_has_requests_ready_takes_turns_with_the_others() -
     assert sorted(order) == ["/a"] * 40 + ["/b"] * 40
     # Neither connection is ever more than one request ahead of its turn.
     assert max(len(list(run)) for _, run in itertools.groupby(order)) <= 2, order
+
+
+def test_a_head_read_before_is_answered_from_memory_and_a_refused_one_never_is() -> None:
+    head = b"POST /v1/sync/ensure HTTP/1.1\r\nhost: s\r\ncontent-length: 12\r\n\r\n"
+    first = parse_head(head)
+    assert parse_head(bytearray(head)) is first
+    assert first == _http._parse_head(head)
+    refused = b"POST /v1/sync/ensure HTTP/1.1\r\ncontent-length: 12\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HttpError, match="exactly one host"):
+            parse_head(refused)
+    assert refused not in _http._read_heads
+
+
+def test_what_is_remembered_of_heads_stays_bounded() -> None:
+    for n in range(3 * _http._READ_HEADS_LIMIT):
+        parse_head(b"GET /v1/status?n=%d HTTP/1.1\r\nhost: s\r\n\r\n" % n)
+        assert len(_http._read_heads) <= _http._READ_HEADS_LIMIT
+    long = b"GET /v1/status HTTP/1.1\r\nhost: s\r\nx: " + b"y" * 2000 + b"\r\n\r\n"
+    assert parse_head(long).target == "/v1/status"
+    assert long not in _http._read_heads

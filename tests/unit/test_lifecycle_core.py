@@ -43,7 +43,12 @@ from spec_kitty_supervisor._lifecycle._decisions import (
 from spec_kitty_supervisor._policy import EnsureDecision
 from spec_kitty_supervisor._spawn import ValidatedInterpreters
 from spec_kitty_supervisor._table import DaemonRecord
-from spec_kitty_supervisor_client._models import EnsureRequest, EnsureResponse, Settings
+from spec_kitty_supervisor_client._models import (
+    DaemonView,
+    EnsureRequest,
+    EnsureResponse,
+    Settings,
+)
 from tests.unit.lifecycle_fakes import FakeClock, FakeDaemon, FakeEffects, make_lifecycle
 
 pytestmark = pytest.mark.anyio
@@ -134,6 +139,40 @@ async def test_the_warm_ensure_validates_the_interpreter_and_decides_once(
         assert answer.action == "reused"
         assert answer.daemon.pid == first.daemon.pid
         assert walk == ["validate", "decide"]
+
+
+async def test_a_warm_answer_is_given_again_only_while_everything_it_says_is_the_same() -> None:
+    # The lifecycle gives the same (frozen) answer object again while the daemon's view, the
+    # action and the reason are unchanged; each of them that changes gives a new answer.
+    async with running() as world:
+        await world.ensure()
+        first = await world.ensure()
+        assert first.action == "reused"
+        assert await world.ensure() is first
+        current = world.current
+        changes: dict[str, object] = {
+            "pid": current.pid + 1,
+            "port": current.port + 1,
+            "package_version": current.package_version,  # the request must still match
+            "python": current.python,
+            "origin": "adopted" if current.origin != "adopted" else "spawned",
+            "state": "unresponsive" if current.state != "unresponsive" else "healthy",
+            "started_at": current.started_at + "1",
+            "last_healthy_at": "2026-12-01T00:00:09+00:00",
+            "token": (current.token or "") + "x",
+        }
+        shown = set(DaemonView.model_fields) - {"url", "role", "package_version", "python"}
+        assert set(changes) - {"package_version", "python"} == shown
+        for name in sorted(shown):
+            before = await world.ensure()
+            setattr(current, name, changes[name])
+            world.lifecycle.handed_out.add(current.pid)
+            after = await world.ensure()
+            assert after is not before, name
+            assert after.daemon.model_dump() == current.view(with_token=True).model_dump(), name
+        # The reason is part of what it says: an older client is told the newer one is kept.
+        kept = await world.ensure("3.2.3")
+        assert (kept.action, kept.message != first.message) == ("kept_newer", True)
 
 
 async def test_the_cold_ensure_validates_the_interpreter_and_decides_once(

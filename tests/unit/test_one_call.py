@@ -19,6 +19,7 @@ import pytest
 
 from spec_kitty_supervisor_client import EnsureRequest, EnsureResponse, ProtocolMismatch
 from spec_kitty_supervisor_client._one_call import EnsureAnswer, ensure_request_body
+from spec_kitty_supervisor_client._wire import PASSED_ENV_NAMES, PASSED_ENV_PREFIXES
 
 HEAVY = ("pydantic", "httpx", "anyio", "spec_kitty_supervisor_client._models")
 
@@ -188,3 +189,67 @@ def test_an_answer_of_another_shape_is_a_protocol_mismatch(document: object) -> 
 def test_an_answer_that_is_not_json_is_a_protocol_mismatch() -> None:
     with pytest.raises(ProtocolMismatch):
         EnsureAnswer.from_json(b"<html>")
+
+
+def test_the_body_is_built_again_whenever_what_it_says_may_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SPEC_KITTY_FLAVOUR", "one")
+    first = ensure_request_body("/p/bin/python", None, "/w")
+    # Asked again with the same arguments and environment: the same bytes, not rebuilt.
+    assert ensure_request_body("/p/bin/python", None, "/w") is first
+    assert json.loads(first)["env"]["SPEC_KITTY_FLAVOUR"] == "one"
+
+    monkeypatch.setenv("SPEC_KITTY_FLAVOUR", "two")
+    assert (
+        json.loads(ensure_request_body("/p/bin/python", None, "/w"))["env"]["SPEC_KITTY_FLAVOUR"]
+        == "two"
+    )
+    monkeypatch.delenv("SPEC_KITTY_FLAVOUR")
+    assert (
+        "SPEC_KITTY_FLAVOUR"
+        not in json.loads(ensure_request_body("/p/bin/python", None, "/w"))["env"]
+    )
+    for arguments in (
+        ("/q/bin/python", None, "/w"),
+        ("/p/bin/python", "3.2.7", "/w"),
+        ("/p/bin/python", None, "/v"),
+    ):
+        document = json.loads(ensure_request_body(*arguments))
+        assert (document["python"], document.get("package_version"), document["cwd"]) == arguments
+
+
+def test_the_body_always_holds_the_allow_listed_environment_as_it_is_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    from spec_kitty_supervisor_client._wire import passed_environment
+
+    for value in ("a", "b", "b\udcff", "a"):  # undecodable bytes round-trip as os.environ's
+        monkeypatch.setenv("LC_FLAVOUR", value)
+        monkeypatch.setenv("UNRELATED", value + "x")
+        env = json.loads(ensure_request_body("/p/bin/python", None, "/w"))["env"]
+        assert env == passed_environment(os.environ)
+        assert env == {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("SPEC_KITTY_HOME", "SPEC_KITTY_CLI_VERSION")
+            and (k in PASSED_ENV_NAMES or k.startswith(PASSED_ENV_PREFIXES))
+        }
+        assert env["LC_FLAVOUR"] == value
+
+
+def test_an_answer_is_read_again_only_when_its_bytes_differ() -> None:
+    from spec_kitty_supervisor_client._one_call import _read_answer
+
+    body = json.dumps({"action": "reused", "daemon": _DAEMON}).encode()
+    first = _read_answer(body)
+    assert _read_answer(bytes(body)) is first
+    later = {**_DAEMON, "last_healthy_at": "2026-12-01T00:00:10+00:00"}
+    second = _read_answer(json.dumps({"action": "reused", "daemon": later}).encode())
+    assert second.daemon.last_healthy_at == "2026-12-01T00:00:10+00:00"
+    with pytest.raises(ProtocolMismatch):
+        _read_answer(b"<html>")
+    # A refused answer is never remembered in place of the last good one.
+    assert _read_answer(json.dumps({"action": "reused", "daemon": later}).encode()) is second

@@ -130,3 +130,79 @@ def test_a_root_that_is_a_symbolic_link_loop_is_refused_as_unreadable(tmp_path: 
     loop.symlink_to(loop)
     with pytest.raises(InvalidDaemonRoot, match="cannot be read"):
         resolve_daemon_root(loop)
+
+
+def _as_upstream(given: str) -> Path:
+    """What the root was before the link-free shortcut: the given path, expanded, resolved."""
+    return Path(given).expanduser().resolve()
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["{t}/root", "{t}/root/", "{t}//root", "{t}/./root", "{t}/x/../root", "{t}/link/root"],
+)
+def test_every_spelling_of_a_root_is_the_realpath_upstream_derives(
+    tmp_path: Path, spelling: str
+) -> None:
+    (tmp_path / "root").mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)
+    given = spelling.format(t=tmp_path)
+    resolved = resolve_daemon_root(given)
+    assert resolved == _as_upstream(given)
+    assert str(resolved) == str((tmp_path / "root").resolve())
+
+
+def test_a_relative_root_and_the_home_default_resolve_as_upstream(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "home" / ".spec-kitty").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_daemon_root("home/.spec-kitty") == _as_upstream("home/.spec-kitty")
+    monkeypatch.delenv("SPEC_KITTY_HOME", raising=False)
+    for home in (f"{tmp_path}/home", f"{tmp_path}/home/", f"{tmp_path}/./home"):
+        monkeypatch.setenv("HOME", home)
+        assert resolve_daemon_root() == _as_upstream("~/.spec-kitty")
+        assert resolve_daemon_root("~/.spec-kitty") == _as_upstream("~/.spec-kitty")
+    monkeypatch.setenv("SPEC_KITTY_HOME", "~/.spec-kitty")
+    assert resolve_daemon_root() == tmp_path / "home" / ".spec-kitty"
+
+
+def test_a_component_that_becomes_a_link_is_followed_by_the_next_call(tmp_path: Path) -> None:
+    # The link-free shortcut remembers how to walk a path, never what it found there: each
+    # call looks at every component again.
+    (tmp_path / "a" / "root").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "root").mkdir(parents=True)
+    given = f"{tmp_path}/a/root"
+    assert resolve_daemon_root(given) == tmp_path / "a" / "root"
+    (tmp_path / "a").rename(tmp_path / "a.moved")
+    (tmp_path / "a").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert resolve_daemon_root(given) == (tmp_path / "elsewhere" / "root").resolve()
+    (tmp_path / "a").unlink()
+    (tmp_path / "a").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(InvalidDaemonRoot, match="does not exist"):
+        resolve_daemon_root(given)
+
+
+def test_a_root_that_became_a_file_is_refused_by_the_next_call(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    assert resolve_daemon_root(root) == root
+    root.rmdir()
+    root.write_text("")
+    with pytest.raises(InvalidDaemonRoot, match="is not a folder"):
+        resolve_daemon_root(root)
+    root.unlink()
+    # A root that does not exist yet is fine: the supervisor creates it.
+    assert resolve_daemon_root(root) == root
+
+
+def test_a_root_of_another_user_is_refused_before_anything_is_made_in_it(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    root = tmp_path / "root"
+    root.mkdir()
+    os.chown(root, 65534, 65534)
+    with pytest.raises(UnsafeDirectoryError, match="belongs to uid 65534, not to you"):
+        resolve_daemon_root(root)
+    assert list(root.iterdir()) == []
