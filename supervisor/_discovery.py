@@ -277,9 +277,9 @@ class _Observed:
     kernel_root: KernelRootFacts | None
 
 
-def _observe_processes(family_range: tuple[int, int]) -> list[_Observed]:
+def _read_processes(listeners: list[Listener]) -> list[_Observed]:
     observed: list[_Observed] = []
-    for listener in find_family_listeners(family_range):
+    for listener in listeners:
         identity, cmdline = (
             read_process_facts(listener.pid) if listener.pid is not None else (None, None)
         )
@@ -311,19 +311,22 @@ class Observation:
 
 async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> list[Observation]:
     """Find, probe (all at once) and classify every listener in the supervisor's range."""
-    # psutil and /proc reads block; keep them off the event loop.
-    observed = await anyio.to_thread.run_sync(_observe_processes, supervisor.family_range)
-    if supervisor.root_files is None and any(item.kernel_root for item in observed):
-        root_files = await anyio.to_thread.run_sync(read_root_files, supervisor.daemon_root)
-        supervisor = dataclasses.replace(supervisor, root_files=root_files)
+    # /proc (and psutil) reads block; keep them off the event loop.
+    listeners = await anyio.to_thread.run_sync(find_family_listeners, supervisor.family_range)
     answers: dict[int, HealthAnswer | None] = {}
 
     async def probe(port: int) -> None:
         answers[port] = await probe_health(port, timeout=health_timeout)
 
     async with anyio.create_task_group() as task_group:
-        for port in _ports_to_probe(observed, supervisor):
+        # The daemons answer (each an interpreter of its own, on another core when there is
+        # one) while their processes are read here: neither waits for the other.
+        for port in _ports_to_probe(listeners, supervisor):
             task_group.start_soon(probe, port)
+        observed = await anyio.to_thread.run_sync(_read_processes, listeners)
+        if supervisor.root_files is None and any(item.kernel_root for item in observed):
+            root_files = await anyio.to_thread.run_sync(read_root_files, supervisor.daemon_root)
+            supervisor = dataclasses.replace(supervisor, root_files=root_files)
     observations: list[Observation] = []
     for item in observed:
         health = answers.get(item.listener.port)
@@ -357,11 +360,11 @@ async def observe_listeners(
     return [item.record for item in await observe(supervisor, health_timeout)]
 
 
-def _ports_to_probe(observed: Iterable[_Observed], supervisor: SupervisorFacts) -> list[int]:
+def _ports_to_probe(listeners: Iterable[Listener], supervisor: SupervisorFacts) -> list[int]:
     # Ports outside the family, and the dashboard's above all, are never_touch whatever
     # they would answer; sync cleanup does not even knock.
     return [
-        item.listener.port
-        for item in observed
-        if port_boundary_reason(item.listener.port, supervisor) is None
+        listener.port
+        for listener in listeners
+        if port_boundary_reason(listener.port, supervisor) is None
     ]
