@@ -136,9 +136,21 @@ class ErrorBody(_Lenient):
 
 
 class SupervisorHealth(_Lenient):
-    """``GET /v1/health``: cheap liveness and the protocol handshake."""
+    """``GET /v1/health``: cheap liveness and the protocol handshake.
+
+    ``state`` is ``starting`` while the supervisor's first stage answers (its table is not
+    recovered yet; every other request is held until it is, docs/adr/0015), ``serving``
+    after. A supervisor that predates the field only answered once serving.
+    """
 
     status: Literal["ok"] = "ok"
+    state: Literal["starting", "serving"] = Field(
+        default="serving",
+        description=(
+            "starting: the supervisor holds the root and its socket, and is still importing or "
+            "recovering its table; requests other than health are answered once it serves."
+        ),
+    )
     pid: int
     version: str
     protocol_version: int

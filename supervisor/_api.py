@@ -291,7 +291,10 @@ class _Connection:
         Written straight to the (non-blocking) socket: an answer that fits in the socket's
         buffer, as nearly every one does, leaves at once; what does not fit waits for room.
         """
-        data = response_bytes(status, body, keep_alive=keep_alive)
+        await self.send(response_bytes(status, body, keep_alive=keep_alive))
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` whole, within the deadline."""
         try:
             sent = self.raw.send(data)
         except BlockingIOError:
@@ -321,6 +324,10 @@ async def serve_connection(
     router: Router,
     tracker: ConnectionTracker,
     pool: ConnectionPool | None = None,
+    *,
+    received: bytes = b"",
+    unsent: bytes = b"",
+    close_after: bool = False,
 ) -> None:
     """Serve one client until it closes, misbehaves, times out or is closed to make room.
 
@@ -328,6 +335,10 @@ async def serve_connection(
     stream whose socket is served the same way; either is closed on return. ``pool`` holds the
     connection bounds shared by all connections (a private one, with the default time limits,
     when None).
+
+    A connection the first stage held while the supervisor started (``_starting``) comes
+    with what it had read and not answered (``received``), and possibly the end of an answer
+    the client had not taken yet (``unsent``, sent first; ``close_after``: then closed).
     """
     pool = pool if pool is not None else ConnectionPool()
     if isinstance(client, socket.socket):
@@ -341,7 +352,11 @@ async def serve_connection(
             if slot is None:
                 return
             try:
-                await _serve_admitted(_Connection(sock, scope), router, tracker, pool, slot)
+                connection = _Connection(sock, scope)
+                connection.buffer += received
+                await _serve_admitted(
+                    connection, router, tracker, pool, slot, unsent=unsent, close_after=close_after
+                )
             finally:
                 pool.close(slot)
     finally:
@@ -358,6 +373,9 @@ async def _serve_admitted(
     tracker: ConnectionTracker,
     pool: ConnectionPool,
     slot: ConnectionSlot,
+    *,
+    unsent: bytes = b"",
+    close_after: bool = False,
 ) -> None:
     tracker.connection_opened()
     try:
@@ -373,6 +391,11 @@ async def _serve_admitted(
                 ),
                 keep_alive=False,
             )
+            return
+        if unsent:
+            connection.due_in(pool.limits.reply_timeout)
+            await connection.send(unsent)
+        if close_after:
             return
         await _serve_requests(connection, router, tracker, pool, slot)
     except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):

@@ -365,8 +365,7 @@ def main(argv: Sequence[str] | None = None, early: EarlyStart | str | None = Non
         args = _build_parser().parse_args(argv)
     except SystemExit:
         if early is not None and not isinstance(early, str):
-            early.discard()
-            early.lock.release()
+            early.let_go()
         raise
     if args.command not in ("run", "doctor"):
         # Anything logged by a one-shot command goes to stderr: stdout is its JSON document.

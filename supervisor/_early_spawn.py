@@ -1,4 +1,9 @@
-"""The supervisor's light first stage: spawn its starter's daemon before the heavy imports.
+"""The supervisor's light first stage: serve the socket and spawn the starter's daemon before
+the heavy imports.
+
+A plain ``run --root R`` takes the root's lock here, binds the control socket and answers it
+from the standard library while the rest is imported and the table recovered
+(:mod:`._starting`, docs/adr/0015); :func:`first_stage_invocation` says when.
 
 A client that auto-starts a supervisor hands it, on a pipe named by
 :data:`HANDED_REQUEST_FD_ENV`, the ``ensure`` it is about to send (docs/adr/0013). Importing
@@ -34,6 +39,8 @@ from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
 from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE, family_sub_range_error
 from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV, resolve_daemon_root
 
+from . import __version__
+from ._control_socket import SocketTaken, bind_control_socket
 from ._errors import LifecycleError
 from ._fd_limit import FdLimits, raise_fd_limit
 from ._files import RefusedFile, open_upstream_file, read_regular_file
@@ -51,14 +58,17 @@ from ._spawn import (
     spawn_daemon,
     validate_interpreter,
 )
+from ._starting import StartingServer, health_body
 
 __all__ = [
     "EarlyChild",
     "EarlyFacts",
     "EarlyStart",
     "EarlyVerdict",
+    "FirstStage",
     "decide_early_spawn",
     "early_invocation",
+    "first_stage_invocation",
     "start_early",
     "take_handed_request",
 ]
@@ -133,6 +143,13 @@ def take_handed_request(environ: MutableMapping[str, str]) -> dict[str, Any] | N
     except (ValueError, RecursionError):
         return None
     return request if isinstance(request, dict) else None
+
+
+@dataclass(frozen=True)
+class FirstStage:
+    """A ``run`` whose first stage may take the root and serve its socket."""
+
+    root: str
 
 
 @dataclass(frozen=True)
@@ -276,7 +293,8 @@ class EarlyChild:
 class EarlyStart:
     """What the first stage did, handed to ``run_supervisor``: it holds the root's lock.
 
-    ``child`` is None when the stage decided not to spawn (``verdict`` says why).
+    ``child`` is None when the stage decided not to spawn (``verdict`` says why; with no
+    handed request, ``request`` is empty and the stage only serves).
     """
 
     user_umask: int
@@ -286,11 +304,24 @@ class EarlyStart:
     verdict: EarlyVerdict
     request: dict[str, Any] = field(default_factory=dict)
     child: EarlyChild | None = None
+    #: The socket, bound and answered while the rest is imported (None: the runner binds it).
+    starting: StartingServer | None = None
 
     def take_child(self) -> EarlyChild | None:
         """The child, now the caller's to take over or stop; the stage forgets it."""
         child, self.child = self.child, None
         return child
+
+    def let_go(self) -> None:
+        """The start failed before serving: stop the child, close the socket, free the root.
+
+        In this order: nobody may find the root free while our socket still accepts, or
+        while a daemon of ours runs unrecorded.
+        """
+        self.discard()
+        if self.starting is not None:
+            self.starting.close()
+        self.lock.release()
 
     def discard(self, grace: float = 3.0) -> None:
         """Stop a child nobody took over (the start failed before the lifecycle ran).
@@ -365,21 +396,57 @@ def _take_legacy_lock(layout: RootLayout) -> tuple[str, int | None]:
     return "taken", fd
 
 
+def first_stage_invocation(argv: Sequence[str], environ: Mapping[str, str]) -> FirstStage | str:
+    """Whether the first stage may take the root and serve its socket, or why not. Pure.
+
+    Only a plain ``run --root R`` (an auto-start's, or the same by hand) outside any service
+    manager, with settings in the environment that the settings model certainly accepts: a
+    supervisor that answers health while it starts must not be one that then refuses its
+    settings. Everything else (flags, ``--service``, ``--takeover``, systemd's socket
+    activation, launchd) starts as before: the runner binds the socket after the imports.
+    """
+    if len(argv) not in (3, 4) or tuple(argv[:2]) != ("run", "--root"):
+        return "not a plain `run --root R` command line"
+    if len(argv) == 4 and argv[3] != "--auto-started":
+        return "not a plain `run --root R` command line"
+    if argv[2].startswith("-"):
+        return "not a plain `run --root R` command line"
+    for name in _SERVICE_VARIABLES:
+        if name in environ:
+            return f"under a service manager ({name} is set)"
+    if environ.get("XPC_SERVICE_NAME", "0") != "0":
+        return "under a service manager (XPC_SERVICE_NAME is set)"
+    for name, raw in environ.items():
+        if not name.startswith(_ENV_PREFIX) or raw == "":
+            continue
+        setting = name[len(_ENV_PREFIX) :].lower()
+        if setting in SETTING_FIELDS and _setting_refused(setting, raw):
+            return f"{name}={raw!r} is left to the settings loader"
+    return FirstStage(argv[2])
+
+
 def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> EarlyStart | str | None:
     """The first stage of ``run``.
 
-    None when no request was handed over; a reason when one was but the stage changed nothing
-    (the normal start follows and logs it); else what it did, holding the root's lock.
+    None when it did nothing and was handed no request; a reason when it was handed one but
+    changed nothing (the normal start follows and logs it); else what it did, holding the
+    root's lock: serving the socket (:mod:`._starting`) and, when it was handed an ensure
+    and nothing alive is recorded, the daemon it spawned.
     """
     request = take_handed_request(environ)
-    if request is None:
-        return None
-    invocation = early_invocation(argv, environ, request)
-    if isinstance(invocation, str):
-        return invocation
-    layout = RootLayout(resolve_daemon_root(invocation.root))
+    invocation = None if request is None else early_invocation(argv, environ, request)
+    stage = first_stage_invocation(argv, environ)
+    if isinstance(stage, str):
+        if invocation is None:
+            return None
+        return invocation if isinstance(invocation, str) else stage
+    layout = RootLayout(resolve_daemon_root(stage.root))
     if os.path.lexists(layout.config):
-        return "R/supervisor/config.toml is read by the settings loader only"
+        return (
+            None
+            if request is None
+            else "R/supervisor/config.toml is read by the settings loader only"
+        )
     user_umask = os.umask(0o077)  # as run_supervisor does first
     lock = SupervisorLock(layout.lock)
     try:
@@ -389,10 +456,34 @@ def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> Early
         taken = False  # the normal start says what is wrong, with the fix
     if not taken:
         os.umask(user_umask)
+        if request is None:
+            return None
         return "the root's lock is held by another supervisor, or could not be taken"
     fd_limits = raise_fd_limit()  # before the spawn: its child gets the inherited limit back
-    verdict, child = _spawn_if_safe(layout, invocation, user_umask)
-    return EarlyStart(user_umask, fd_limits, prepared, lock, verdict, request, child)
+    starting = _start_serving(layout)
+    if isinstance(invocation, Invocation):
+        verdict, child = _spawn_if_safe(layout, invocation, user_umask)
+    else:
+        verdict, child = (
+            EarlyVerdict(False, invocation or "no ensure request was handed over"),
+            None,
+        )
+    return EarlyStart(
+        user_umask, fd_limits, prepared, lock, verdict, request or {}, child, starting
+    )
+
+
+def _start_serving(layout: RootLayout) -> StartingServer | None:
+    """Bind the socket and answer it from the standard library; None when the bind is refused
+    (the runner meets the same refusal, and says it)."""
+    try:
+        listener = bind_control_socket(layout.socket)
+    except (OSError, SocketTaken):
+        return None
+    health = health_body(os.getpid(), __version__, str(layout.daemon_root))
+    server = StartingServer(listener, layout.socket, health)
+    server.start()
+    return server
 
 
 def _spawn_if_safe(

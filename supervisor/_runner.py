@@ -1,8 +1,11 @@
 """``spec-kitty-supervisor run``: take the root, serve the socket, reconcile until told to stop.
 
 Order matters: the flock first (one supervisor per root), then the socket (bound before the
-table is recovered, so a client that connects meanwhile waits in the backlog instead of
-starting a second supervisor), then recovery, then serving, then ``READY=1``.
+table is recovered, so a client that connects meanwhile is held instead of starting a second
+supervisor), then recovery, then serving, then ``READY=1``. A plain ``run --root R`` has
+taken the lock and bound the socket in its first stage, before the heavy imports, and has
+answered health since (``_starting``, docs/adr/0015); the connections it held are served here
+after recovery, before anything new is accepted.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from . import __version__
 from ._api import ConnectionTracker, peer_pid, serve_connection
 from ._app import build_router
 from ._connections import ConnectionLimits, ConnectionPool
+from ._control_socket import bind_control_socket
 from ._core import Supervisor
 from ._doctor_routes import doctor_routes
 from ._early_spawn import EarlyStart
@@ -49,6 +53,7 @@ from ._serving import (
     probe_own_socket,
 )
 from ._settings import SettingsError, load_settings
+from ._starting import HandedConnection, StartingServer
 
 __all__ = ["RunOptions", "run_supervisor"]
 
@@ -95,6 +100,8 @@ def run_supervisor(
     finally:
         if early is not None:
             early.discard()  # a first-stage daemon that the lifecycle never took over
+            if early.starting is not None:
+                early.starting.close()  # a no-op once the full server has taken the socket
 
 
 def _run(
@@ -116,16 +123,14 @@ def _run(
     except (UnsafeDirectoryError, SettingsError) as exc:
         print(f"spec-kitty-supervisor: {exc}", file=sys.stderr)
         if early is not None:
-            early.discard()  # before the root is let go: nobody else may find it unrecorded
-            early.lock.release()
+            early.let_go()  # before the root is let go: nobody else may find it unrecorded
         return 1
     except OSError as exc:
         # Anything else the file system refuses before we own the root (no inode left, an
         # I/O error): the message names the path; nothing was taken.
         print(f"spec-kitty-supervisor: cannot prepare {layout.daemon_root}: {exc}", file=sys.stderr)
         if early is not None:
-            early.discard()  # before the root is let go: nobody else may find it unrecorded
-            early.lock.release()
+            early.let_go()  # before the root is let go: nobody else may find it unrecorded
         return 1
     service_manager = _under_service_manager()
     try:
@@ -144,8 +149,9 @@ def _run(
     except OSError as exc:
         # A file of ours we may not open (its mode was changed): say which, and the fix.
         if early is not None:
-            early.discard()
-        lock.release()
+            early.let_go()
+        else:
+            lock.release()
         path = exc.filename or layout.supervisor_dir
         print(
             f"spec-kitty-supervisor: cannot open {path} ({exc.strerror}); run `chmod u+rw {path}`",
@@ -181,15 +187,16 @@ def _run(
     )
     if early_skipped is not None:
         log.info("early_spawn", pid=None, spawned=False, reason=early_skipped)
-    if early is not None:
+    if early is not None and early.request:
         log.info(
             "early_spawn",
             pid=early_child.spawned.identity.pid if early_child is not None else None,
             spawned=early_child is not None,
             reason=early.verdict.reason,
         )
+    starting = early.starting if early is not None else None
     try:
-        anyio.run(_serve, supervisor, notifier, lock, control)
+        anyio.run(_serve, supervisor, notifier, lock, control, starting)
     finally:
         notifier.close()
         lock.release()
@@ -250,40 +257,52 @@ def _take_over_or_yield(
     return None
 
 
-def _bind_control_socket(layout: RootLayout) -> socket.socket:
-    path = layout.socket
-    if path.exists() or path.is_symlink():
-        if socket_accepts(path):
-            raise RuntimeError(
-                f"{path} accepts connections although we hold the root's lock; refusing "
-                "to take it over"
-            )
-        path.unlink()  # nothing accepts on it: a leftover of a supervisor that died
-    old_umask = os.umask(0o177)  # no moment where the socket is connectable by others
-    try:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(os.fsencode(path))
-        os.chmod(path, 0o600)
-        sock.listen(128)
-    finally:
-        os.umask(old_umask)
-    return sock
-
-
 class _ControlSocket:
-    """The listening socket, which self-fencing may replace while we run."""
+    """The listening socket, which self-fencing may replace while we run.
 
-    def __init__(self, layout: RootLayout, activated: socket.socket | None) -> None:
+    ``starting``: the first stage's server, which bound the socket and serves it until
+    :meth:`take_held` (then the socket is served here).
+    """
+
+    def __init__(
+        self,
+        layout: RootLayout,
+        activated: socket.socket | None,
+        starting: StartingServer | None = None,
+    ) -> None:
         self.layout = layout
         self.activated = activated
+        self.starting = starting
         self.listener: UnixAcceptor | None = None
         self.inode: int | None = None
 
     async def open(self) -> UnixAcceptor:
-        sock = self.activated if self.activated is not None else _bind_control_socket(self.layout)
+        if self.starting is not None and self.listener is None:
+            self.listener = UnixAcceptor(self.starting.listener)
+            self.inode = self.starting.inode
+            return self.listener
+        if self.activated is not None:
+            sock = self.activated
+        else:
+            sock = bind_control_socket(self.layout.socket)
         self.listener = UnixAcceptor(sock)
         self.inode = None if self.activated is not None else os.stat(self.layout.socket).st_ino
         return self.listener
+
+    def take_held(self) -> list[HandedConnection]:
+        """Stop the first stage's server; what it held, oldest first, is ours to serve."""
+        if self.starting is None:
+            return []
+        starting, self.starting = self.starting, None
+        held = starting.hand_over()
+        log.info(
+            "starting_server_handed_over",
+            health_answered=starting.answered,
+            refused=starting.refused,
+            held=len(held),
+            failure=starting.failure,
+        )
+        return held
 
     def check(self) -> str | None:
         """ "ok", "restore" or "lost" for our socket path; None when the manager owns it."""
@@ -298,6 +317,10 @@ class _ControlSocket:
         return "lost" if socket_accepts(self.layout.socket) else "restore"
 
     async def close(self) -> None:
+        if self.starting is not None:
+            # The start failed before serving: what the first stage held is closed.
+            self.starting.close()
+            self.starting = None
         if self.listener is not None:
             await self.listener.aclose()
         if self.inode is not None:
@@ -338,9 +361,10 @@ async def _serve(
     notifier: Notifier,
     lock: SupervisorLock,
     activated: socket.socket | None,
+    starting: StartingServer | None = None,
 ) -> None:
     layout = supervisor.layout
-    control = _ControlSocket(layout, activated)
+    control = _ControlSocket(layout, activated, starting)
     listener = await control.open()
     try:
         # Leaving these, the task group ends first (its scope was cancelled), then every
@@ -355,6 +379,20 @@ async def _serve(
             async def handle(client: socket.socket) -> None:
                 await serve_connection(client, router, _tracker_for(client, supervisor), pool)
 
+            async def handle_held(held: HandedConnection) -> None:
+                await serve_connection(
+                    held.sock,
+                    router,
+                    _tracker_for(held.sock, supervisor),
+                    pool,
+                    received=held.received,
+                    unsent=held.unsent,
+                    close_after=held.close_after,
+                )
+
+            # What the first stage held came first: its tasks start before the accept loop's.
+            for held in control.take_held():
+                connections.start_soon(handle_held, held)
             group.start_soon(accept_loop, listener, handle, connections)
             group.start_soon(_signals, supervisor)
             group.start_soon(supervisor.heartbeat_forever)

@@ -28,9 +28,11 @@ from spec_kitty_supervisor._early_spawn import (
     EarlyFacts,
     EarlyStart,
     EarlyVerdict,
+    FirstStage,
     Invocation,
     decide_early_spawn,
     early_invocation,
+    first_stage_invocation,
     start_early,
     take_handed_request,
 )
@@ -272,7 +274,7 @@ def test_a_journal_naming_a_live_process_prevents_the_early_spawn(
         assert start.lock.still_ours()  # the normal start goes on with the root's lock
         assert (root / "sync-daemon.lock").exists()
     finally:
-        start.lock.release()
+        start.let_go()
         os.umask(start.user_umask)
 
 
@@ -288,7 +290,7 @@ def test_a_state_file_naming_a_live_process_prevents_the_early_spawn(
         assert start.child is None
         assert "R/sync-daemon names a live process" in start.verdict.reason
     finally:
-        start.lock.release()
+        start.let_go()
         os.umask(start.user_umask)
 
 
@@ -309,7 +311,7 @@ def test_a_root_another_supervisor_holds_is_left_to_the_normal_start(
         )
         assert os.umask(umask_before) == umask_before
     finally:
-        first.lock.release()
+        first.let_go()
 
 
 def test_a_settings_file_is_left_to_the_settings_loader(tmp_path: Path, venv: Path) -> None:
@@ -320,18 +322,99 @@ def test_a_settings_file_is_left_to_the_settings_loader(tmp_path: Path, venv: Pa
     assert not (root / "supervisor" / "supervisor.lock").exists()
 
 
-def test_without_a_handed_request_the_stage_does_nothing_and_says_nothing(
-    tmp_path: Path,
+def test_without_a_handed_request_the_stage_serves_and_spawns_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    start = start_early(_argv(root), {})
+    try:
+        assert start is not None
+        assert start.child is None
+        assert start.request == {}
+        assert start.lock.still_ours()
+        assert start.starting is not None  # the socket is bound and answered (test_starting)
+        assert (root / "supervisor" / "supervisor.sock").is_socket()
+        assert not (root / "sync-daemon.lock").exists()  # nothing of upstream's was touched
+    finally:
+        start.let_go()
+        os.umask(start.user_umask)
+    assert not (root / "supervisor" / "supervisor.sock").exists()  # let go: unlinked
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--root", "R", "--heartbeat-seconds", "2"],
+        ["run", "--root", "R", "--service"],
+        ["run", "--root", "R", "--takeover"],
+        ["run", "--root=R"],
+        ["run"],
+        ["status", "--root", "R"],
+    ],
+)
+def test_a_command_line_with_anything_more_has_no_first_stage(
+    tmp_path: Path, argv: list[str]
 ) -> None:
-    assert start_early(_argv(tmp_path / "root"), {}) is None
-    assert not (tmp_path / "root").exists()
+    root = tmp_path / "root"
+    argv = [str(root) if word == "R" else word.replace("=R", f"={root}") for word in argv]
+    assert start_early(argv, {}) is None
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    ("environ", "reason"),
+    [
+        ({"NOTIFY_SOCKET": "/run/x"}, "under a service manager (NOTIFY_SOCKET is set)"),
+        ({"LISTEN_FDS": "1"}, "under a service manager (LISTEN_FDS is set)"),
+        ({"INVOCATION_ID": "ab"}, "under a service manager (INVOCATION_ID is set)"),
+        ({"XPC_SERVICE_NAME": "x"}, "under a service manager (XPC_SERVICE_NAME is set)"),
+        (
+            {"SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS": "0"},
+            "SPEC_KITTY_SUPERVISOR_HEARTBEAT_SECONDS='0' is left to the settings loader",
+        ),
+    ],
+)
+def test_the_first_stage_leaves_service_managers_and_doubtful_settings_to_the_runner(
+    environ: dict[str, str], reason: str
+) -> None:
+    assert first_stage_invocation(["run", "--root", "/r"], environ) == reason
+
+
+def test_a_plain_run_by_hand_or_by_auto_start_has_a_first_stage() -> None:
+    by_hand = first_stage_invocation(["run", "--root", "/r"], {"XPC_SERVICE_NAME": "0"})
+    assert by_hand == FirstStage("/r")
+    assert first_stage_invocation(["run", "--root", "/r", "--auto-started"], {}) == FirstStage("/r")
+    assert first_stage_invocation(["run", "--root", "--auto-started"], {}) == (
+        "not a plain `run --root R` command line"
+    )
+
+
+def test_a_settings_file_means_no_first_stage(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "supervisor").mkdir(parents=True)
+    (root / "supervisor" / "config.toml").write_text("heartbeat_seconds = 1\n")
+    assert start_early(_argv(root), {}) is None
+    assert not (root / "supervisor" / "supervisor.lock").exists()
 
 
 def test_a_request_the_stage_does_not_take_is_left_with_its_reason(tmp_path: Path) -> None:
     fd = _handed_request_pipe(json.dumps({**REQUEST, "replace": True}).encode())
     environ = {HANDED_REQUEST_FD_ENV: str(fd)}
     found = start_early(_argv(tmp_path / "root"), environ)
-    assert found == "the handed request asks to replace a daemon"
+    try:
+        # The stage still serves the socket (a plain run), and spawns nothing.
+        assert found.verdict == EarlyVerdict(False, "the handed request asks to replace a daemon")
+        assert found.child is None
+        assert environ == {}
+        assert not (tmp_path / "root" / "sync-daemon.lock").exists()
+    finally:
+        found.let_go()
+        os.umask(found.user_umask)
+
+
+def test_a_request_on_a_command_line_with_more_is_left_with_its_reason(tmp_path: Path) -> None:
+    fd = _handed_request_pipe(json.dumps(REQUEST).encode())
+    environ = {HANDED_REQUEST_FD_ENV: str(fd)}
+    argv = [*_argv(tmp_path / "root"), "--heartbeat-seconds", "2"]
+    assert start_early(argv, environ) == "not the auto-start's command line"
     assert environ == {}
     assert not (tmp_path / "root").exists()
 

@@ -239,3 +239,61 @@ def test_doctor_that_logs_configures_structlog_before_the_first_line(tmp_path: P
     assert [entry["event"] for entry in logged] == ["legacy_state_refused"]
     assert logged[0]["level"] == "warning"
     assert (root / "sync-daemon.refused-0").is_dir()
+
+
+#: What ``run``'s first stage (``_early_spawn``, ADRs 0013 and 0015) must not import: it serves
+#: the socket and spawns the starter's daemon while these are imported, after it.
+NOT_FOR_THE_FIRST_STAGE = {
+    "hashlib",  # through secrets: OpenSSL's start, for a token os.urandom gives
+    "pydantic",
+    "structlog",
+    "anyio",
+    "asyncio",
+    "h11",
+    "psutil",
+    f"{SUPERVISOR}._cli",
+    f"{SUPERVISOR}._runner",
+    f"{SUPERVISOR}._models",
+    "spec_kitty_supervisor_client._models",
+}
+
+
+def test_the_first_stage_of_run_imports_nothing_heavy() -> None:
+    loaded = _loaded_after(f"import {SUPERVISOR}._early_spawn")
+    assert f"{SUPERVISOR}._early_spawn" in loaded
+    assert loaded & NOT_FOR_THE_FIRST_STAGE == set()
+
+
+def test_only_run_imports_the_early_spawn_stage() -> None:
+    loaded = _loaded_after(
+        "sys.argv = ['spec-kitty-supervisor', '--version']\n"
+        f"from {SUPERVISOR}.__main__ import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass"
+    )
+    assert f"{SUPERVISOR}._cli" in loaded
+    assert f"{SUPERVISOR}._early_spawn" not in loaded
+
+
+def test_the_first_stage_serves_health_with_nothing_heavy_imported(tmp_path: Path) -> None:
+    """The first stage's server (``_starting``, ADR 0015) answers before the heavy imports."""
+    root = tmp_path / "root"
+    loaded = _loaded_after(
+        "import socket\n"
+        f"from {SUPERVISOR}._early_spawn import start_early\n"
+        f"start = start_early(['run', '--root', {str(root)!r}], {{}})\n"
+        "client = socket.socket(socket.AF_UNIX)\n"
+        f"client.connect({str(root / 'supervisor' / 'supervisor.sock')!r})\n"
+        "client.sendall(b'GET /v1/health HTTP/1.1\\r\\nhost: s\\r\\n'\n"
+        "               b'connection: close\\r\\n\\r\\n')\n"
+        "answer = b''\n"
+        "while chunk := client.recv(65536):\n"
+        "    answer += chunk\n"
+        "start.let_go()\n"
+        "assert answer.startswith(b'HTTP/1.1 200 '), answer\n"
+        'assert b\'"state":"starting"\' in answer, answer\n'
+    )
+    assert f"{SUPERVISOR}._starting" in loaded
+    assert loaded & NOT_FOR_THE_FIRST_STAGE == set()
