@@ -1,8 +1,9 @@
 """``python -m spec_kitty_supervisor`` and the ``spec-kitty-supervisor`` command.
 
-``run`` started by a client's auto-start gets a light first stage before anything heavy is
-imported (``_early_spawn``, docs/adr/0013): it may spawn the starter's daemon while the rest
-of the supervisor is imported.
+``run`` gets a light first stage before anything heavy is imported: a plain ``run --root R``
+takes the root and serves its socket first (``_first_stage``, docs/adr/0015), then an
+auto-started one may spawn its starter's daemon (``_early_spawn``, docs/adr/0013), while the
+rest of the supervisor is imported.
 """
 
 import os
@@ -14,9 +15,12 @@ def main() -> int:
     if sys.argv[1:2] == ["run"]:
         # Only ``run`` has a first stage: the other commands (``doctor``, ``status``) do not
         # import it.
+        from ._first_stage import take_root
+
+        taken = take_root(sys.argv[1:], os.environ)
         from ._early_spawn import start_early
 
-        early = start_early(sys.argv[1:], os.environ)
+        early = start_early(sys.argv[1:], os.environ, taken)
     from ._cli import main as cli_main
 
     return cli_main(early=early)

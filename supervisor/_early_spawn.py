@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import subprocess
 from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -36,14 +35,20 @@ from typing import Any
 
 from spec_kitty_supervisor_client._discover import release_from_files
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
-from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE, family_sub_range_error
-from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV, resolve_daemon_root
+from spec_kitty_supervisor_client._terms import FAMILY_PORT_RANGE
+from spec_kitty_supervisor_client._wire import HANDED_REQUEST_FD_ENV
 
-from . import __version__
-from ._control_socket import SocketTaken, bind_control_socket
 from ._errors import LifecycleError
-from ._fd_limit import FdLimits, raise_fd_limit
+from ._fd_limit import FdLimits
 from ._files import RefusedFile, open_upstream_file, read_regular_file
+from ._first_stage import (
+    ENV_PREFIX,
+    SERVICE_VARIABLES,
+    SETTING_FIELDS,
+    TakenRoot,
+    setting_refused,
+    take_root,
+)
 from ._identity import read_identity
 from ._layout import RootLayout
 from ._legacy_state import parse_legacy_state
@@ -58,17 +63,16 @@ from ._spawn import (
     spawn_daemon,
     validate_interpreter,
 )
-from ._starting import StartingServer, health_body
+from ._starting import StartingServer
 
 __all__ = [
     "EarlyChild",
     "EarlyFacts",
     "EarlyStart",
     "EarlyVerdict",
-    "FirstStage",
     "decide_early_spawn",
+    "SETTING_FIELDS",
     "early_invocation",
-    "first_stage_invocation",
     "start_early",
     "take_handed_request",
 ]
@@ -78,30 +82,6 @@ MAX_HANDED_BYTES = 1024 * 1024
 #: ``run`` exactly as a client's auto-start runs it (``_wire._spawn_and_wait``).
 _AUTO_START_WORDS = ("run", "--root", "--auto-started")
 #: What the service managers set (``_runner._under_service_manager``, ``_sd_notify``).
-_SERVICE_VARIABLES = ("NOTIFY_SOCKET", "INVOCATION_ID", "LISTEN_FDS", "LISTEN_PID")
-_ENV_PREFIX = "SPEC_KITTY_SUPERVISOR_"
-#: Each setting's field, and what this stage accepts of it without pydantic: only values that
-#: ``Settings`` certainly accepts (``tests/unit/test_early_spawn.py`` checks both directions
-#: on generated values, and that every field of ``Settings`` is here).
-_DECIMAL = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
-_POSITIVE_SECONDS = frozenset(
-    {
-        "heartbeat_seconds",
-        "health_timeout_seconds",
-        "idle_retirement_seconds",
-        "watchdog_seconds",
-        "idle_exit_seconds",
-        "sweep_seconds",
-        "spawn_timeout_seconds",
-        "stop_grace_seconds",
-        "quarantine_window_seconds",
-        "restart_backoff_seconds",
-        "restart_backoff_max_seconds",
-    }
-)
-_RANGES = frozenset({"port_range", "scan_range"})
-_POLICIES = frozenset({"keep_newer", "latest_wins"})
-SETTING_FIELDS = _POSITIVE_SECONDS | _RANGES | {"version_policy", "quarantine_deaths"}
 #: Upstream's state file is four short lines (``_legacy_state``); the journal at most 1 MiB.
 _MAX_RECORD_BYTES = 64 * 1024
 _MAX_JOURNAL_BYTES = 1024 * 1024
@@ -146,13 +126,6 @@ def take_handed_request(environ: MutableMapping[str, str]) -> dict[str, Any] | N
 
 
 @dataclass(frozen=True)
-class FirstStage:
-    """A ``run`` whose first stage may take the root and serve its socket."""
-
-    root: str
-
-
-@dataclass(frozen=True)
 class Invocation:
     """What an early spawn needs to know before it touches anything."""
 
@@ -169,21 +142,6 @@ class Invocation:
         return FAMILY_PORT_RANGE if self.port_range is None else self.port_range
 
 
-def _setting_refused(name: str, raw: str) -> bool:
-    if name in _POSITIVE_SECONDS:
-        return _DECIMAL.fullmatch(raw) is None or float(raw) <= 0
-    if name in _RANGES:
-        low, sep, high = raw.partition("-")
-        if not (sep and low.isdigit() and high.isdigit() and len(low) < 6 and len(high) < 6):
-            return True
-        return family_sub_range_error(int(low), int(high)) is not None
-    if name == "version_policy":
-        return raw not in _POLICIES
-    if name == "quarantine_deaths":
-        return not (raw.isdigit() and len(raw) < 10 and int(raw) >= 1)
-    return False
-
-
 def early_invocation(
     argv: Sequence[str], environ: Mapping[str, str], request: Mapping[str, Any] | None
 ) -> Invocation | str:
@@ -197,17 +155,17 @@ def early_invocation(
         return "no ensure request was handed over"
     if len(argv) != 4 or (argv[0], argv[1], argv[3]) != _AUTO_START_WORDS:
         return "not the auto-start's command line"
-    for name in _SERVICE_VARIABLES:
+    for name in SERVICE_VARIABLES:
         if name in environ:
             return f"under a service manager ({name} is set)"
     port_range: tuple[int, int] | None = None  # the settings' default: the family range
     for name, raw in environ.items():
-        if not name.startswith(_ENV_PREFIX) or raw == "":
+        if not name.startswith(ENV_PREFIX) or raw == "":
             continue
-        setting = name[len(_ENV_PREFIX) :].lower()
+        setting = name[len(ENV_PREFIX) :].lower()
         if setting not in SETTING_FIELDS:
             continue  # not a setting (the command override, the hook's switch)
-        if _setting_refused(setting, raw):
+        if setting_refused(setting, raw):
             return f"{name}={raw!r} is left to the settings loader"
         if setting == "port_range":
             low, _, high = raw.partition("-")
@@ -396,94 +354,42 @@ def _take_legacy_lock(layout: RootLayout) -> tuple[str, int | None]:
     return "taken", fd
 
 
-def first_stage_invocation(argv: Sequence[str], environ: Mapping[str, str]) -> FirstStage | str:
-    """Whether the first stage may take the root and serve its socket, or why not. Pure.
+def start_early(
+    argv: Sequence[str],
+    environ: MutableMapping[str, str],
+    taken: TakenRoot | str | None = None,
+) -> EarlyStart | str | None:
+    """The first stage of ``run``, after :func:`._first_stage.take_root` (``taken``; taken
+    here when None).
 
-    Only a plain ``run --root R`` (an auto-start's, or the same by hand) outside any service
-    manager, with settings in the environment that the settings model certainly accepts: a
-    supervisor that answers health while it starts must not be one that then refuses its
-    settings. Everything else (flags, ``--service``, ``--takeover``, systemd's socket
-    activation, launchd) starts as before: the runner binds the socket after the imports.
-    """
-    if len(argv) not in (3, 4) or tuple(argv[:2]) != ("run", "--root"):
-        return "not a plain `run --root R` command line"
-    if len(argv) == 4 and argv[3] != "--auto-started":
-        return "not a plain `run --root R` command line"
-    if argv[2].startswith("-"):
-        return "not a plain `run --root R` command line"
-    for name in _SERVICE_VARIABLES:
-        if name in environ:
-            return f"under a service manager ({name} is set)"
-    if environ.get("XPC_SERVICE_NAME", "0") != "0":
-        return "under a service manager (XPC_SERVICE_NAME is set)"
-    for name, raw in environ.items():
-        if not name.startswith(_ENV_PREFIX) or raw == "":
-            continue
-        setting = name[len(_ENV_PREFIX) :].lower()
-        if setting in SETTING_FIELDS and _setting_refused(setting, raw):
-            return f"{name}={raw!r} is left to the settings loader"
-    return FirstStage(argv[2])
-
-
-def start_early(argv: Sequence[str], environ: MutableMapping[str, str]) -> EarlyStart | str | None:
-    """The first stage of ``run``.
-
-    None when it did nothing and was handed no request; a reason when it was handed one but
-    changed nothing (the normal start follows and logs it); else what it did, holding the
-    root's lock: serving the socket (:mod:`._starting`) and, when it was handed an ensure
+    None when the stage did nothing and was handed no request; a reason when it was handed
+    one but changed nothing (the normal start follows and logs it); else what it did, holding
+    the root's lock: serving the socket (:mod:`._starting`) and, when it was handed an ensure
     and nothing alive is recorded, the daemon it spawned.
     """
+    if taken is None:
+        taken = take_root(argv, environ)
     request = take_handed_request(environ)
     invocation = None if request is None else early_invocation(argv, environ, request)
-    stage = first_stage_invocation(argv, environ)
-    if isinstance(stage, str):
+    if isinstance(taken, str):
         if invocation is None:
             return None
-        return invocation if isinstance(invocation, str) else stage
-    layout = RootLayout(resolve_daemon_root(stage.root))
-    if os.path.lexists(layout.config):
-        return (
-            None
-            if request is None
-            else "R/supervisor/config.toml is read by the settings loader only"
-        )
-    user_umask = os.umask(0o077)  # as run_supervisor does first
-    lock = SupervisorLock(layout.lock)
-    try:
-        prepared = layout.prepare()
-        taken = lock.try_acquire()
-    except OSError:
-        taken = False  # the normal start says what is wrong, with the fix
-    if not taken:
-        os.umask(user_umask)
-        if request is None:
-            return None
-        return "the root's lock is held by another supervisor, or could not be taken"
-    fd_limits = raise_fd_limit()  # before the spawn: its child gets the inherited limit back
-    starting = _start_serving(layout)
+        return invocation if isinstance(invocation, str) else taken
     if isinstance(invocation, Invocation):
-        verdict, child = _spawn_if_safe(layout, invocation, user_umask)
+        verdict, child = _spawn_if_safe(taken.layout, invocation, taken.user_umask)
     else:
-        verdict, child = (
-            EarlyVerdict(False, invocation or "no ensure request was handed over"),
-            None,
-        )
+        verdict = EarlyVerdict(False, invocation or "no ensure request was handed over")
+        child = None
     return EarlyStart(
-        user_umask, fd_limits, prepared, lock, verdict, request or {}, child, starting
+        taken.user_umask,
+        taken.fd_limits,
+        taken.prepared,
+        taken.lock,
+        verdict,
+        request or {},
+        child,
+        taken.starting,
     )
-
-
-def _start_serving(layout: RootLayout) -> StartingServer | None:
-    """Bind the socket and answer it from the standard library; None when the bind is refused
-    (the runner meets the same refusal, and says it)."""
-    try:
-        listener = bind_control_socket(layout.socket)
-    except (OSError, SocketTaken):
-        return None
-    health = health_body(os.getpid(), __version__, str(layout.daemon_root))
-    server = StartingServer(listener, layout.socket, health)
-    server.start()
-    return server
 
 
 def _spawn_if_safe(

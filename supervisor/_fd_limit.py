@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["FD_LIMIT_TARGET", "FdLimits", "child_limit_restorer", "raise_fd_limit"]
 
 FD_LIMIT_TARGET = 4096
 
 
-@dataclass
 class _Inherited:
     """What the process was started with, once :func:`raise_fd_limit` changed it."""
 
@@ -29,8 +28,9 @@ class _Inherited:
 _inherited = _Inherited()
 
 
-@dataclass(frozen=True)
-class FdLimits:
+class FdLimits(NamedTuple):
+    # A named tuple, not a dataclass: the first stage imports this module before it serves
+    # the socket, and ``dataclasses`` (with ``inspect``) costs it a tenth of its start.
     inherited_soft: int
     hard: int
     soft: int

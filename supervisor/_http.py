@@ -23,7 +23,7 @@ gets a 4xx, never a 5xx:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from spec_kitty_supervisor_client._wire import PROTOCOL_HEADER, PROTOCOL_VERSION
 
@@ -92,9 +92,11 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True, slots=True)
-class RequestHead:
-    """What the server needs of a request head."""
+class RequestHead(NamedTuple):
+    """What the server needs of a request head.
+
+    A named tuple, not a dataclass: the first stage reads requests with this module before
+    it imports ``dataclasses`` (docs/adr/0015)."""
 
     method: str
     target: str

@@ -7,7 +7,6 @@ import os
 import pwd
 import stat
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
@@ -47,9 +46,24 @@ def check_writable(folder: Path) -> None:
     os.unlink(name)
 
 
-@dataclass(frozen=True)
 class RootLayout:
-    daemon_root: Path
+    """The root's files. A plain value class, not a dataclass: the first stage imports this
+    module before it serves the socket, and ``dataclasses`` (with ``inspect``) costs it a tenth
+    of its start (docs/adr/0015)."""
+
+    __slots__ = ("daemon_root",)
+
+    def __init__(self, daemon_root: Path) -> None:
+        self.daemon_root = daemon_root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RootLayout) and other.daemon_root == self.daemon_root
+
+    def __hash__(self) -> int:
+        return hash(self.daemon_root)
+
+    def __repr__(self) -> str:
+        return f"RootLayout(daemon_root={self.daemon_root!r})"
 
     # Upstream's files (contract document, "Roots and files").
     @property

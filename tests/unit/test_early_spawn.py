@@ -28,15 +28,14 @@ from spec_kitty_supervisor._early_spawn import (
     EarlyFacts,
     EarlyStart,
     EarlyVerdict,
-    FirstStage,
     Invocation,
     decide_early_spawn,
     early_invocation,
-    first_stage_invocation,
     start_early,
     take_handed_request,
 )
 from spec_kitty_supervisor._fd_limit import raise_fd_limit
+from spec_kitty_supervisor._first_stage import FirstStage, first_stage_invocation
 from spec_kitty_supervisor._identity import read_identity
 from spec_kitty_supervisor._legacy_state import write_legacy_state
 from spec_kitty_supervisor._lifecycle import ensure, recover, take_over_early_spawn
