@@ -290,9 +290,13 @@ class StartingServer:
         while len(self._order) < MAX_HELD:
             try:
                 sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return  # nothing more waiting
             except OSError:
-                # Nothing waiting (or out of descriptors): the full server's accept loop
-                # takes what is left in the queue.
+                # Out of descriptors (or memory): stop accepting until a connection is let
+                # go, rather than wake up for the same failure again and again; the full
+                # server's accept loop takes what is left in the queue.
+                self._selector.unregister(self.listener)
                 return
             sock.setblocking(False)
             held = _Held(sock)
@@ -302,8 +306,7 @@ class StartingServer:
                 self._selector.register(sock, selectors.EVENT_READ)
             else:
                 held.handing_over = True  # refused by the full server, which says why
-        if self._selector.get_key(self.listener) is not None:
-            self._selector.unregister(self.listener)  # full: the rest wait in the queue
+        self._selector.unregister(self.listener)  # full: the rest wait in the queue
 
     def _forget(self, held: _Held) -> None:
         with contextlib.suppress(KeyError, ValueError):
@@ -318,7 +321,8 @@ class StartingServer:
     def _serve(self, held: _Held, events: int) -> None:
         try:
             if events & selectors.EVENT_WRITE:
-                self._send(held)
+                if self._flush(held):
+                    self._advance(held)  # a pipelined request may be waiting already
             elif events & selectors.EVENT_READ:
                 self._receive(held)
         except OSError:
@@ -347,7 +351,7 @@ class StartingServer:
 
     def _advance(self, held: _Held) -> None:
         """Answer what can be answered of the bytes held; stop reading at anything else."""
-        while held.received and not held.unsent:
+        while held.received:
             step = next_step(held.received, self._health)
             if step is None:
                 return
@@ -363,9 +367,11 @@ class StartingServer:
                 self.answered += 1
             held.close_after = step.close and not step.linger
             held.unsent = step.data
-            self._send(held)
+            if not self._flush(held):
+                return
 
-    def _send(self, held: _Held) -> None:
+    def _flush(self, held: _Held) -> bool:
+        """Send what is left of the answer; True when it is sent and the connection reads on."""
         try:
             sent = held.sock.send(held.unsent)
         except BlockingIOError:
@@ -373,13 +379,12 @@ class StartingServer:
         held.unsent = held.unsent[sent:]
         if held.unsent:
             self._selector.modify(held.sock, selectors.EVENT_WRITE)
-            return
+            return False
         if held.close_after:
             self._forget(held)
-            return
+            return False
         self._selector.modify(held.sock, selectors.EVENT_READ)
-        if held.linger_until is None:
-            self._advance(held)  # a pipelined request may be waiting already
+        return held.linger_until is None  # a refused one only drops what still comes
 
     def _next_linger_end(self) -> float | None:
         ends = [h.linger_until for h in self._order if h.linger_until is not None]

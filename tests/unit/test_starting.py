@@ -25,6 +25,7 @@ from spec_kitty_supervisor import _starting
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
 from spec_kitty_supervisor._connections import ConnectionPool
 from spec_kitty_supervisor._control_socket import bind_control_socket
+from spec_kitty_supervisor._http import response_bytes
 from spec_kitty_supervisor._starting import (
     Answer,
     HandedConnection,
@@ -396,3 +397,22 @@ def test_at_most_max_held_connections_are_taken_the_rest_wait_in_the_queue(
         for connection in held:
             connection.sock.close()
     server.listener.close()
+
+
+def test_pipelined_health_requests_are_each_answered_and_the_rest_is_held(
+    server: StartingServer, socket_path: Path
+) -> None:
+    with _client(socket_path) as client:
+        client.sendall(HEALTH * 3 + STATUS[:10])  # and the start of a status request
+        one = response_bytes(200, HEALTH_BODY, keep_alive=True)
+        received = b""
+        while len(received) < 3 * len(one):
+            chunk = client.recv(65536)
+            assert chunk, received
+            received += chunk
+        assert received == one * 3  # three answers, in order, nothing more
+        (held,) = server.hand_over()
+        # The part of the status request that was read goes with the connection.
+        assert STATUS.startswith(held.received)
+        held.sock.close()
+    assert server.answered == 3
