@@ -20,8 +20,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
+from spec_kitty_supervisor_client._errors import SupervisorError
+from spec_kitty_supervisor_client._paths import resolve_daemon_root
 from spec_kitty_supervisor_client._terms import family_sub_range_error
-from spec_kitty_supervisor_client._wire import resolve_daemon_root
 
 from . import __version__
 from ._control_socket import SocketTaken, bind_control_socket
@@ -161,7 +162,12 @@ def take_root(argv: Sequence[str], environ: Mapping[str, str]) -> TakenRoot | st
     stage = first_stage_invocation(argv, environ)
     if isinstance(stage, str):
         return stage
-    layout = RootLayout(resolve_daemon_root(stage.root))
+    try:
+        # As `run` derives it: a root that is a file, goes through a dangling link or is
+        # another user's is refused before anything is created (the runner says why).
+        layout = RootLayout(resolve_daemon_root(stage.root))
+    except (SupervisorError, OSError):
+        return "the root is refused (the normal start says why)"
     if os.path.lexists(layout.config):
         return "R/supervisor/config.toml is read by the settings loader only"
     user_umask = os.umask(0o077)  # as run_supervisor does first
