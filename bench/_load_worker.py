@@ -245,6 +245,7 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     gc.freeze()
     gc.disable()
     collections_before = sum(s["collections"] for s in gc.get_stats())
+    cpu_before = time.process_time()
     if job["start"] <= time.monotonic():
         raise RuntimeError("the start instant passed before every client was connected")
     for client in clients:
@@ -264,7 +265,9 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     for client in clients:
         if client.transport is not None:
             client.transport.close()
+    cpu_seconds = time.process_time() - cpu_before
     return {
+        "cpu_seconds": cpu_seconds,
         "clients": [c.result() for c in clients],
         "collections": sum(s["collections"] for s in gc.get_stats()) - collections_before,
     }

@@ -209,6 +209,10 @@ def _drive(
         report = json.loads(out)
         if report["collections"]:
             raise BenchError(f"a load worker collected garbage {report['collections']} times")
+        for client in report["clients"]:
+            # Each client carries its worker's CPU share, so that the generator's own cost
+            # per answer can be reported beside the latencies.
+            client["worker_cpu_seconds"] = report["cpu_seconds"] / len(report["clients"])
         results.extend(report["clients"])
     return results
 
@@ -235,6 +239,9 @@ def _latency_details(results: list[dict[str, Any]]) -> dict[str, Any]:
         "from_send_p50_ms": median(from_send),
         "from_send_p90_ms": percentile(from_send, 0.9),
         "from_send_p99_ms": percentile(from_send, 0.99),
+        "generator_cpu_ms_per_answer": 1e3
+        * sum(r["worker_cpu_seconds"] for r in results)
+        / max(1, len(from_due)),
         "round_lateness_p50_ms": median(lateness) if lateness else None,
         "round_lateness_p99_ms": percentile(lateness, 0.99) if lateness else None,
         "slow_calls": sorted(s for r in results for s in r["slow"]),

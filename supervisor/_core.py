@@ -39,6 +39,7 @@ from ._lifecycle import (
     FencedEffects,
     Lifecycle,
     RealEffects,
+    StepLock,
     SystemClock,
     ensure,
     lift_quarantine,
@@ -117,7 +118,7 @@ class Supervisor:
         return self.lifecycle.table
 
     @property
-    def lifecycle_lock(self) -> anyio.Lock:
+    def lifecycle_lock(self) -> StepLock:
         """Held by every step that changes which daemons run; doctor's reset takes it too."""
         return self.lifecycle.lock
 

@@ -27,7 +27,7 @@ from ._ensure import ensure, lift_quarantine, take_over_early_spawn
 from ._exits import on_exit, restart_wedged, watch_exits
 from ._fencing import FencedEffects
 from ._heartbeat import tick
-from ._lifecycle import Lifecycle, rules_from
+from ._lifecycle import Lifecycle, StepLock, rules_from
 from ._real import LEGACY_LOCK_WAIT, RealEffects, SystemClock
 from ._retiring import retire, retire_later, retire_now, stop_all
 from ._sweeps import sweep_orphans, sweep_orphans_forever
@@ -41,6 +41,7 @@ __all__ = [
     "RealEffects",
     "Rules",
     "SpawnContext",
+    "StepLock",
     "SystemClock",
     "adopt_recorded",
     "ensure",

@@ -3,10 +3,12 @@
 The warm path is spec-kitty's hot path: the interpreter is validated once (a ``stat`` when it
 is already known), the version policy decides once, and when nothing is changing which daemon
 runs (the lifecycle lock is free) the answer comes from the table without an ``await``, so it
-cannot interleave with another task. Otherwise the request waits for the lock and decides
-again on the table as it is then: a spawn (make-before-break, :mod:`._spawning`), unless the
-root is quarantined. ``replace`` (``spec-kitty doctor restart-daemon``) skips the table's answer
-and always spawns, make-before-break, for the caller's interpreter, version, environment and cwd.
+cannot interleave with another task; while a step holds the lock, a request the table would
+answer waits for the lock's release, not in the lock's queue, and looks again. Otherwise the
+request waits for the lock and decides again on the table as it is then: a spawn
+(make-before-break, :mod:`._spawning`), unless the root is quarantined. ``replace``
+(``spec-kitty doctor restart-daemon``) skips the table's answer and always spawns,
+make-before-break, for the caller's interpreter, version, environment and cwd.
 
 A current daemon that missed two heartbeats in a row is not handed out on trust: the request
 takes the lock and probes it once more; when that probe fails too, the request starts its
@@ -47,16 +49,19 @@ async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureRes
     resolved_python = lifecycle.interpreters.resolve(wire_request.python)
     # The version is the interpreter's installed one, never the client's word (_versions).
     request = await lifecycle.effects.establish_version(wire_request, resolved_python)
-    current = lifecycle.table.current
-    if (
-        not request.replace
-        and not lifecycle.lock.locked()
-        and current is not None
-        and not _doubted(lifecycle, current)
-    ):
+    while not request.replace:
+        current = lifecycle.table.current
+        if current is None or _doubted(lifecycle, current):
+            break
+        if lifecycle.lock.locked():
+            # A step is under way: look again once it ends, without queueing for the lock
+            # (a stream of warm requests queued on it is a convoy; StepLock says why).
+            await lifecycle.lock.wait_released()
+            continue
         answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
         if answer is not None:
             return answer
+        break
     async with lifecycle.lock:
         return await _ensure_locked(lifecycle, request, resolved_python)
 

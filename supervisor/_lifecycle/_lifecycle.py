@@ -28,7 +28,7 @@ from .._table import DaemonRecord, Table
 from ._decisions import Rules
 from ._effects import Clock, Effects, SpawnContext
 
-__all__ = ["Lifecycle", "WaitingRestart", "rules_from"]
+__all__ = ["Lifecycle", "StepLock", "WaitingRestart", "rules_from"]
 
 log = structlog.get_logger("spec_kitty_supervisor")
 
@@ -56,6 +56,40 @@ class WaitingRestart:
     blocker: str  # for ``root_file_refused``, the refused file's path
 
 
+class StepLock:
+    """The lifecycle lock, and a way to wait for its release without queueing for it.
+
+    A warm ``ensure`` needs only that no step is under way (the table then answers it
+    without an ``await``); it must not queue for the lock itself. Queued, a stream of them
+    behind a heartbeat's locked moment was a convoy: the lock passed from one waiting request
+    to the next, a turn of the event loop each, and every request arriving meanwhile saw it
+    held and queued too; under 100 clients on a busy machine it lasted seconds (docs/adr/0018).
+    :meth:`wait_released` wakes every such request at the next release, to look again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = anyio.Lock()
+        self._released = anyio.Event()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def statistics(self) -> anyio.LockStatistics:
+        return self._lock.statistics()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        released, self._released = self._released, anyio.Event()
+        released.set()
+
+    async def wait_released(self) -> None:
+        """Return at the lock's next release (another step may hold it again by then)."""
+        await self._released.wait()
+
+
 class Lifecycle:
     """One root's daemons: who is current, who is retiring, and what the steps remember."""
 
@@ -69,7 +103,7 @@ class Lifecycle:
         self.rules = rules_from(settings)
         self.table = Table()
         #: Held by every step that changes which daemons run (and by doctor's reset).
-        self.lock = anyio.Lock()
+        self.lock = StepLock()
         self.interpreters = ValidatedInterpreters()
         #: What each daemon was started with, so that a restart repeats it.
         self.contexts: dict[int, SpawnContext] = {}

@@ -175,6 +175,77 @@ async def test_a_warm_answer_is_given_again_only_while_everything_it_says_is_the
         assert (kept.action, kept.message != first.message) == ("kept_newer", True)
 
 
+async def test_warm_ensures_wait_for_a_step_without_queueing_for_its_lock(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No lock convoy: warm requests arriving while a step (a heartbeat) holds the lock wait
+    for its release, all together, and are answered from the table, none through the lock."""
+    locked_path: list[str] = []
+    real_locked = ensure_module._ensure_locked
+
+    async def counting_locked(*args: Any) -> EnsureResponse:
+        locked_path.append("locked")
+        return await real_locked(*args)
+
+    monkeypatch.setattr(ensure_module, "_ensure_locked", counting_locked)
+    async with running() as world:
+        first = await world.ensure()
+        locked_path.clear()
+        step_done = anyio.Event()
+        answers: list[EnsureResponse] = []
+
+        async def step() -> None:
+            async with world.lifecycle.lock:
+                await step_done.wait()
+
+        async def warm() -> None:
+            answers.append(await ensure(world.lifecycle, EnsureRequest(python=PYTHON)))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(step)
+            await wait_all_tasks_blocked()
+            for _ in range(5):
+                group.start_soon(warm)
+            await wait_all_tasks_blocked()
+            assert answers == []  # nothing is answered while the step is under way
+            assert world.lifecycle.lock.statistics().tasks_waiting == 0
+            step_done.set()
+        assert [a.action for a in answers] == ["reused"] * 5
+        assert {a.daemon.pid for a in answers} == {first.daemon.pid}
+        assert locked_path == []
+
+
+async def test_a_warm_ensure_waits_out_every_step_queued_for_the_lock() -> None:
+    """A release that hands the lock to the next queued step is not the end of the steps: the
+    request is answered once the lock is free."""
+    async with running() as world:
+        await world.ensure()
+        order: list[str] = []
+        first_done, second_done = anyio.Event(), anyio.Event()
+
+        async def step(name: str, done: anyio.Event) -> None:
+            async with world.lifecycle.lock:
+                await done.wait()
+                order.append(name)
+
+        async def warm() -> None:
+            await ensure(world.lifecycle, EnsureRequest(python=PYTHON))
+            order.append("answered")
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(step, "first", first_done)
+            await wait_all_tasks_blocked()
+            group.start_soon(step, "second", second_done)
+            await wait_all_tasks_blocked()
+            group.start_soon(warm)
+            await wait_all_tasks_blocked()
+            first_done.set()
+            await wait_all_tasks_blocked()
+            assert order == ["first"]
+            second_done.set()
+        assert order == ["first", "second", "answered"]
+
+
 async def test_the_cold_ensure_validates_the_interpreter_and_decides_once(
     walk: list[str],
 ) -> None:
