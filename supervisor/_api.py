@@ -8,6 +8,7 @@ LOCAL_PEERCRED on macOS). Every request either gets its model's answer or an err
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
@@ -228,9 +229,13 @@ class _Connection:
         #: Whether other tasks ran since this connection's last answer (a task that has just
         #: started was scheduled like any other, so it has).
         self.took_turn = True
+        #: The clock the scope's deadline is on: what ``anyio.current_time()`` reads on the
+        #: asyncio backend (the supervisor's only one, ADR 0014), without finding the backend
+        #: and the running loop again for every deadline.
+        self.now = asyncio.get_running_loop().time
 
     def due_in(self, seconds: float) -> None:
-        self.due = anyio.current_time() + seconds
+        self.due = self.now() + seconds
 
     def no_deadline(self) -> None:
         """No deadline runs while a handler works (a spawn may take upstream's health wait)."""
@@ -343,7 +348,8 @@ async def serve_connection(
     pool = pool if pool is not None else ConnectionPool()
     if isinstance(client, socket.socket):
         sock, stream = client, None
-        sock.setblocking(False)
+        if sock.getblocking():  # the acceptor hands it over non-blocking already
+            sock.setblocking(False)
     else:
         sock, stream = client.extra(SocketAttribute.raw_socket), client
     try:
