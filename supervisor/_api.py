@@ -171,12 +171,37 @@ class Router:
         return 200, await handler(request)
 
 
+_PEERCRED_SIZE = struct.calcsize("3i")
+
+
+class _LastPeer:
+    """The socket whose ``SO_PEERCRED`` was read last, its descriptor then, and what it said.
+
+    A connected socket's peer never changes, and each connection is asked twice: its pid
+    (``_runner`` chooses the connection's tracker) and its uid (the check below). The second
+    question about the same open socket is answered from here; any other socket, or this
+    one once closed (its descriptor is then -1), is asked the kernel again.
+    """
+
+    sock: socket.socket | None = None
+    fd = -1
+    creds: tuple[int, int, int] = (0, -1, -1)
+
+
+def _linux_peer(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the peer, from ``SO_PEERCRED``."""
+    if _LastPeer.sock is sock and _LastPeer.fd == sock.fileno():
+        return _LastPeer.creds
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED_SIZE)
+    pid, uid, gid = struct.unpack("3i", creds)
+    _LastPeer.sock, _LastPeer.fd, _LastPeer.creds = sock, sock.fileno(), (pid, uid, gid)
+    return pid, uid, gid
+
+
 def peer_uid(sock: socket.socket) -> int | None:
     """The uid of the process at the other end of a Unix socket, or None when unknown."""
     if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        _pid, uid, _gid = struct.unpack("3i", creds)
-        return int(uid)
+        return _linux_peer(sock)[1]
     if sys.platform == "darwin":
         # struct xucred { u_int cr_version; uid_t cr_uid; short cr_ngroups; gid_t cr_groups[16]; }
         local_peercred = 0x001
@@ -189,9 +214,7 @@ def peer_uid(sock: socket.socket) -> int | None:
 def peer_pid(sock: socket.socket) -> int | None:
     """The pid of the process at the other end of a Unix socket, or None when unknown."""
     if sys.platform.startswith("linux"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        pid, _uid, _gid = struct.unpack("3i", creds)
-        return int(pid)
+        return _linux_peer(sock)[0]
     if sys.platform == "darwin":
         local_peerpid = 0x002
         (pid,) = struct.unpack("i", sock.getsockopt(0, local_peerpid, struct.calcsize("i")))

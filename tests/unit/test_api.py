@@ -391,3 +391,40 @@ def test_an_ensure_answer_cannot_change_once_made() -> None:
     assert _immutable(EnsureResponse)
     assert _immutable(DaemonView)
     assert not _immutable(EnsureRequest)  # the check can fail: a request's env is a dict
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_PEERCRED is Linux's")
+def test_a_peer_is_told_apart_from_the_last_one_asked_and_a_closed_socket_is_asked_again(
+    tmp_path: Path,
+) -> None:
+    from spec_kitty_supervisor._api import peer_pid, peer_uid
+
+    path = tmp_path / "peer.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+            "sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+    )
+    try:
+        theirs, _ = listener.accept()
+        ours, other = socket.socketpair(socket.AF_UNIX)
+        with theirs, ours, other:
+            assert (peer_pid(theirs), peer_uid(theirs)) == (child.pid, os.getuid())
+            assert peer_pid(ours) == os.getpid()  # asked right after another socket
+            assert peer_pid(theirs) == child.pid
+            assert peer_pid(theirs) == child.pid  # the same open socket again
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            peer_pid(theirs)  # closed: the kernel is asked, and refuses
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=DEFAULT_TIMEOUT)
+        listener.close()
