@@ -49,7 +49,6 @@ from ._legacy_state import (
     remove_legacy_state,
 )
 from ._lock import SupervisorLock
-from ._sweep import plan_sweep, sweep
 from ._units import is_default_root
 
 if TYPE_CHECKING:
@@ -414,6 +413,9 @@ async def _observe_and_sweep(
     timeout = settings.health_timeout_seconds
     if request is None:
         return await observe(facts, timeout), None, []
+    # Only acting needs the sweep (and its signals): a look does not import them.
+    from ._sweep import plan_sweep, sweep
+
     async with hold_legacy_lock(layout.legacy_lock, LEGACY_LOCK_WAIT):
         # Re-read under the lock: a CLI may have recorded another daemon just before.
         facts = _refresh_recorded(facts, layout)
@@ -451,6 +453,8 @@ def _drop_dead_state_file(layout: RootLayout) -> None:
 
 async def sweep_would_act(layout: RootLayout, settings: Settings, table: Table) -> bool:
     """Whether a sweep would stop anything now (observes; takes no lock, acts on nothing)."""
+    from ._sweep import plan_sweep
+
     observations = await observe(
         supervisor_facts(layout, settings, table), settings.health_timeout_seconds
     )
@@ -475,6 +479,8 @@ async def sweep_root(
     not held up by them. Every escalation re-checks the process's identity at signal time
     (:func:`._signals.send_signal`). The ledger records each outcome once it is known.
     """
+    from ._sweep import sweep
+
     results: list[ResetResult] = []
 
     async def stop_them(observations: list[Observation], *, task_status: TaskStatus[None]) -> None:
