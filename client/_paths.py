@@ -17,6 +17,7 @@ from ._wire import (
     SOCKET_PATH_LIMIT,
     UnsafeDirectory,
     daemon_root_as_given,
+    daemon_root_spelled,
     socket_path_for_root,
     supervisor_dir,
 )
@@ -73,18 +74,13 @@ def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
 def _given_text(root: str | os.PathLike[str] | None) -> str | None:
     """The root :func:`daemon_root_as_given` would name, as text, when that needs no ``~``
     expansion; None otherwise (then the general path derives it)."""
-    if root is not None:
-        text = os.fspath(root)
-        if not isinstance(text, str):
-            return None
-        if text:
-            return None if text.startswith("~") else text
-    from_env = os.environ.get("SPEC_KITTY_HOME", "")
-    if from_env:
-        return None if from_env.startswith("~") else from_env
-    home = os.environ.get("HOME", "")
-    # Path.home() is $HOME without its trailing slashes when $HOME is set.
-    return home.rstrip("/") + "/.spec-kitty" if home.startswith("/") else None
+    spelled = daemon_root_spelled(root)
+    if spelled is None:
+        home = os.environ.get("HOME", "")
+        # Path.home() is $HOME without its trailing slashes when $HOME is set.
+        return home.rstrip("/") + "/.spec-kitty" if home.startswith("/") else None
+    text = os.fspath(spelled)
+    return None if not isinstance(text, str) or text.startswith("~") else text
 
 
 @functools.lru_cache(maxsize=32)

@@ -54,6 +54,7 @@ __all__ = [
     "Unavailable",
     "WireError",
     "daemon_root_as_given",
+    "daemon_root_spelled",
     "describe_mode",
     "ensure_private_dir",
     "open_own_file",
@@ -116,15 +117,24 @@ def resolve_daemon_root(root: str | os.PathLike[str] | None = None) -> Path:
     return daemon_root_as_given(root).resolve()
 
 
+def daemon_root_spelled(
+    root: str | os.PathLike[str] | None = None,
+) -> str | os.PathLike[str] | None:
+    """Where the daemon root comes from, as spelled there, before any ``~`` expansion: the
+    argument, else ``$SPEC_KITTY_HOME``; None for the default, ``.spec-kitty`` in the home
+    folder. The one place that says which source wins."""
+    if root is not None and str(root) != "":
+        return root
+    return os.environ.get("SPEC_KITTY_HOME", "") or None
+
+
 def daemon_root_as_given(root: str | os.PathLike[str] | None = None) -> Path:
     """The daemon root before resolving: the path whose links :func:`resolve_daemon_root`
     follows (a dangling link is only visible here)."""
-    if root is not None and str(root) != "":
-        return Path(root).expanduser()
-    from_env = os.environ.get("SPEC_KITTY_HOME", "")
-    if from_env:
-        return Path(from_env).expanduser()
-    return Path.home() / ".spec-kitty"
+    spelled = daemon_root_spelled(root)
+    if spelled is None:
+        return Path.home() / ".spec-kitty"
+    return Path(spelled).expanduser()
 
 
 def supervisor_dir(daemon_root: Path) -> Path:
