@@ -6,7 +6,6 @@ import grp
 import os
 import pwd
 import stat
-import tempfile
 from pathlib import Path
 
 from spec_kitty_supervisor_client._errors import UnsafeDirectoryError
@@ -21,7 +20,7 @@ from spec_kitty_supervisor_client._wire import (
     unwritable_folder,
 )
 
-from ._files import atomic_write
+from ._files import atomic_write, create_unique_file
 
 __all__ = ["RootLayout", "UnwritableDirectory", "writable_by_others"]
 
@@ -37,7 +36,7 @@ def _unwritable(folder: Path, exc: OSError) -> UnwritableDirectory:
 def check_writable(folder: Path) -> None:
     """Create and remove a file in ``folder``; :class:`UnwritableDirectory` when we cannot."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        fd, name = create_unique_file(folder, ".write-check.")
     except OSError as exc:
         if exc.errno in NOT_WRITABLE:
             raise _unwritable(folder, exc) from None
@@ -150,6 +149,8 @@ class RootLayout:
         except UnsafeDirectoryError as taken:
             # Another user made the predictable name first (or made it writable): a folder
             # with a random name beside it, 0700 from birth, recorded where clients look.
+            import tempfile  # only here: the first stage avoids it (_files.create_unique_file)
+
             fresh = Path(tempfile.mkdtemp(prefix=f"{folder.name}.", dir=folder.parent))
             atomic_write(self.supervisor_dir / SOCKET_DIR_RECORD, f"{fresh}\n".encode())
             return [f"{taken}; the socket is in {fresh} instead (recorded in {SOCKET_DIR_RECORD})"]

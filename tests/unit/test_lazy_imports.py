@@ -285,6 +285,7 @@ NOT_FOR_SERVING_FIRST = NOT_FOR_THE_FIRST_STAGE | {
     f"{SUPERVISOR}._spawn",
     "subprocess",
     "dataclasses",  # with inspect, a tenth of the first stage's start (ADR 0015)
+    "tempfile",  # with random and shutil (bz2, lzma): _files.create_unique_file instead
 }
 
 

@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from spec_kitty_supervisor._files import RefusedFile, move_refused_aside, read_regular_file
+from spec_kitty_supervisor._files import (
+    RefusedFile,
+    atomic_write,
+    create_unique_file,
+    move_refused_aside,
+    read_regular_file,
+)
 from spec_kitty_supervisor._ledger import Ledger
 from spec_kitty_supervisor._legacy_state import read_legacy_state
 from spec_kitty_supervisor._lock import SupervisorLock
@@ -204,3 +210,39 @@ def test_a_deeply_nested_ledger_line_is_skipped(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     assert Ledger(path).events() == []
+
+
+def test_a_unique_file_is_new_private_and_never_an_existing_entry(tmp_path: Path) -> None:
+    """``create_unique_file`` stands in for ``tempfile.mkstemp`` (the first stage avoids it)."""
+    made = [create_unique_file(tmp_path, ".check.", ".tmp") for _ in range(50)]
+    try:
+        paths = [path for _fd, path in made]
+        assert len(set(paths)) == 50
+        for path in paths:
+            assert path.parent == tmp_path
+            assert path.name.startswith(".check.")
+            assert path.name.endswith(".tmp")
+            info = path.lstat()
+            assert oct(info.st_mode & 0o777) == oct(0o600)
+            assert info.st_uid == os.getuid()
+    finally:
+        for fd, _path in made:
+            os.close(fd)
+
+
+def test_a_unique_file_in_a_folder_that_cannot_be_written_raises_its_os_error(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        create_unique_file(tmp_path / "missing", ".check.")
+
+
+def test_an_atomic_write_replaces_the_file_whole_and_leaves_no_temporary_behind(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+    atomic_write(target, b"new contents", mode=0o640)
+    assert target.read_bytes() == b"new contents"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o640)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
