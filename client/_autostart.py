@@ -47,16 +47,19 @@ ENSURE_PATH = "/v1/sync/ensure"
 
 def supervisor_command() -> list[str]:
     """How to start a supervisor from here: an override, this interpreter, or the console script."""
-    # Imported here: only starting a supervisor needs them, never the one call's warm path.
+    # Imported where needed: only starting a supervisor needs them, never the one call's warm
+    # path; and shutil (with bz2 and lzma) would delay the usual start by a few milliseconds.
     import importlib.util
-    import shlex
-    import shutil
 
     override = os.environ.get(COMMAND_ENV, "")
     if override:
+        import shlex
+
         return shlex.split(override)
     if importlib.util.find_spec("spec_kitty_supervisor") is not None:
         return [sys.executable, "-m", "spec_kitty_supervisor"]
+    import shutil
+
     found = shutil.which("spec-kitty-supervisor")
     if found:
         return [found]
