@@ -220,6 +220,28 @@ print({_MARK!r} + json.dumps({{
 """
 
 
+# The same with the one-call helper, ``ensure_sync_daemon(python, root=R)`` (no version, as the
+# README shows it): what a spec-kitty process calls, on the standard-library wire.
+_OURS_ONE_CALL_SCRIPT = f"""
+import json, sys, time
+from spec_kitty_supervisor_client import ensure_sync_daemon
+root, python, repeat = sys.argv[1], sys.argv[2], int(sys.argv[4])
+timings, actions = [], []
+answer = None
+for _ in range(repeat):
+    began = time.perf_counter()
+    answer = ensure_sync_daemon(python, root=root)
+    timings.append(time.perf_counter() - began)
+    actions.append(answer.action)
+print({_MARK!r} + json.dumps({{
+    "actions": actions,
+    "pid": answer.daemon.pid,
+    "port": answer.daemon.port,
+    "timings_s": timings,
+}}), flush=True)
+"""
+
+
 @dataclass(frozen=True)
 class OursEnsure:
     actions: tuple[str, ...]
@@ -230,9 +252,16 @@ class OursEnsure:
 
 
 def run_ours_ensure(
-    sut: SupervisorUnderTest, python: Path, version: str, repeat: int, timeout: float = 120.0
+    sut: SupervisorUnderTest,
+    python: Path,
+    version: str,
+    repeat: int,
+    timeout: float = 120.0,
+    *,
+    one_call: bool = False,
 ) -> OursEnsure:
-    """``SupervisorClient(root).ensure(python, version)`` ``repeat`` times in a fresh process.
+    """``SupervisorClient(root).ensure(python, version)`` ``repeat`` times in a fresh process;
+    with ``one_call``, ``ensure_sync_daemon(python, root=root)`` instead (``version`` unsent).
 
     The process has the sandbox's environment plus the supervisor settings, so a supervisor
     it auto-starts runs with them too (and is found and stopped by ``sut`` afterwards).
@@ -241,7 +270,7 @@ def run_ours_ensure(
     argv = [
         sys.executable,
         "-c",
-        _OURS_ENSURE_SCRIPT,
+        _OURS_ONE_CALL_SCRIPT if one_call else _OURS_ENSURE_SCRIPT,
         str(sut.root),
         str(python),
         version,
