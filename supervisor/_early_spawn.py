@@ -30,8 +30,7 @@ import json
 import os
 import subprocess
 from collections.abc import Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from spec_kitty_supervisor_client._discover import release_from_files
 from spec_kitty_supervisor_client._releases import UNKNOWN_VERSION
@@ -125,8 +124,13 @@ def take_handed_request(environ: MutableMapping[str, str]) -> dict[str, Any] | N
     return request if isinstance(request, dict) else None
 
 
-@dataclass(frozen=True)
-class Invocation:
+# No dataclasses here or in the modules this one imports: ``dataclasses`` imports ``inspect``
+# (with ``ast``, ``dis``, ``tokenize``), a third of this stage's own imports, on the path of
+# the auto-started supervisor to its early spawn. Named tuples where nothing treats the value
+# as a tuple, small value classes elsewhere (``tests/unit/test_lazy_imports``).
+
+
+class Invocation(NamedTuple):
     """What an early spawn needs to know before it touches anything."""
 
     root: str
@@ -189,9 +193,12 @@ def early_invocation(
     return Invocation(argv[2], port_range, python, version, cwd, dict(env))
 
 
-@dataclass(frozen=True)
 class EarlyFacts:
-    """What the stage found once it held the root's lock (each a short word, for the verdict)."""
+    """What the stage found once it held the root's lock (each a short word, for the verdict).
+
+    A value class with its fields in ``__dict__`` (as a dataclass had them; a test builds
+    variants from it), compared and hashed by its fields.
+    """
 
     #: ``absent``, ``no_live`` (names only dead pids), ``live``, ``quarantined``, ``unreadable``
     journal: str
@@ -204,9 +211,46 @@ class EarlyFacts:
     #: What the request says of it (None, or "unknown" from a 3.1 CLI, says nothing).
     claimed_version: str | None
 
+    def __init__(
+        self,
+        journal: str,
+        recorded: str,
+        legacy_lock: str,
+        installed_version: str | None,
+        claimed_version: str | None,
+    ) -> None:
+        self.journal = journal
+        self.recorded = recorded
+        self.legacy_lock = legacy_lock
+        self.installed_version = installed_version
+        self.claimed_version = claimed_version
 
-@dataclass(frozen=True)
-class EarlyVerdict:
+    def _fields(self) -> tuple[str, str, str, str | None, str | None]:
+        return (
+            self.journal,
+            self.recorded,
+            self.legacy_lock,
+            self.installed_version,
+            self.claimed_version,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EarlyFacts) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return other._fields() == self._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"EarlyFacts(journal={self.journal!r}, recorded={self.recorded!r}, "
+            f"legacy_lock={self.legacy_lock!r}, installed_version={self.installed_version!r}, "
+            f"claimed_version={self.claimed_version!r})"
+        )
+
+
+class EarlyVerdict(NamedTuple):
     spawn: bool
     reason: str
 
@@ -235,35 +279,112 @@ def decide_early_spawn(facts: EarlyFacts) -> EarlyVerdict:
     return EarlyVerdict(True, "nothing alive is recorded for the root")
 
 
-@dataclass
 class EarlyChild:
-    """The daemon spawned before the heavy imports, until the lifecycle takes it over."""
+    """The daemon spawned before the heavy imports, until the lifecycle takes it over.
 
-    spawned: SpawnedDaemon
-    package_version: str
-    env: dict[str, str]
-    cwd: str
-    #: ``R/sync-daemon.lock``, held since before the spawn, as the lifecycle's spawn holds it.
-    legacy_lock_fd: int
+    ``legacy_lock_fd`` is ``R/sync-daemon.lock``, held since before the spawn, as the
+    lifecycle's spawn holds it. Mutable, compared by its fields, not hashable (as the
+    dataclass it was).
+    """
+
+    __slots__ = ("cwd", "env", "legacy_lock_fd", "package_version", "spawned")
+
+    def __init__(
+        self,
+        spawned: SpawnedDaemon,
+        package_version: str,
+        env: dict[str, str],
+        cwd: str,
+        legacy_lock_fd: int,
+    ) -> None:
+        self.spawned = spawned
+        self.package_version = package_version
+        self.env = env
+        self.cwd = cwd
+        self.legacy_lock_fd = legacy_lock_fd
+
+    def _fields(self) -> tuple[SpawnedDaemon, str, dict[str, str], str, int]:
+        return (self.spawned, self.package_version, self.env, self.cwd, self.legacy_lock_fd)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EarlyChild) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return other._fields() == self._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value
+
+    def __repr__(self) -> str:
+        return (
+            f"EarlyChild(spawned={self.spawned!r}, package_version={self.package_version!r}, "
+            f"env={self.env!r}, cwd={self.cwd!r}, legacy_lock_fd={self.legacy_lock_fd!r})"
+        )
 
 
-@dataclass
 class EarlyStart:
     """What the first stage did, handed to ``run_supervisor``: it holds the root's lock.
 
     ``child`` is None when the stage decided not to spawn (``verdict`` says why; with no
-    handed request, ``request`` is empty and the stage only serves).
+    handed request, ``request`` is empty and the stage only serves). ``starting`` is the
+    socket, bound and answered while the rest is imported (None: the runner binds it).
+    Mutable, compared by its fields, not hashable (as the dataclass it was).
     """
 
-    user_umask: int
-    fd_limits: FdLimits
-    prepared: list[str]
-    lock: SupervisorLock
-    verdict: EarlyVerdict
-    request: dict[str, Any] = field(default_factory=dict)
-    child: EarlyChild | None = None
-    #: The socket, bound and answered while the rest is imported (None: the runner binds it).
-    starting: StartingServer | None = None
+    __slots__ = (
+        "child",
+        "fd_limits",
+        "lock",
+        "prepared",
+        "request",
+        "starting",
+        "user_umask",
+        "verdict",
+    )
+
+    def __init__(  # noqa: PLR0917  (the dataclass's signature: positions kept for callers)
+        self,
+        user_umask: int,
+        fd_limits: FdLimits,
+        prepared: list[str],
+        lock: SupervisorLock,
+        verdict: EarlyVerdict,
+        request: dict[str, Any] | None = None,
+        child: EarlyChild | None = None,
+        starting: StartingServer | None = None,
+    ) -> None:
+        self.user_umask = user_umask
+        self.fd_limits = fd_limits
+        self.prepared = prepared
+        self.lock = lock
+        self.verdict = verdict
+        self.request: dict[str, Any] = {} if request is None else request  # a new one each
+        self.child = child
+        self.starting = starting
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.user_umask,
+            self.fd_limits,
+            self.prepared,
+            self.lock,
+            self.verdict,
+            self.request,
+            self.child,
+            self.starting,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, EarlyStart) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return other._fields() == self._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value
+
+    def __repr__(self) -> str:
+        return (
+            f"EarlyStart(user_umask={self.user_umask!r}, fd_limits={self.fd_limits!r}, "
+            f"prepared={self.prepared!r}, lock={self.lock!r}, verdict={self.verdict!r}, "
+            f"request={self.request!r}, child={self.child!r}, starting={self.starting!r})"
+        )
 
     def take_child(self) -> EarlyChild | None:
         """The child, now the caller's to take over or stop; the stage forgets it."""
