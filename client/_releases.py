@@ -37,8 +37,7 @@ family. What each row rests on, in the wheel's ``specify_cli/sync/daemon.py``:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "RELEASE_FAMILIES",
@@ -61,9 +60,11 @@ ProofOfOurs = Literal["none", "kernel_root", "argv_token", "owner_block"]
 UNKNOWN_VERSION = "unknown"
 
 
-@dataclass(frozen=True)
-class ReleaseFamily:
-    """One family of releases that treat their sync daemon alike."""
+class ReleaseFamily(NamedTuple):
+    """One family of releases that treat their sync daemon alike.
+
+    A named tuple, not a dataclass: the supervisor's early spawn imports this module, and
+    ``dataclasses`` imports ``inspect``."""
 
     key: str
     releases: str  # for people: "3.2.0-3.2.2"

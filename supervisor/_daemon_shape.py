@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "DAEMON_EXEC_MARKER",
@@ -52,9 +52,11 @@ def build_daemon_argv(
     ]
 
 
-@dataclass(frozen=True)
-class CmdlineFacts:
-    """What a process's argv says about it, read the way upstream tools read it."""
+class CmdlineFacts(NamedTuple):
+    """What a process's argv says about it, read the way upstream tools read it.
+
+    A named tuple, not a dataclass: the spawn imports this module on the early spawn's path,
+    and ``dataclasses`` imports ``inspect`` (tests/unit/test_lazy_imports.py)."""
 
     spawn_shape: bool
     root_marker: str | None

@@ -11,20 +11,50 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 __all__ = ["ProcessIdentity", "boot_id", "read_identity"]
 
 
-@dataclass(frozen=True)
 class ProcessIdentity:
-    """A process, named so that no later process can be mistaken for it."""
+    """A process, named so that no later process can be mistaken for it.
 
-    pid: int
-    start: str  # "<boot id>:<start ticks>" on Linux; "psutil:<create_time>" elsewhere
-    uid: int
+    Immutable (read-only properties), compared and hashed by its fields. A value class, not a
+    dataclass: the supervisor's first stage imports this module before its early spawn, and
+    ``dataclasses`` imports ``inspect`` (``tests/unit/test_lazy_imports.py``).
+    """
+
+    __slots__ = ("_pid", "_start", "_uid")
+
+    def __init__(self, pid: int, start: str, uid: int) -> None:
+        self._pid = pid
+        self._start = start
+        self._uid = uid
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    @property
+    def start(self) -> str:
+        """``"<boot id>:<start ticks>"`` on Linux; ``"psutil:<create_time>"`` elsewhere."""
+        return self._start
+
+    @property
+    def uid(self) -> int:
+        return self._uid
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ProcessIdentity) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return other._pid == self._pid and other._start == self._start and other._uid == self._uid
+
+    def __hash__(self) -> int:
+        return hash((self._pid, self._start, self._uid))
+
+    def __repr__(self) -> str:
+        return f"ProcessIdentity(pid={self._pid!r}, start={self._start!r}, uid={self._uid!r})"
 
     def same_process(self, other: ProcessIdentity | None) -> bool:
         return other is not None and other.pid == self.pid and other.start == self.start

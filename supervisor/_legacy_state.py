@@ -14,9 +14,8 @@ import fcntl
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._files import (
     RefusedFile,
@@ -46,8 +45,9 @@ class LegacyLockTimeout(TimeoutError):
     """Raised when an upstream CLI held ``R/sync-daemon.lock`` longer than we wait."""
 
 
-@dataclass(frozen=True)
-class LegacyRecord:
+class LegacyRecord(NamedTuple):
+    # A named tuple, not a dataclass: the supervisor's first stage reads this file before its
+    # early spawn, and ``dataclasses`` imports ``inspect`` (tests/unit/test_lazy_imports.py).
     url: str
     port: int
     token: str

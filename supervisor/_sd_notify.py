@@ -23,8 +23,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "CONTROL_FD_NAME",
@@ -245,9 +244,11 @@ class SocketActivationError(RuntimeError):
     """Raised when a socket passed by the service manager is not a listening unix stream socket."""
 
 
-@dataclass(frozen=True)
-class ActivatedSocket:
-    """One socket the service manager passed, with its ``FileDescriptorName=`` (or ``unknown``)."""
+class ActivatedSocket(NamedTuple):
+    """One socket the service manager passed, with its ``FileDescriptorName=`` (or ``unknown``).
+
+    A named tuple, not a dataclass: the early spawn imports this module for
+    :func:`child_environment_scrub`, and ``dataclasses`` imports ``inspect``."""
 
     name: str
     sock: socket.socket

@@ -12,7 +12,6 @@ import socket
 import stat
 import subprocess
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from spec_kitty_supervisor_client._environment import passed_environment
@@ -48,15 +47,54 @@ class SpawnError(LifecycleError):
         self.log_tail = log_tail
 
 
-@dataclass
 class SpawnedDaemon:
-    process: subprocess.Popen[bytes]
-    identity: ProcessIdentity
-    port: int
-    token: str
-    python: str
-    resolved_python: str
-    log_offset: int
+    """A daemon just spawned, before it is healthy. Mutable, compared by its fields, not
+    hashable (as the dataclass it was: no dataclass on the early spawn's path)."""
+
+    __slots__ = ("identity", "log_offset", "port", "process", "python", "resolved_python", "token")
+
+    def __init__(  # noqa: PLR0917  (the dataclass's signature: positions kept for callers)
+        self,
+        process: subprocess.Popen[bytes],
+        identity: ProcessIdentity,
+        port: int,
+        token: str,
+        python: str,
+        resolved_python: str,
+        log_offset: int,
+    ) -> None:
+        self.process = process
+        self.identity = identity
+        self.port = port
+        self.token = token
+        self.python = python
+        self.resolved_python = resolved_python
+        self.log_offset = log_offset
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.process,
+            self.identity,
+            self.port,
+            self.token,
+            self.python,
+            self.resolved_python,
+            self.log_offset,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpawnedDaemon) or other.__class__ is not self.__class__:
+            return NotImplemented
+        return other._fields() == self._fields()
+
+    __hash__ = None  # type: ignore[assignment]  # mutable and compared by value
+
+    def __repr__(self) -> str:
+        return (
+            f"SpawnedDaemon(process={self.process!r}, identity={self.identity!r}, "
+            f"port={self.port!r}, token={self.token!r}, python={self.python!r}, "
+            f"resolved_python={self.resolved_python!r}, log_offset={self.log_offset!r})"
+        )
 
 
 def new_token() -> str:

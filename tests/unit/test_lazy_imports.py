@@ -265,6 +265,34 @@ def test_the_first_stage_of_run_imports_nothing_heavy() -> None:
     assert loaded & NOT_FOR_THE_FIRST_STAGE == set()
 
 
+#: What the early spawn's modules (imported after the first stage serves the socket, before
+#: the spawn) must not import either: ``dataclasses`` imports ``inspect``, and with it ``ast``,
+#: ``dis``, ``tokenize`` and ``linecache``, about a third of those modules' own import time on
+#: the auto-started supervisor's path to its early spawn (issue 16's fully cold row). Their
+#: value classes are named tuples or written by hand (tests/unit/test_value_classes.py).
+NOT_FOR_THE_EARLY_SPAWN = NOT_FOR_THE_FIRST_STAGE | {
+    "dataclasses",
+    "inspect",
+    "ast",
+    "dis",
+    "tokenize",
+    "linecache",
+}
+
+
+def test_the_early_spawn_after_the_first_stage_imports_no_dataclasses() -> None:
+    loaded = _loaded_after(f"import {SUPERVISOR}._first_stage, {SUPERVISOR}._early_spawn")
+    assert {f"{SUPERVISOR}._early_spawn", f"{SUPERVISOR}._spawn", "subprocess"} <= loaded
+    assert loaded & NOT_FOR_THE_EARLY_SPAWN == set()
+
+
+def test_the_checker_sees_dataclasses_where_they_are_imported() -> None:
+    # The serving stack still uses dataclasses: the set above names modules that do get
+    # imported, only later.
+    loaded = _loaded_after(f"import {SUPERVISOR}._early_spawn, {SUPERVISOR}._table")
+    assert {"dataclasses", "inspect"} <= loaded
+
+
 def test_only_run_imports_the_early_spawn_stage() -> None:
     loaded = _loaded_after(
         "sys.argv = ['spec-kitty-supervisor', '--version']\n"

@@ -19,6 +19,53 @@ from spec_kitty_supervisor._lock import SupervisorLock
 from spec_kitty_supervisor._spawn import SpawnedDaemon
 
 # --------------------------------------------------------------------------------------------
+# ProcessIdentity: immutable, compared and hashed by pid, start and uid
+
+
+def test_identities_with_the_same_fields_are_equal_and_hash_alike() -> None:
+    one = ProcessIdentity(pid=41, start="boot:9", uid=1000)
+    assert one == ProcessIdentity(41, "boot:9", 1000)
+    assert hash(one) == hash(ProcessIdentity(41, "boot:9", 1000))
+    assert {one: "a"}[ProcessIdentity(41, "boot:9", 1000)] == "a"
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        ProcessIdentity(42, "boot:9", 1000),
+        ProcessIdentity(41, "boot:10", 1000),
+        ProcessIdentity(41, "boot:9", 0),
+    ],
+)
+def test_identities_that_differ_in_one_field_are_not_equal(other: ProcessIdentity) -> None:
+    one = ProcessIdentity(41, "boot:9", 1000)
+    assert one != other
+    assert not one == other  # noqa: SIM201  (__eq__ itself, not __ne__)
+    assert len({one, other}) == 2
+
+
+def test_an_identity_is_not_equal_to_its_fields_as_a_tuple() -> None:
+    assert ProcessIdentity(41, "boot:9", 1000) != (41, "boot:9", 1000)
+
+
+def test_an_identity_cannot_be_changed() -> None:
+    one = ProcessIdentity(41, "boot:9", 1000)
+    with pytest.raises(AttributeError):
+        one.pid = 42  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        one.start = "boot:10"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        one.other = 1  # type: ignore[attr-defined]
+    assert one == ProcessIdentity(41, "boot:9", 1000)
+
+
+def test_an_identity_prints_as_the_dataclass_did() -> None:
+    assert repr(ProcessIdentity(41, "boot:9", 1000)) == (
+        "ProcessIdentity(pid=41, start='boot:9', uid=1000)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
 # EarlyFacts: frozen in spirit, compared and hashed by its five fields
 
 
@@ -167,4 +214,38 @@ def test_an_early_start_prints_its_fields() -> None:
         f"soft=4096, error=None), prepared=['supervisor'], lock={LOCK!r}, "
         "verdict=EarlyVerdict(spawn=False, reason='no ensure request was handed over'), "
         "request={}, child=None, starting=None)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SpawnedDaemon: mutable, compared by its fields, not hashable
+
+
+def test_spawned_daemons_compare_by_their_fields_and_are_unhashable(
+    spawned: SpawnedDaemon,
+) -> None:
+    same = SpawnedDaemon(
+        process=spawned.process,
+        identity=ProcessIdentity(spawned.identity.pid, "boot:1", os.getuid()),
+        port=9449,
+        token="0" * 32,
+        python=sys.executable,
+        resolved_python="/usr/bin/py",
+        log_offset=17,
+    )
+    assert same == spawned
+    same.log_offset = 18  # mutable, as the dataclass was
+    assert same != spawned
+    assert spawned != SpawnedDaemon(
+        spawned.process, spawned.identity, 9450, "0" * 32, sys.executable, "/usr/bin/py", 17
+    )
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(spawned)
+
+
+def test_a_spawned_daemon_prints_its_fields(spawned: SpawnedDaemon) -> None:
+    assert repr(spawned) == (
+        f"SpawnedDaemon(process={spawned.process!r}, identity={spawned.identity!r}, "
+        f"port=9449, token='{'0' * 32}', python={sys.executable!r}, "
+        "resolved_python='/usr/bin/py', log_offset=17)"
     )
