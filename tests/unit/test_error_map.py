@@ -340,8 +340,12 @@ def test_without_autostart_an_exiting_supervisor_is_reported_not_replaced(
 
 # A supervisor killed while it served us: it may still accept a connection for a moment while
 # the kernel closes its sockets, so one look may find it "there" and the request fails again.
+# The supervisor the call itself started may be the one killed while it served the request.
 
 _RESET = SupervisorUnavailable("the supervisor on /r/supervisor.sock did not answer: reset")
+_CLOSED = SupervisorUnavailable(
+    "the supervisor on /r/supervisor.sock did not answer: connection closed before a complete reply"
+)
 
 
 def test_a_supervisor_gone_mid_request_is_looked_for_twice_and_the_ensure_answered(
@@ -355,14 +359,28 @@ def test_a_supervisor_gone_mid_request_is_looked_for_twice_and_the_ensure_answer
     assert started == ["start", "start"]
 
 
-def test_a_supervisor_that_stays_gone_is_reported_after_two_looks(
+def test_the_started_supervisor_killed_while_serving_then_its_dying_socket_then_a_successor(
+    tmp_path: Path, started: list[str]
+) -> None:
+    # No supervisor; the one started is killed while it serves the request (closed); the next
+    # look finds its socket still accepting while the kernel closes it (reset); the third
+    # start is the successor, which answers.
+    client = SupervisorClient(tmp_path / "root")
+    transport = _ScriptedTransport([_RESET, _CLOSED, _RESET, (200, _ensure_answer(7))])
+    client._transport = transport  # type: ignore[assignment]
+    answer = client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
+    assert answer.daemon.pid == 7
+    assert started == ["start", "start", "start"]
+
+
+def test_a_supervisor_that_stays_gone_is_reported_after_three_looks(
     tmp_path: Path, started: list[str]
 ) -> None:
     client = SupervisorClient(tmp_path / "root")
-    client._transport = _ScriptedTransport([_RESET, _RESET, _RESET])  # type: ignore[assignment]
+    client._transport = _ScriptedTransport([_RESET] * 4)  # type: ignore[assignment]
     with pytest.raises(SupervisorUnavailable, match="did not answer"):
         client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
-    assert started == ["start", "start"]
+    assert started == ["start", "start", "start"]
 
 
 def test_an_exiting_supervisor_then_a_dying_one_are_replaced_then_started(
@@ -379,7 +397,7 @@ def test_an_exiting_supervisor_then_a_dying_one_are_replaced_then_started(
 
 
 @pytest.mark.anyio
-async def test_the_async_client_looks_for_a_supervisor_gone_mid_request_twice_too(
+async def test_the_async_client_looks_for_a_supervisor_gone_mid_request_as_often(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
@@ -387,9 +405,9 @@ async def test_the_async_client_looks_for_a_supervisor_gone_mid_request_twice_to
         client_module, "start_supervisor", lambda root, first_request=None: calls.append("start")
     )
     client = AsyncSupervisorClient(tmp_path / "root")
-    scripted = _ScriptedTransport([_RESET, _RESET, (200, _ensure_answer(9))])
+    scripted = _ScriptedTransport([_RESET, _CLOSED, _RESET, (200, _ensure_answer(9))])
     monkeypatch.setattr(client._transport, "request", scripted.arequest)
     answer = await client.ensure(str(fake_spec_kitty_venv(tmp_path, "3.2.4")), "3.2.4", env={})
     assert answer.daemon.pid == 9
-    assert calls == ["start", "start"]
+    assert calls == ["start", "start", "start"]
     await client.aclose()
