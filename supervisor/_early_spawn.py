@@ -196,8 +196,8 @@ def early_invocation(
 class EarlyFacts:
     """What the stage found once it held the root's lock (each a short word, for the verdict).
 
-    A value class with its fields in ``__dict__`` (as a dataclass had them; a test builds
-    variants from it), compared and hashed by its fields.
+    A frozen value class with its fields in ``__dict__`` (as a dataclass had them; a test
+    builds variants from it), compared and hashed by its fields.
     """
 
     #: ``absent``, ``no_live`` (names only dead pids), ``live``, ``quarantined``, ``unreadable``
@@ -219,11 +219,20 @@ class EarlyFacts:
         installed_version: str | None,
         claimed_version: str | None,
     ) -> None:
-        self.journal = journal
-        self.recorded = recorded
-        self.legacy_lock = legacy_lock
-        self.installed_version = installed_version
-        self.claimed_version = claimed_version
+        # Frozen as the dataclass was: __setattr__ refuses, so the fields go in directly.
+        self.__dict__.update(
+            journal=journal,
+            recorded=recorded,
+            legacy_lock=legacy_lock,
+            installed_version=installed_version,
+            claimed_version=claimed_version,
+        )
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}: EarlyFacts is frozen")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}: EarlyFacts is frozen")
 
     def _fields(self) -> tuple[str, str, str, str | None, str | None]:
         return (

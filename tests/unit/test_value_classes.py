@@ -117,6 +117,15 @@ def test_early_facts_are_not_equal_to_their_fields_as_a_tuple_or_dict() -> None:
     }
 
 
+def test_early_facts_cannot_be_changed() -> None:
+    facts = _facts()
+    with pytest.raises(AttributeError, match="frozen"):
+        facts.journal = "live"
+    with pytest.raises(AttributeError, match="frozen"):
+        del facts.recorded
+    assert facts == _facts()
+
+
 def test_early_facts_print_as_the_dataclass_did() -> None:
     assert repr(_facts()) == (
         "EarlyFacts(journal='absent', recorded='dead', legacy_lock='taken', "
