@@ -11,6 +11,10 @@ import sys
 
 
 def main() -> int:
+    # Before anything imports pydantic: the supervisor runs no pydantic plugins (ADR 0019).
+    from ._pydantic_plugins import disable_pydantic_plugins
+
+    disable_pydantic_plugins()
     early = None
     if sys.argv[1:2] == ["run"]:
         # Only ``run`` has a first stage: the other commands (``doctor``, ``status``) do not
