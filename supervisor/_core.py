@@ -8,6 +8,7 @@ supervisor's own idle exit; the sweep loop is :func:`._lifecycle.sweep_orphans_f
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -138,12 +139,16 @@ class Supervisor:
         """
         await recover(self.lifecycle)
         if self._task_group is not None:
+            taking_over = self._handed is not None
             if self._handed is not None:
                 # Holds the lifecycle lock before serving starts: the starter's request,
                 # the sweep and the heartbeat all come after it.
                 await self._task_group.start(take_over_early_spawn, self.lifecycle, self._handed)
                 self._handed = None
-            self._task_group.start_soon(sweep_orphans_forever, self.lifecycle)
+            # After a take-over the start-up sweep's first look waits for its end (ADR 0019).
+            self._task_group.start_soon(
+                functools.partial(sweep_orphans_forever, self.lifecycle, after_step=taking_over)
+            )
 
     async def wait_exit(self) -> None:
         await self._stop_event.wait()

@@ -11,7 +11,7 @@ Pure: standard library and other pure modules only, no I/O (a wall: tests/unit/t
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +33,7 @@ __all__ = [
     "classify_exit",
     "decide_current",
     "describe_exit",
+    "nothing_to_sweep",
     "quarantine_lifts_for",
 ]
 
@@ -147,3 +148,15 @@ def ensure_verdict_for_current(
     if answers_now is None:
         return "probe"
     return "serve" if answers_now else "replace"
+
+
+def nothing_to_sweep(listening: Mapping[int, int] | None, own_ports: Collection[int]) -> bool:
+    """Whether the kernel's listen table alone says a sweep has nothing to stop: nothing
+    listens in the range but the supervisor's own daemons (``own_ports``, the table's).
+
+    ``listening`` is port → uid (``_listen_table.linux_listen_uids``); None (the table could
+    not be read) says nothing, and the doctor's look decides. The supervisor's own daemons
+    are never swept, so a root whose only listener is its current daemon (every warm root,
+    and every start after an early spawn's take-over, docs/adr/0019) needs no doctor.
+    """
+    return listening is not None and set(listening) <= set(own_ports)

@@ -47,7 +47,7 @@ from .._spawn import SpawnedDaemon, child_environment, log_tail, port_is_free, s
 from .._table import LoadedTable, Table, load_table, save_table
 from .._verify import read_process_context, verify_daemon
 from .._versions import EstablishedEnsure, InstalledVersions
-from ._decisions import describe_exit
+from ._decisions import describe_exit, nothing_to_sweep
 from ._effects import (
     Abandoned,
     Health,
@@ -396,9 +396,11 @@ class RealEffects:
     async def orphans_to_sweep(self, table: Table) -> bool:
         from .._listen_table import linux_listen_uids
 
-        if await anyio.to_thread.run_sync(linux_listen_uids, *self.settings.scan_range) == {}:
-            # Nothing listens in the range (a clean root, most starts): nothing to sweep,
-            # and the kernel's table said so without the doctor's modules.
+        listening = await anyio.to_thread.run_sync(linux_listen_uids, *self.settings.scan_range)
+        if nothing_to_sweep(listening, {daemon.port for daemon in table.daemons}):
+            # Nothing listens in the range but our own daemons (a clean root, most starts,
+            # every start after an early spawn's take-over): nothing to sweep, and the
+            # kernel's table said so without the doctor's modules.
             return False
         # The doctor's modules (classification, discovery, the sweep) are imported by the
         # first sweep that has listeners to look at, not by the supervisor's start.

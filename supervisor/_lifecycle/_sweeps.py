@@ -41,7 +41,26 @@ def _the_one(exc: Exception) -> Exception:
     return exc
 
 
-async def sweep_orphans_forever(lifecycle: Lifecycle) -> None:
+async def sweep_orphans_forever(lifecycle: Lifecycle, *, after_step: bool = False) -> None:
+    """Sweep now, then every ``sweep_seconds``.
+
+    ``after_step``: a step holds the lifecycle lock now, at start-up the take-over of the first
+    stage's daemon (docs/adr/0019). The first look still comes at once, beside that step (what
+    it finds waits for the lock anyway, and the doctor's imports overlap the step); when it
+    finds nothing, the supervisor looks once more when the step has let the lock go (without
+    queueing for it). A predecessor killed just after its own early spawn leaves a daemon
+    nobody recorded, still starting, on the port the take-over's child wants too: by the end of
+    the take-over one of the two holds that port and the other has exited, so a daemon of the
+    predecessor still alive then listens, and that look sees it. Seen by neither, it would run
+    beside the current daemon until the next sweep.
+    """
+    if after_step:
+        try:
+            found = await lifecycle.effects.orphans_to_sweep(lifecycle.table)
+        except Exception:
+            found = True  # the sweep below looks again and logs what fails
+        if not found and lifecycle.lock.locked():
+            await lifecycle.lock.wait_released()
     while True:
         await sweep_orphans(lifecycle)
         await lifecycle.clock.sleep(lifecycle.settings.sweep_seconds)

@@ -8,6 +8,7 @@ fake effects. Real daemons: ``tests/interop/test_cold_early_spawn.py``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -38,7 +39,13 @@ from spec_kitty_supervisor._fd_limit import raise_fd_limit
 from spec_kitty_supervisor._first_stage import FirstStage, first_stage_invocation
 from spec_kitty_supervisor._identity import read_identity
 from spec_kitty_supervisor._legacy_state import write_legacy_state
-from spec_kitty_supervisor._lifecycle import ensure, recover, take_over_early_spawn
+from spec_kitty_supervisor._lifecycle import (
+    ensure,
+    recover,
+    sweep_orphans_forever,
+    take_over_early_spawn,
+)
+from spec_kitty_supervisor._lifecycle._decisions import nothing_to_sweep
 from spec_kitty_supervisor._lifecycle._effects import SpawnContext
 from spec_kitty_supervisor._lock import SupervisorLock
 from spec_kitty_supervisor._settings import SettingsError, load_settings
@@ -500,6 +507,68 @@ async def test_a_handed_request_the_lifecycle_refuses_stops_the_early_child() ->
     assert "early_spawn_unused" in effects.kinds()
     assert f"abandon {early.identity.pid}" in effects.acts
     assert first.action == "spawned"  # the starter's own request is served as ever
+
+
+# --------------------------------------------------------------------------------------------
+# the start-up sweep after a take-over (ADR 0019)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("after_step", [True, False])
+async def test_the_start_up_sweep_after_a_take_over_looks_again_once_the_take_over_ended(
+    after_step: bool,
+) -> None:
+    # A predecessor's unrecorded daemon still starting when the sweep looks would be missed
+    # until the next sweep: after a look at once that finds nothing, the sweep looks again
+    # when the take-over has let the lock go (by then that daemon holds the contested port and
+    # listens, or has exited). Without ``after_step`` no look comes after the take-over.
+    effects = FakeEffects()
+    effects.add_early(PYTHON, "3.2.4", _early_context())
+    starting = anyio.Event()
+    healthy = effects.wait_healthy
+    looks: list[bool] = []  # per look: had the take-over ended?
+
+    async def still_starting(child: Any, timeout: float) -> Any:
+        await starting.wait()
+        return await healthy(child, timeout)
+
+    async def look(table: object) -> bool:
+        looks.append("end early" in effects.acts)
+        if len(looks) > 2:
+            await anyio.sleep_forever()  # later sweeps: the fake clock never waits
+        return False
+
+    effects.wait_healthy = still_starting  # type: ignore[method-assign]
+    effects.orphans_to_sweep = look  # type: ignore[method-assign]
+    lifecycle = make_lifecycle(effects, FakeClock())
+    async with anyio.create_task_group() as group:
+        lifecycle.attach(group)
+        await recover(lifecycle)
+        await group.start(take_over_early_spawn, lifecycle, ENSURE.model_dump())
+        group.start_soon(functools.partial(sweep_orphans_forever, lifecycle, after_step=after_step))
+        await wait_all_tasks_blocked()
+        starting.set()
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    assert looks[:2] == ([False, True] if after_step else [False, False])
+
+
+@pytest.mark.parametrize(
+    ("listening", "own", "nothing"),
+    [
+        ({}, set(), True),  # a clean root
+        ({9440: 1000}, {9440}, True),  # only the current daemon: every warm root
+        ({9440: 1000, 9441: 1000}, {9440, 9441}, True),  # current and retiring
+        ({9440: 1000, 9425: 1000}, {9440}, False),  # a predecessor's daemon beside it
+        ({9425: 0}, set(), False),  # anything else: the doctor's look decides
+        (None, set(), False),  # the kernel's table unreadable: says nothing
+        (None, {9440}, False),
+    ],
+)
+def test_only_a_listener_that_is_not_ours_makes_the_sweep_look(
+    listening: dict[int, int] | None, own: set[int], nothing: bool
+) -> None:
+    assert nothing_to_sweep(listening, own) is nothing
 
 
 # --------------------------------------------------------------------------------------------
