@@ -145,7 +145,7 @@ class Supervisor:
                 # the sweep and the heartbeat all come after it.
                 await self._task_group.start(take_over_early_spawn, self.lifecycle, self._handed)
                 self._handed = None
-            # After a take-over the start-up sweep's first look waits for its end (ADR 0019).
+            # After a take-over the start-up sweep's first look waits for its end (ADR 0020).
             self._task_group.start_soon(
                 functools.partial(sweep_orphans_forever, self.lifecycle, after_step=taking_over)
             )

@@ -157,6 +157,6 @@ def nothing_to_sweep(listening: Mapping[int, int] | None, own_ports: Collection[
     ``listening`` is port → uid (``_listen_table.linux_listen_uids``); None (the table could
     not be read) says nothing, and the doctor's look decides. The supervisor's own daemons
     are never swept, so a root whose only listener is its current daemon (every warm root,
-    and every start after an early spawn's take-over, docs/adr/0019) needs no doctor.
+    and every start after an early spawn's take-over, docs/adr/0020) needs no doctor.
     """
     return listening is not None and set(listening) <= set(own_ports)

@@ -45,7 +45,7 @@ async def sweep_orphans_forever(lifecycle: Lifecycle, *, after_step: bool = Fals
     """Sweep now, then every ``sweep_seconds``.
 
     ``after_step``: a step holds the lifecycle lock now, at start-up the take-over of the first
-    stage's daemon (docs/adr/0019). The first look still comes at once, beside that step (what
+    stage's daemon (docs/adr/0020). The first look still comes at once, beside that step (what
     it finds waits for the lock anyway, and the doctor's imports overlap the step); when it
     finds nothing, the supervisor looks once more when the step has let the lock go (without
     queueing for it). A predecessor killed just after its own early spawn leaves a daemon

@@ -27,7 +27,7 @@ Two ways on after the kill, in turn:
   daemon, ``never_touch``) and the stand-in ``never_touch``; then a new ``ensure`` starts a
   successor; then the starter resumes, and its retry is answered by the successor.
 - *running on*: nothing else in the range. The starter's own retry starts the successor at
-  once, while the child is still starting (the race of ADR 0019: the successor's start-up
+  once, while the child is still starting (the race of ADR 0020: the successor's start-up
   sweep must not look before the child can be seen); then a new ``ensure`` from another
   process.
 
@@ -82,7 +82,7 @@ TAKE_OVER_LEDGERED = "take-over ledgered"
 #: Trial ``n`` runs ``SCHEDULE[n % 8]``: (release, moment, starter paused). The first four
 #: (CI's rounds) cover both releases, both moments and both ways on; the running-on trials
 #: are mostly 3.2.7 killed as soon as its child exists: its daemon binds its port later than
-#: 3.2.4's, which is what met ADR 0019's race (about one such trial in two before the fix).
+#: 3.2.4's, which is what met ADR 0020's race (about one such trial in two before the fix).
 SCHEDULE = (
     ("3.2.4", CHILD_SPAWNED, True),
     ("3.2.7", CHILD_SPAWNED, False),
@@ -323,7 +323,7 @@ def _stand_in(fleet: DaemonFleet, root: Path, version: str) -> StandIn:
 
     Only in the paused trials: a listener in the range sends every sweep's look down the
     doctor's slower path, and that hid the race the running-on trials are there to meet (the
-    successor's start-up sweep looking before the predecessor's child listens, ADR 0019).
+    successor's start-up sweep looking before the predecessor's child listens, ADR 0020).
     """
     port = fleet.free_ports(1)[0]
     lie = json.dumps(

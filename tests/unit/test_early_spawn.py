@@ -510,7 +510,7 @@ async def test_a_handed_request_the_lifecycle_refuses_stops_the_early_child() ->
 
 
 # --------------------------------------------------------------------------------------------
-# the start-up sweep after a take-over (ADR 0019)
+# the start-up sweep after a take-over (ADR 0020)
 
 
 @pytest.mark.anyio
