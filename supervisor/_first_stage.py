@@ -75,14 +75,21 @@ def setting_refused(name: str, raw: str) -> bool:
         return _DECIMAL.fullmatch(raw) is None or float(raw) <= 0
     if name in _RANGES:
         low, sep, high = raw.partition("-")
-        if not (sep and low.isdigit() and high.isdigit() and len(low) < 6 and len(high) < 6):
+        if not (sep and _ascii_digits(low) and _ascii_digits(high)):
+            return True
+        if len(low) >= 6 or len(high) >= 6:
             return True
         return family_sub_range_error(int(low), int(high)) is not None
     if name == "version_policy":
         return raw not in _POLICIES
     if name == "quarantine_deaths":
-        return not (raw.isdigit() and len(raw) < 10 and int(raw) >= 1)
+        return not (_ascii_digits(raw) and len(raw) < 10 and int(raw) >= 1)
     return False
+
+
+def _ascii_digits(text: str) -> bool:
+    """Only 0-9: ``str.isdigit`` is true of "²" too, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
 
 
 class FirstStage:

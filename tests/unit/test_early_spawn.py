@@ -173,6 +173,8 @@ _SETTING_VALUES = st.one_of(
     st.sampled_from(["", "0", "1", "0.5", "5", "1e3", "-1", "nan", "inf", " 2", "2 ", "abc"]),
     st.sampled_from(["9400-9450", "9425-9450", "9450-9400", "9000-9100", "9400-", "x-y"]),
     st.sampled_from(["keep_newer", "latest_wins", "KEEP_NEWER", "1.0", "007", "99999999999"]),
+    # Digits to str.isdigit, not to int (superscripts), or to int only (other scripts' digits).
+    st.sampled_from(["\u00b2", "1\u00b2", "\u0663", "9400-9\u00b2", "9400-94\u0665\u0660"]),
     st.text(max_size=8),
 )
 
