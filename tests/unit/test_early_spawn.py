@@ -36,7 +36,11 @@ from spec_kitty_supervisor._early_spawn import (
     take_handed_request,
 )
 from spec_kitty_supervisor._fd_limit import raise_fd_limit
-from spec_kitty_supervisor._first_stage import FirstStage, first_stage_invocation
+from spec_kitty_supervisor._first_stage import (
+    FirstStage,
+    first_stage_invocation,
+    setting_refused,
+)
 from spec_kitty_supervisor._identity import read_identity
 from spec_kitty_supervisor._legacy_state import write_legacy_state
 from spec_kitty_supervisor._lifecycle import (
@@ -191,6 +195,22 @@ def test_the_stage_accepts_no_setting_the_settings_loader_refuses(
         assert found.spawn_range() == loaded.port_range
     else:
         assert "settings" in found
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("quarantine_deaths", "\u00b2"),  # superscript two: str.isdigit, not int
+        ("quarantine_deaths", "\u0663"),  # Arabic-Indic three: int takes it, Settings may not
+        ("port_range", "9400-9\u00b2"),
+        ("port_range", "9400-94\u0665\u0660"),
+        ("scan_range", "\u00b9-9450"),
+    ],
+)
+def test_digits_other_than_0_to_9_are_left_to_the_settings_loader(name: str, raw: str) -> None:
+    assert setting_refused(name, raw) is True
+    environ = {f"SPEC_KITTY_SUPERVISOR_{name.upper()}": raw}
+    assert isinstance(early_invocation(_argv("/r"), environ, REQUEST), str)
 
 
 def test_the_settings_loader_refuses_what_the_stage_leaves_to_it() -> None:
