@@ -196,50 +196,40 @@ def wait_answering(root: Path, timeout: float = 30.0) -> None:
         time.sleep(0.005)
 
 
-# Runs in our venv's python, in the sandbox's environment: times ``SupervisorClient.ensure``
-# on one kept-alive client, as spec-kitty would call it (imports are not timed, as upstream's
-# in-process timings do not time theirs).
-_OURS_ENSURE_SCRIPT = f"""
+# Runs in our venv's python, in the sandbox's environment: times ``ensure`` calls made as
+# spec-kitty would make them (imports are not timed, as upstream's in-process timings do not
+# time theirs). argv: root, python, version, repeat; ``{name}``, ``{setup}`` and ``{call}`` say
+# which call.
+_OURS_SCRIPT = """
 import json, sys, time
-from spec_kitty_supervisor_client import SupervisorClient
+from spec_kitty_supervisor_client import {name}
 root, python, version, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-timings, actions = [], []
-answer = None
-with SupervisorClient(root) as client:
-    for _ in range(repeat):
-        began = time.perf_counter()
-        answer = client.ensure(python, version)
-        timings.append(time.perf_counter() - began)
-        actions.append(answer.action)
-print({_MARK!r} + json.dumps({{
-    "actions": actions,
-    "pid": answer.daemon.pid,
-    "port": answer.daemon.port,
-    "timings_s": timings,
-}}), flush=True)
-"""
-
-
-# The same with the one-call helper, ``ensure_sync_daemon(python, root=R)`` (no version, as the
-# README shows it): what a spec-kitty process calls, on the standard-library wire.
-_OURS_ONE_CALL_SCRIPT = f"""
-import json, sys, time
-from spec_kitty_supervisor_client import ensure_sync_daemon
-root, python, repeat = sys.argv[1], sys.argv[2], int(sys.argv[4])
+{setup}
 timings, actions = [], []
 answer = None
 for _ in range(repeat):
     began = time.perf_counter()
-    answer = ensure_sync_daemon(python, root=root)
+    answer = {call}
     timings.append(time.perf_counter() - began)
     actions.append(answer.action)
-print({_MARK!r} + json.dumps({{
+print(MARK + json.dumps({{
     "actions": actions,
     "pid": answer.daemon.pid,
     "port": answer.daemon.port,
     "timings_s": timings,
 }}), flush=True)
-"""
+""".replace("MARK", repr(_MARK))
+#: ``SupervisorClient.ensure`` on one kept-alive client, made before the first call.
+_OURS_ENSURE_SCRIPT = _OURS_SCRIPT.format(
+    name="SupervisorClient",
+    setup="client = SupervisorClient(root)",
+    call="client.ensure(python, version)",
+)
+#: The one-call helper as the README shows it (no version): what a spec-kitty process calls,
+#: on the standard-library wire.
+_OURS_ONE_CALL_SCRIPT = _OURS_SCRIPT.format(
+    name="ensure_sync_daemon", setup="", call="ensure_sync_daemon(python, root=root)"
+)
 
 
 @dataclass(frozen=True)
