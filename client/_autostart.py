@@ -20,7 +20,13 @@ from ._errors import (
     UnsafeDirectoryError,
 )
 from ._transport import Reply, SyncTransport, raise_for_reply
-from ._wire import StartFailed, UnsafeDirectory, socket_accepts, socket_path_for_root
+from ._wire import (
+    StartFailed,
+    UnsafeDirectory,
+    socket_accepts,
+    socket_path_for_root,
+    started_supervisor_wrote,
+)
 from ._wire import replace_exiting_supervisor as _replace_exiting_supervisor
 from ._wire import start_supervisor as _start_supervisor
 
@@ -144,6 +150,12 @@ def request_or_start(
             return reply
         except SupervisorUnavailable as exc:
             if attempt == START_ATTEMPTS:
+                # A supervisor that died starting (a broken install) said why on its stderr.
+                wrote = started_supervisor_wrote(daemon_root)
+                if wrote:
+                    raise SupervisorStartFailed(
+                        f"{exc}; the supervisor started for {daemon_root} wrote: {wrote}"
+                    ) from None
                 raise
             failure = exc
     raise AssertionError("unreachable: the last attempt returns or raises")

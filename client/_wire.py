@@ -68,6 +68,7 @@ __all__ = [
     "unwritable_folder",
     "socket_path_for_root",
     "start_supervisor",
+    "started_supervisor_wrote",
     "supervisor_dir",
 ]
 
@@ -759,6 +760,19 @@ def _spawn_and_wait(
             )
         # Exit 0 without a socket: a supervisor that was shutting down still held the root.
         time.sleep(0.1)
+
+
+def started_supervisor_wrote(daemon_root: Path) -> str:
+    """The end of what the supervisor last started for ``daemon_root`` wrote to its stderr
+    (``R/supervisor/autostart.stderr``, emptied at each start); "" when it wrote nothing.
+
+    A supervisor writes there only when it cannot log (a traceback, a refusal), so a start
+    that failed after its socket answered is reported with it, not as "did not answer".
+    """
+    path = supervisor_dir(daemon_root) / "autostart.stderr"
+    if not path.is_file() or path.is_symlink():
+        return ""
+    return _tail(path)
 
 
 def _tail(path: Path, limit: int = 4000) -> str:

@@ -25,9 +25,17 @@ def main() -> int:
         from ._early_spawn import start_early
 
         early = start_early(sys.argv[1:], os.environ, taken)
-    from ._cli import main as cli_main
+    try:
+        from ._cli import main as cli_main
 
-    return cli_main(early=early)
+        return cli_main(early=early)
+    except BaseException:
+        # Failed before the runner took the first stage's work over (an import of a broken
+        # install): stop its daemon, close its socket, free the root, so that no daemon of
+        # ours is left running unrecorded. A no-op for what the runner already took or let go.
+        if early is not None and not isinstance(early, str):
+            early.let_go()
+        raise
 
 
 if __name__ == "__main__":

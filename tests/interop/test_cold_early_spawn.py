@@ -3,6 +3,9 @@ its heavy imports (ADR 0013), and only when nothing alive is recorded for the ro
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -111,3 +114,49 @@ def test_a_settings_file_means_the_normal_start_and_the_log_says_why(
     assert decision["reason"] == "R/supervisor/config.toml is read by the settings loader only"
     assert _events(sup, "spawned_early") == []
     assert [e["pid"] for e in _events(sup, "spawned")] == [answer["daemon"]["pid"]]
+
+
+# A client of the one call (no pydantic in it), whose started supervisor inherits its PYTHONPATH.
+_ONE_CALL_CLIENT = """
+import sys
+from spec_kitty_supervisor_client import ensure_sync_daemon
+from spec_kitty_supervisor_client._errors import SupervisorStartFailed
+try:
+    ensure_sync_daemon(sys.argv[1], root=sys.argv[2])
+except SupervisorStartFailed as exc:
+    print("REFUSED", exc)
+    sys.exit(3)
+"""
+
+
+def test_a_supervisor_dying_on_its_imports_after_the_early_spawn_leaves_no_daemon_and_says_why(
+    sup: SupervisorUnderTest, tmp_path: Path
+) -> None:
+    """A broken install (pydantic fails to import) breaks the start after the first stage has
+    spawned the starter's daemon: the daemon is stopped with the process, and the starter is
+    told what the supervisor wrote, not "did not answer"."""
+    broken = tmp_path / "broken"
+    (broken / "pydantic").mkdir(parents=True)
+    (broken / "pydantic" / "__init__.py").write_text(
+        'raise ImportError("pydantic is broken for this test")\n'
+    )
+    python = str(spec_kitty_python("3.2.4"))
+    completed = subprocess.run(
+        [sys.executable, "-c", _ONE_CALL_CLIENT, python, str(sup.root)],
+        env=sup.env({"PYTHONPATH": str(broken)}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    sup.remember()
+    assert completed.returncode == 3, completed.stdout + completed.stderr
+    assert "pydantic is broken for this test" in completed.stdout
+    # The first stage did spawn (its daemon's log was opened), and nothing of it is left.
+    assert (sup.root / "sync-daemon.log").exists()
+    eventually(lambda: daemon_pids(sup.root) == [], what="no daemon of the root left")
+    eventually(lambda: sup.pids() == [], what="no supervisor of the root left")
+    # Nothing was recorded for it, and the root serves again once the install is whole.
+    answer = _cold_ensure(sup)
+    assert answer["action"] == "spawned"
+    assert daemon_pids(sup.root) == [answer["daemon"]["pid"]]
