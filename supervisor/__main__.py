@@ -29,13 +29,23 @@ def main() -> int:
         from ._cli import main as cli_main
 
         return cli_main(early=early)
-    except BaseException:
+    except BaseException as exc:
         # Failed before the runner took the first stage's work over (an import of a broken
         # install): stop its daemon, close its socket, free the root, so that no daemon of
         # ours is left running unrecorded. A no-op for what the runner already took or let go.
-        if early is not None and not isinstance(early, str):
+        if early is None or isinstance(early, str):
+            raise
+        if not isinstance(exc, Exception):
             early.let_go()
-        raise
+            raise
+        # The traceback is written whole before the socket closes: the starter reads this
+        # stderr as soon as its connection breaks, and half a traceback says nothing.
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        early.let_go()
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":
