@@ -575,6 +575,49 @@ async def test_the_start_up_sweep_after_a_take_over_looks_again_once_the_take_ov
     assert looks[:2] == ([False, True] if after_step else [False, False])
 
 
+@pytest.mark.anyio
+async def test_what_the_start_up_sweep_found_beside_the_take_over_is_not_looked_for_again() -> None:
+    # The look beside the take-over found orphans: once the take-over lets the lock go, the
+    # sweep takes the locks and observes (the fake's "sweep") without another look first.
+    effects = FakeEffects()
+    effects.add_early(PYTHON, "3.2.4", _early_context())
+    starting = anyio.Event()
+    healthy = effects.wait_healthy
+    looks: list[list[str]] = []  # per look: what had been done by then
+
+    async def still_starting(child: Any, timeout: float) -> Any:
+        await starting.wait()
+        return await healthy(child, timeout)
+
+    async def look(table: object) -> bool:
+        looks.append(list(effects.acts))
+        if len(looks) > 1:
+            await anyio.sleep_forever()  # the next period's look: the fake clock never waits
+        return True
+
+    effects.wait_healthy = still_starting  # type: ignore[method-assign]
+    effects.orphans_to_sweep = look  # type: ignore[method-assign]
+    lifecycle = make_lifecycle(effects, FakeClock())
+    async with anyio.create_task_group() as group:
+        lifecycle.attach(group)
+        await recover(lifecycle)
+        await group.start(take_over_early_spawn, lifecycle, ENSURE.model_dump())
+        group.start_soon(functools.partial(sweep_orphans_forever, lifecycle, after_step=True))
+        await wait_all_tasks_blocked()
+        assert len(looks) == 1
+        assert "sweep" not in effects.acts  # the take-over holds the lock
+        starting.set()
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+    assert effects.acts.count("sweep") == 1
+    assert "end early" in effects.acts
+    assert effects.acts.index("end early") < effects.acts.index("sweep")
+    # One look before that sweep; the second is the next period's, after it.
+    assert len(looks) == 2
+    assert "sweep" not in looks[0]
+    assert "sweep" in looks[1]
+
+
 @pytest.mark.parametrize(
     ("listening", "own", "nothing"),
     [
