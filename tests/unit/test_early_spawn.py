@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -535,6 +536,37 @@ async def test_a_handed_request_the_lifecycle_refuses_stops_the_early_child() ->
 # the start-up sweep after a take-over (ADR 0020)
 
 
+async def _sweep_beside_a_slow_take_over(
+    effects: FakeEffects,
+    *,
+    after_step: bool,
+    while_taking_over: Callable[[], None] = lambda: None,
+) -> None:
+    """The start-up sweep started beside the take-over of an early spawn whose daemon becomes
+    healthy only once every task is blocked; ``while_taking_over`` runs at that moment (the
+    take-over holds the lifecycle lock). ``effects.orphans_to_sweep`` is the caller's."""
+    effects.add_early(PYTHON, "3.2.4", _early_context())
+    starting = anyio.Event()
+    healthy = effects.wait_healthy
+
+    async def still_starting(child: Any, timeout: float) -> Any:
+        await starting.wait()
+        return await healthy(child, timeout)
+
+    effects.wait_healthy = still_starting  # type: ignore[method-assign]
+    lifecycle = make_lifecycle(effects, FakeClock())
+    async with anyio.create_task_group() as group:
+        lifecycle.attach(group)
+        await recover(lifecycle)
+        await group.start(take_over_early_spawn, lifecycle, ENSURE.model_dump())
+        group.start_soon(functools.partial(sweep_orphans_forever, lifecycle, after_step=after_step))
+        await wait_all_tasks_blocked()
+        while_taking_over()
+        starting.set()
+        await wait_all_tasks_blocked()
+        group.cancel_scope.cancel()
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("after_step", [True, False])
 async def test_the_start_up_sweep_after_a_take_over_looks_again_once_the_take_over_ended(
@@ -545,14 +577,7 @@ async def test_the_start_up_sweep_after_a_take_over_looks_again_once_the_take_ov
     # when the take-over has let the lock go (by then that daemon holds the contested port and
     # listens, or has exited). Without ``after_step`` no look comes after the take-over.
     effects = FakeEffects()
-    effects.add_early(PYTHON, "3.2.4", _early_context())
-    starting = anyio.Event()
-    healthy = effects.wait_healthy
     looks: list[bool] = []  # per look: had the take-over ended?
-
-    async def still_starting(child: Any, timeout: float) -> Any:
-        await starting.wait()
-        return await healthy(child, timeout)
 
     async def look(table: object) -> bool:
         looks.append("end early" in effects.acts)
@@ -560,18 +585,8 @@ async def test_the_start_up_sweep_after_a_take_over_looks_again_once_the_take_ov
             await anyio.sleep_forever()  # later sweeps: the fake clock never waits
         return False
 
-    effects.wait_healthy = still_starting  # type: ignore[method-assign]
     effects.orphans_to_sweep = look  # type: ignore[method-assign]
-    lifecycle = make_lifecycle(effects, FakeClock())
-    async with anyio.create_task_group() as group:
-        lifecycle.attach(group)
-        await recover(lifecycle)
-        await group.start(take_over_early_spawn, lifecycle, ENSURE.model_dump())
-        group.start_soon(functools.partial(sweep_orphans_forever, lifecycle, after_step=after_step))
-        await wait_all_tasks_blocked()
-        starting.set()
-        await wait_all_tasks_blocked()
-        group.cancel_scope.cancel()
+    await _sweep_beside_a_slow_take_over(effects, after_step=after_step)
     assert looks[:2] == ([False, True] if after_step else [False, False])
 
 
@@ -580,42 +595,24 @@ async def test_what_the_start_up_sweep_found_beside_the_take_over_is_not_looked_
     # The look beside the take-over found orphans: once the take-over lets the lock go, the
     # sweep takes the locks and observes (the fake's "sweep") without another look first.
     effects = FakeEffects()
-    effects.add_early(PYTHON, "3.2.4", _early_context())
-    starting = anyio.Event()
-    healthy = effects.wait_healthy
-    looks: list[list[str]] = []  # per look: what had been done by then
-
-    async def still_starting(child: Any, timeout: float) -> Any:
-        await starting.wait()
-        return await healthy(child, timeout)
+    looks: list[int] = []  # per look: how many sweeps had been made by then
 
     async def look(table: object) -> bool:
-        looks.append(list(effects.acts))
+        looks.append(effects.acts.count("sweep"))
         if len(looks) > 1:
             await anyio.sleep_forever()  # the next period's look: the fake clock never waits
         return True
 
-    effects.wait_healthy = still_starting  # type: ignore[method-assign]
-    effects.orphans_to_sweep = look  # type: ignore[method-assign]
-    lifecycle = make_lifecycle(effects, FakeClock())
-    async with anyio.create_task_group() as group:
-        lifecycle.attach(group)
-        await recover(lifecycle)
-        await group.start(take_over_early_spawn, lifecycle, ENSURE.model_dump())
-        group.start_soon(functools.partial(sweep_orphans_forever, lifecycle, after_step=True))
-        await wait_all_tasks_blocked()
-        assert len(looks) == 1
+    def taking_over() -> None:
+        assert looks == [0]
         assert "sweep" not in effects.acts  # the take-over holds the lock
-        starting.set()
-        await wait_all_tasks_blocked()
-        group.cancel_scope.cancel()
+
+    effects.orphans_to_sweep = look  # type: ignore[method-assign]
+    await _sweep_beside_a_slow_take_over(effects, after_step=True, while_taking_over=taking_over)
     assert effects.acts.count("sweep") == 1
-    assert "end early" in effects.acts
     assert effects.acts.index("end early") < effects.acts.index("sweep")
     # One look before that sweep; the second is the next period's, after it.
-    assert len(looks) == 2
-    assert "sweep" not in looks[0]
-    assert "sweep" in looks[1]
+    assert looks == [0, 1]
 
 
 @pytest.mark.parametrize(
