@@ -4,14 +4,17 @@
 line: each client's latencies, failures and the daemon pids its ``ensure`` answers named.
 Standard library only, so that it costs no more than it must.
 
-Why it is built this way (docs/performance.md, "Under load, session 5"): the first generator,
-threads over four processes, had a p99 of its own of 7.5 ms against a server that answered at
-once, above the 5 ms it was meant to judge. Threads waiting on the GIL and the collector of
-each process were its own tail. Here every client is a connection driven by callbacks of one
-asyncio loop: a timer sends ``status`` at the client's scheduled instant, its answer sends
-``ensure`` in the same callback, and that answer schedules the next round. No thread, no task
-per request, and the collector is off once the connections are made (what a client allocates
-per request holds no reference cycle; refcounting frees it).
+Why it is built this way (docs/performance.md, "Under load", sessions 5 to 7): the generator
+shares two CPUs with the server it measures, and the guest has windows in which every process
+runs several times slower; every microsecond of CPU the generator spends per call lengthens the
+queues in those windows, in the generator and in the server. So each client is a non-blocking
+connection driven by one hand-written ``select`` loop a process: a timer heap sends ``status``
+at the client's scheduled instant, its answer sends ``ensure`` at once, and that answer puts the
+next round on the heap. No thread, no task, no callback handle per request; the collector is off
+once the connections are made (what a client allocates per request holds no reference cycle).
+``select`` and not ``epoll``: epoll rounds its timeout up to the next millisecond, so a round
+would be sent up to 1 ms after it was due, and that lateness would be counted in its latency;
+``select`` takes microseconds (a worker's few dozen descriptors are all below 1024).
 
 Timestamps, both kept for every call (``time.monotonic``, one clock for every process):
 
@@ -28,10 +31,12 @@ Flat out (``rate`` 0): each client sends ``ensure`` as soon as the previous answ
 
 from __future__ import annotations
 
-import asyncio
 import gc
+import heapq
 import json
-import selectors
+import re
+import select
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -41,43 +46,47 @@ from typing import Any
 #: can be laid beside what the server was doing then.
 SLOW_MS = 5.0
 _MAX_SLOW = 5000
+_MAX_HEAD = 65536
+_RECV_SIZE = 65536
+_CONTENT_LENGTH = re.compile(rb"\r\n[ \t]*content-length[ \t]*:[ \t]*([^\r]*)", re.IGNORECASE)
 
 
 class AnswerReader:
     """Whole HTTP/1.1 answers out of the bytes of one connection, as they arrive.
 
     Each answer must carry ``content-length`` (the supervisor's always do); anything else is
-    a ``ValueError``, counted as a failure by the caller.
+    a ``ValueError``, counted as a failure by the caller. An answer that arrives whole in one
+    read (nearly every one) is sliced out of that read without copying the rest.
     """
 
     def __init__(self) -> None:
         self._buffer = b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        self._buffer += data
+        buffer = self._buffer + data if self._buffer else data
         answers = []
         while True:
-            head_end = self._buffer.find(b"\r\n\r\n")
+            head_end = buffer.find(b"\r\n\r\n")
             if head_end < 0:
-                if len(self._buffer) > 65536:
+                if len(buffer) > _MAX_HEAD:
                     raise ValueError("an answer whose head exceeds 64 KiB")
-                return answers
-            status_line, *lines = self._buffer[:head_end].split(b"\r\n")
-            parts = status_line.split(b" ", 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+                break
+            head = buffer[:head_end]
+            if not head.startswith(b"HTTP/1.") or not head[9:12].isdigit() or head[8:9] != b" ":
+                status_line = head.split(b"\r\n", 1)[0]
                 raise ValueError(f"not an HTTP answer: {status_line[:80]!r}")
-            length = None
-            for line in lines:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = value.strip()
-            if length is None or not length.isdigit():
+            # The last content-length counts, as in the reader this one replaced.
+            lengths = _CONTENT_LENGTH.findall(head)
+            length = lengths[-1].strip() if lengths else b""
+            if not length.isdigit():
                 raise ValueError("an answer without content-length")
             end = head_end + 4 + int(length)
-            if len(self._buffer) < end:
-                return answers
-            answers.append((int(parts[1]), self._buffer[head_end + 4 : end]))
-            self._buffer = self._buffer[end:]
+            if len(buffer) < end:
+                break
+            answers.append((int(head[9:12]), buffer[head_end + 4 : end]))
+            buffer = buffer[end:]
+        self._buffer = buffer
+        return answers
 
 
 def due_at(start: float, round_: int, phase: float, rate: float) -> float:
@@ -85,99 +94,83 @@ def due_at(start: float, round_: int, phase: float, rate: float) -> float:
     return start + (round_ + phase) / rate
 
 
-class Client(asyncio.Protocol):
-    """One client: one connection, ``status`` then ``ensure`` each round, on its schedule."""
+class Client:
+    """One client's schedule and findings: what to send when; no I/O of its own.
 
-    def __init__(self, job: dict[str, Any], phase: float, on_finished: Callable[[], None]) -> None:
-        self.requests = {
-            name: job["requests"][name].encode("latin-1") for name in ("health", "status", "ensure")
-        }
-        self.start: float = job["start"]
-        self.seconds: float = job["seconds"]
-        self.rate: float = job["rate"]
+    The loop (:func:`run`) gives it each answer with the instant it was read and writes the
+    request it returns; ``wake_at`` is the instant of its next round when it waits for one.
+    """
+
+    def __init__(
+        self, requests: dict[str, bytes], start: float, seconds: float, rate: float, phase: float
+    ) -> None:
+        self.requests = requests
+        self.start = start
+        self.seconds = seconds
+        self.rate = rate
         self.phase = phase
-        self.on_finished = on_finished
         self.reader = AnswerReader()
-        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.Transport | None = None
         self.round = 0
         self.call = "health"
         self.due = 0.0
         self.sent = 0.0
+        self.wake_at: float | None = None
+        self.connected = False
         self.from_due: list[float] = []
         self.from_send: list[float] = []
         self.lateness: list[float] = []
         self.slow: list[tuple[str, float, float, float]] = []
         self.failures: list[str] = []
         self.pids: set[int] = set()
+        # The last ensure answer found good, and the pid it named: the same bytes again need
+        # no second parse (the supervisor's warm answer is the same document each time).
+        self._good_ensure = b""
+        self._good_pid = 0
         self.done = 0
         self.finished = False
         self.ended_at = 0.0
+        self.on_finished: Callable[[], None] | None = None
 
-    # asyncio's callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._send("health", time.monotonic())
-
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
-        try:
-            answers = self.reader.feed(data)
-        except ValueError as exc:
-            self._fail(f"{self.call}: {exc}")
-            return
-        for status, body in answers:
-            self._answered(now, status, body)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.finished:
-            self._fail(f"{self.call}: the connection closed ({exc!r})")
-        if not self.connected.done():
-            self.connected.set_exception(ConnectionError("closed before its first answer"))
-
-    # the schedule
-
-    def begin_round(self) -> None:
-        """Send this round's first call (``status``, or ``ensure`` flat out)."""
-        if self.finished:
-            return
-        now = time.monotonic()
+    def first_round(self) -> None:
+        """Put round 0 on the schedule (flat out: due at the start)."""
         if self.rate:
-            self.lateness.append(now - self.due)
-            self._send("status", self.due)
+            self.schedule_round()
         else:
-            if now - self.start >= self.seconds:
-                self._finish(now)
-                return
-            self._send("ensure", now)
+            self.due = self.wake_at = self.start
 
     def schedule_round(self) -> None:
         """Wait for the next round's instant; a late round starts at once (it is not skipped)."""
         if self.round / self.rate >= self.seconds:
-            self._finish(time.monotonic())
+            self.finish(time.monotonic())
             return
-        self.due = due_at(self.start, self.round, self.phase, self.rate)
-        loop = asyncio.get_running_loop()
-        loop.call_at(self.due, self.begin_round)
+        self.due = self.wake_at = due_at(self.start, self.round, self.phase, self.rate)
 
-    def _send(self, call: str, due: float) -> None:
-        assert self.transport is not None
-        self.call, self.due = call, due
-        self.sent = time.monotonic()
-        self.transport.write(self.requests[call])
+    def begin_round(self, now: float) -> bytes | None:
+        """The round's instant came: its first request (``status``, or ``ensure`` flat out)."""
+        self.wake_at = None
+        if self.finished:
+            return None
+        if self.rate:
+            self.lateness.append(now - self.due)
+            self.call = "status"
+            return self.requests["status"]
+        if now - self.start >= self.seconds:
+            self.finish(now)
+            return None
+        self.call, self.due = "ensure", now
+        return self.requests["ensure"]
 
-    def _answered(self, now: float, status: int, body: bytes) -> None:
+    def answered(self, now: float, status: int, body: bytes) -> bytes | None:
+        """An answer read at ``now``: the request to send at once, if any (else see
+        ``wake_at``, or the client is finished)."""
         call = self.call
         if call == "health":
-            if not self.connected.done():
-                self.connected.set_result(None)
-            return
+            self.connected = True
+            return None
         from_due = now - self.due
         self.from_due.append(from_due)
         self.from_send.append(now - self.sent)
-        if from_due * 1e3 > SLOW_MS and len(self.slow) < _MAX_SLOW:
+        if from_due > SLOW_MS / 1e3 and len(self.slow) < _MAX_SLOW:
             self.slow.append((call, self.due, self.sent, now))
         self.done += 1
         if status != 200:
@@ -185,32 +178,39 @@ class Client(asyncio.Protocol):
         elif call == "ensure":
             self._check_ensure(body)
         if call == "status":
-            self._send("ensure", now)
-        elif self.rate:
+            self.call, self.due = "ensure", now
+            return self.requests["ensure"]
+        if self.rate:
             self.round += 1
             self.schedule_round()
-        else:
-            self.begin_round()
+            return None
+        return self.begin_round(now)
 
     def _check_ensure(self, body: bytes) -> None:
+        if body == self._good_ensure:
+            self.pids.add(self._good_pid)
+            return
         try:
             answer = json.loads(body)
-            self.pids.add(int(answer["daemon"]["pid"]))
+            pid = int(answer["daemon"]["pid"])
+            self.pids.add(pid)
             if answer["action"] != "reused":
                 self.failures.append("action " + str(answer["action"]))
+            else:
+                self._good_ensure, self._good_pid = body, pid
         except (ValueError, KeyError, TypeError) as exc:
             self.failures.append(f"ensure: an unreadable answer ({exc!r}): {body[:200]!r}")
 
-    def _fail(self, reason: str) -> None:
+    def fail(self, reason: str, now: float) -> None:
         self.failures.append(reason[:300])
-        self._finish(time.monotonic())
-        if self.transport is not None:
-            self.transport.abort()
+        self.finish(now)
 
-    def _finish(self, now: float) -> None:
+    def finish(self, now: float) -> None:
         if not self.finished:
             self.finished, self.ended_at = True, now
-            self.on_finished()
+            self.wake_at = None
+            if self.on_finished is not None:
+                self.on_finished()
 
     def result(self) -> dict[str, Any]:
         return {
@@ -225,46 +225,166 @@ class Client(asyncio.Protocol):
         }
 
 
-async def run(job: dict[str, Any]) -> dict[str, Any]:
-    """Connect every client, wait for ``job["start"]``, drive the schedule, report."""
-    loop = asyncio.get_running_loop()
-    all_finished = loop.create_future()
+class _Connection:
+    """A client's non-blocking socket, with what is left of a request the kernel did not take."""
+
+    def __init__(self, client: Client, sock: socket.socket) -> None:
+        self.client = client
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.unsent = b""
+
+
+class _Loop:
+    """Every connection of the worker, one ``select`` at a time, and the rounds' timer heap."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.connections: dict[int, _Connection] = {}
+        self.readers: list[int] = []
+        self.writers: list[int] = []
+        self.timers: list[tuple[float, int]] = []
+
+    def add(self, client: Client, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        connection = _Connection(client, sock)
+        self.connections[connection.fd] = connection
+        self.readers.append(connection.fd)
+
+    def send(self, connection: _Connection, data: bytes) -> None:
+        connection.client.sent = self.clock()
+        try:
+            written = connection.sock.send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self.lose(connection, f"the connection closed ({exc!r})")
+            return
+        if written < len(data):
+            connection.unsent = data[written:]
+            self.writers.append(connection.fd)
+
+    def lose(self, connection: _Connection, why: str) -> None:
+        """Close a connection; a client not finished yet fails with ``why``."""
+        if connection.fd in self.readers:
+            self.readers.remove(connection.fd)
+            if connection.fd in self.writers:
+                self.writers.remove(connection.fd)
+            connection.sock.close()
+        client = connection.client
+        if not client.finished:
+            client.fail(f"{client.call}: {why}", self.clock())
+
+    def close(self) -> None:
+        for fd in list(self.readers):
+            self.connections[fd].sock.close()
+        self.readers.clear()
+        self.writers.clear()
+
+    def schedule(self, connection: _Connection) -> None:
+        wake_at = connection.client.wake_at
+        if wake_at is not None:
+            heapq.heappush(self.timers, (wake_at, connection.fd))
+
+    def pump(self, until: float, done: Callable[[], bool]) -> None:
+        """Serve reads, writes and rounds' instants until ``done()`` or ``until``."""
+        clock, connections, timers = self.clock, self.connections, self.timers
+        while not done() and self.readers:
+            now = clock()
+            if now >= until:
+                return
+            timeout = until - now
+            if timers and timers[0][0] - now < timeout:
+                timeout = max(0.0, timers[0][0] - now)
+            ready, writable, _ = select.select(self.readers, self.writers, [], timeout)
+            for fd in writable:
+                connection = connections[fd]
+                self.writers.remove(fd)
+                data, connection.unsent = connection.unsent, b""
+                self.send(connection, data)
+            for fd in ready:
+                connection = connections[fd]
+                now = clock()
+                try:
+                    data = connection.sock.recv(_RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as exc:
+                    self.lose(connection, f"the connection closed ({exc!r})")
+                    continue
+                if not data:
+                    self.lose(connection, "the connection closed (None)")
+                    continue
+                client = connection.client
+                try:
+                    answers = client.reader.feed(data)
+                except ValueError as exc:
+                    self.lose(connection, str(exc))
+                    continue
+                for status, body in answers:
+                    request = client.answered(now, status, body)
+                    if request is not None:
+                        self.send(connection, request)
+                    else:
+                        self.schedule(connection)
+            now = clock()
+            while timers and timers[0][0] <= now:
+                _, fd = heapq.heappop(timers)
+                connection = connections[fd]
+                request = connection.client.begin_round(now)
+                if request is not None:
+                    self.send(connection, request)
+
+
+def run(job: dict[str, Any]) -> dict[str, Any]:
+    """Connect every client, wait for ``job["start"]``, drive the schedule, report.
+
+    ``job``: ``socket`` (a path), ``requests`` (``health``, ``status``, ``ensure``: each a
+    request's bytes as latin-1), ``start`` (a ``time.monotonic`` instant), ``seconds``,
+    ``rate`` (rounds a second per client; 0 flat out), ``phases`` (one client each: its offset
+    into the period, a fraction of it) and ``grace_seconds`` (how long after the last round
+    answers still outstanding are awaited before they count as failures).
+    """
+    requests = {
+        name: job["requests"][name].encode("latin-1") for name in ("health", "status", "ensure")
+    }
+    start: float = job["start"]
+    loop = _Loop()
     clients: list[Client] = []
-
-    def finished() -> None:
-        if all(c.finished for c in clients) and not all_finished.done():
-            all_finished.set_result(None)
-
     for phase in job["phases"]:
-        client = Client(job, phase, finished)
+        client = Client(requests, start, job["seconds"], job["rate"], phase)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(job["socket"])
+        loop.add(client, sock)
         clients.append(client)
-        await loop.create_unix_connection(lambda c=client: c, job["socket"])  # type: ignore[misc]
-    await asyncio.gather(*(c.connected for c in clients))
+    for connection in list(loop.connections.values()):
+        loop.send(connection, requests["health"])
+    loop.pump(start, lambda: all(c.connected or c.finished for c in clients))
+    unready = [c.failures or ["no answer"] for c in clients if not c.connected]
+    if unready:
+        raise ConnectionError(f"clients not connected before the start: {unready[:3]}")
     # From here on a client allocates nothing that outlives a request but its samples.
     gc.collect()
     gc.freeze()
     gc.disable()
     collections_before = sum(s["collections"] for s in gc.get_stats())
     cpu_before = time.process_time()
-    if job["start"] <= time.monotonic():
+    if start <= time.monotonic():
         raise RuntimeError("the start instant passed before every client was connected")
+    unfinished = [len(clients)]
     for client in clients:
-        if job["rate"]:
-            client.schedule_round()
-        else:
-            loop.call_at(job["start"], client.begin_round)
+        client.on_finished = lambda: unfinished.__setitem__(0, unfinished[0] - 1)
+    for connection in loop.connections.values():
+        connection.client.first_round()
+        loop.schedule(connection)
     grace = job["seconds"] + job["grace_seconds"]
-    try:
-        await asyncio.wait_for(all_finished, timeout=job["start"] + grace - time.monotonic())
-    except TimeoutError:
-        for client in clients:
-            if not client.finished:
-                client.failures.append(
-                    f"{client.call}: no answer {grace:g} s after the start (round {client.round})"
-                )
+    loop.pump(start + grace, lambda: unfinished[0] == 0)
     for client in clients:
-        if client.transport is not None:
-            client.transport.close()
+        if not client.finished:
+            client.failures.append(
+                f"{client.call}: no answer {grace:g} s after the start (round {client.round})"
+            )
+    loop.close()
     cpu_seconds = time.process_time() - cpu_before
     return {
         "cpu_seconds": cpu_seconds,
@@ -273,21 +393,9 @@ async def run(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def precise_loop() -> asyncio.AbstractEventLoop:
-    """An event loop whose timers fire to the microsecond.
-
-    The default selector (epoll) rounds its timeout up to the next millisecond, so a round would
-    be sent up to 1 ms after it was due, and that lateness would be counted in its latency;
-    ``select`` takes microseconds (the worker's few dozen descriptors are all below 1024).
-    """
-    return asyncio.SelectorEventLoop(selectors.SelectSelector())
-
-
 def main() -> None:
     job = json.loads(sys.argv[1])
-    with asyncio.Runner(loop_factory=precise_loop) as runner:
-        report = runner.run(run(job))
-    print(json.dumps(report), flush=True)
+    print(json.dumps(run(job)), flush=True)
 
 
 if __name__ == "__main__":

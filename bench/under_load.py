@@ -2,10 +2,12 @@
 
 Each client is one kept-alive connection of its own, sending exactly the bytes
 ``SupervisorClient`` sends. The clients are spread over a few worker processes
-(``bench/_load_worker.py``), each one asyncio loop driving its clients by callbacks, with its
-collector off once connected: the first generator (a thread per client over four processes)
-had a p99 of its own above the 5 ms it judged. Paced: each client calls ``status`` then
-``ensure`` ten times a second for 20 s, on a fixed schedule (a late round is not skipped).
+(``bench/_load_worker.py``), each one hand-written ``select`` loop driving its clients'
+non-blocking sockets, with its collector off once connected: the first generator (a thread per
+client over four processes) had a p99 of its own above the 5 ms it judged, and every
+microsecond of CPU the generator spends per call lengthens the queues when the guest slows.
+Paced: each client calls ``status`` then ``ensure`` ten times a second for 20 s, on a fixed
+schedule (a late round is not skipped).
 Real clients are not synchronised, so client ``i`` of ``n`` starts at ``i/n`` of the 100 ms
 period (the judged row); worker ``w`` takes clients ``w, w + W, ...`` so that each worker's
 load is spread over the period too. The same schedule with every client in phase (200
@@ -305,7 +307,7 @@ def run(context: BenchContext) -> list[Row]:
     generator = {
         "clients": CLIENTS,
         "workers": WORKERS,
-        "worker": "one asyncio loop a process, a connection a client, collector off",
+        "worker": "one select loop a process, a connection a client, collector off",
         "rate_per_client": RATE_PER_SECOND,
         "seconds": PACED_SECONDS,
     }

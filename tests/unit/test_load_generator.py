@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from bench import under_load
-from bench._load_worker import AnswerReader, due_at
+from bench._load_worker import AnswerReader, Client, _Loop, due_at
 from spec_kitty_supervisor_client._wire import Connection
 
 HANG_GUARD = 60.0
@@ -57,6 +57,16 @@ def test_answers_are_read_whole_however_the_bytes_are_split() -> None:
 def test_an_answer_it_cannot_read_is_an_error(garbage: bytes, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         AnswerReader().feed(garbage)
+
+
+def test_the_last_content_length_counts_whatever_its_case() -> None:
+    stream = b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nCONTENT-LENGTH : 2\r\n\r\n{}rest"
+    reader = AnswerReader()
+    assert reader.feed(stream) == [(200, b"{}")]
+    # What follows an answer stays for the next one.
+    assert reader.feed(b"") == []
+    with pytest.raises(ValueError, match="not an HTTP answer"):
+        reader.feed(b"\r\n\r\n")
 
 
 def test_each_round_is_due_at_the_clients_phase_of_the_period() -> None:
@@ -238,3 +248,124 @@ def test_flat_out_clients_ask_back_to_back(short_dir: Path) -> None:
         assert client["failures"] == []
         assert client["done"] > 2
         assert client["pids"] == [9]
+
+
+_REQUESTS = {"health": b"H", "status": b"S", "ensure": b"E"}
+_REUSED = b'{"action":"reused","daemon":{"pid":42}}'
+
+
+def test_a_client_sends_status_at_its_instant_and_ensure_at_the_answer() -> None:
+    client = Client(_REQUESTS, start=100.0, seconds=0.3, rate=10.0, phase=0.5)
+    assert client.answered(99.0, 200, b"{}") is None  # health: connected
+    assert client.connected
+    client.first_round()
+    assert client.wake_at == 100.05
+    # The timer fires 2 ms late: the lateness is counted, status is due at its instant.
+    assert client.begin_round(100.052) == b"S"
+    client.sent = 100.052
+    assert client.answered(100.053, 200, b"{}") == b"E"
+    client.sent = 100.0535
+    assert client.answered(100.054, 200, _REUSED) is None
+    assert client.from_due == pytest.approx([0.003, 0.001])
+    assert client.from_send == pytest.approx([0.001, 0.0005])
+    assert client.lateness == pytest.approx([0.002])
+    assert client.pids == {42}
+    assert client.failures == []
+    assert client.wake_at == pytest.approx(100.15)
+
+
+def test_a_late_round_is_not_skipped_and_its_wait_counts() -> None:
+    client = Client(_REQUESTS, start=0.0, seconds=10.0, rate=10.0, phase=0.0)
+    client.first_round()
+    assert client.begin_round(0.0) == b"S"
+    client.sent = 0.0
+    # The status answer comes 250 ms later: rounds 1 and 2 were due meanwhile.
+    assert client.answered(0.25, 200, b"{}") == b"E"
+    assert client.answered(0.26, 200, _REUSED) is None
+    assert client.wake_at == pytest.approx(0.1)  # round 1, already past: it starts at once
+    assert client.begin_round(0.26) == b"S"
+    assert client.answered(0.27, 200, b"{}") == b"E"
+    # Round 1's status counts from its instant (0.1), not from when it could be sent.
+    assert client.from_due[2] == pytest.approx(0.17)
+    assert client.lateness == pytest.approx([0.0, 0.16])
+
+
+def test_a_client_finishes_after_its_seconds_and_says_so_once() -> None:
+    finished: list[bool] = []
+    client = Client(_REQUESTS, start=0.0, seconds=0.2, rate=10.0, phase=0.0)
+    client.on_finished = lambda: finished.append(True)
+    client.first_round()
+    for round_ in range(2):
+        assert client.begin_round(round_ / 10) == b"S"
+        assert client.answered(round_ / 10, 200, b"{}") == b"E"
+        assert client.answered(round_ / 10, 200, _REUSED) is None
+    assert client.finished
+    assert client.wake_at is None
+    assert client.begin_round(5.0) is None
+    client.finish(6.0)
+    assert finished == [True]
+    assert client.done == 4
+
+
+def test_every_ensure_answer_is_checked_even_when_the_bytes_repeat() -> None:
+    client = Client(_REQUESTS, start=0.0, seconds=10.0, rate=10.0, phase=0.0)
+    other = b'{"action":"reused","daemon":{"pid":43}}'
+    spawned = b'{"action":"spawned","daemon":{"pid":42}}'
+    for body in (_REUSED, _REUSED, other, _REUSED, spawned, spawned, b"{}", b"nonsense"):
+        client.call = "ensure"
+        client.answered(1.0, 200, body)
+    assert client.pids == {42, 43}
+    assert client.failures[:2] == ["action spawned", "action spawned"]
+    assert client.failures[2].startswith("ensure: an unreadable answer (KeyError")
+    assert client.failures[3].startswith("ensure: an unreadable answer (JSONDecodeError")
+    assert len(client.failures) == 4
+    client.call = "ensure"
+    client.answered(1.0, 503, _REUSED)
+    assert client.failures[4].startswith("ensure: HTTP 503")
+
+
+def test_flat_out_a_client_asks_again_at_each_answer_until_its_seconds() -> None:
+    client = Client(_REQUESTS, start=10.0, seconds=1.0, rate=0.0, phase=0.0)
+    client.first_round()
+    assert client.wake_at == 10.0
+    assert client.begin_round(10.0) == b"E"
+    assert client.answered(10.5, 200, _REUSED) == b"E"
+    assert client.from_due == pytest.approx([0.5])
+    assert client.answered(11.0, 200, _REUSED) is None
+    assert client.finished
+    assert client.lateness == []
+
+
+def test_a_request_the_kernel_takes_in_parts_is_written_whole() -> None:
+    """A request larger than the socket's buffer is finished when the socket is writable."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    big = b"x" * (4 << 20)
+    received = bytearray()
+
+    def peer() -> None:
+        while len(received) < len(big):
+            chunk = theirs.recv(1 << 16)
+            if not chunk:
+                return
+            received.extend(chunk)
+        theirs.sendall(_answer(b"{}"))
+
+    client = Client({**_REQUESTS, "health": big}, start=0.0, seconds=1.0, rate=10.0, phase=0.0)
+    loop = _Loop()
+    loop.add(client, ours)
+    (connection,) = loop.connections.values()
+    reader = threading.Thread(target=peer)
+    try:
+        loop.send(connection, big)
+        assert connection.unsent  # the kernel took a part only
+        reader.start()
+        loop.pump(time.monotonic() + HANG_GUARD, lambda: client.connected)
+    finally:
+        loop.close()
+        theirs.close()
+        if reader.ident is not None:
+            reader.join(HANG_GUARD)
+    assert client.connected
+    assert client.failures == []
+    assert bytes(received) == big
