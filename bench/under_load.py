@@ -180,12 +180,19 @@ def request_bytes(method: str, path: str, body: bytes | None = None) -> bytes:
 
 
 def _drive(
-    socket_path: Path, requests: dict[str, bytes], seconds: float, rate: float, *, spread: bool
+    socket_path: Path,
+    requests: dict[str, bytes],
+    seconds: float,
+    rate: float,
+    *,
+    spread: bool,
+    workers: int = WORKERS,
+    worker_path: Path = _WORKER,
 ) -> list[dict[str, Any]]:
     """Run the workers; every client's result, and each worker's collections (must be 0)."""
     start = time.monotonic() + CONNECT_SECONDS  # every worker's clients connected by then
-    workers = []
-    for phases in client_phases(CLIENTS, WORKERS, spread=spread):
+    processes = []
+    for phases in client_phases(CLIENTS, workers, spread=spread):
         job = {
             "socket": str(socket_path),
             "requests": {name: data.decode("latin-1") for name, data in requests.items()},
@@ -196,15 +203,15 @@ def _drive(
             "grace_seconds": GRACE_SECONDS,
         }
         worker = subprocess.Popen(
-            [sys.executable, str(_WORKER), json.dumps(job)],
+            [sys.executable, str(worker_path), json.dumps(job)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        workers.append(worker)
+        processes.append(worker)
     results: list[dict[str, Any]] = []
-    for worker in workers:
+    for worker in processes:
         out, err = worker.communicate(timeout=CONNECT_SECONDS + seconds + GRACE_SECONDS + 60)
         if worker.returncode != 0 or not out.strip():
             raise BenchError(f"a load worker failed ({worker.returncode}): {err[-2000:]}")

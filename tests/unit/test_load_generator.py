@@ -5,6 +5,7 @@ connection as a failure. (Its speed is the benchmark's business, not a test's.)"
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import socket
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench import under_load
+from bench import load_ab, under_load
 from bench._load_worker import AnswerReader, Client, _Loop, due_at
 from spec_kitty_supervisor_client._wire import Connection
 
@@ -84,6 +85,13 @@ def test_spread_clients_cover_the_period_and_each_worker_spans_it() -> None:
         assert max(worker) >= 0.75
     assert under_load.client_phases(10, 3, spread=False) == [[0.0] * 4, [0.0] * 3, [0.0] * 3]
     assert under_load.client_phases(2, 4, spread=True) == [[0.0], [0.5]]
+
+
+def test_a_variant_names_a_worker_and_its_process_count() -> None:
+    assert load_ab.parse_variant("old=/tmp/w:x.py:4") == ("old", Path("/tmp/w:x.py"), 4)
+    for bad in ("old", "old=/tmp/w.py", "=/tmp/w.py:4", "old=:4", "old=/tmp/w.py:0", "a=b:-1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=WORKER_PATH:WORKERS"):
+            load_ab.parse_variant(bad)
 
 
 def _serve_one(listener: socket.socket, answer: bytes, captured: list[bytes]) -> None:
