@@ -61,7 +61,9 @@ from ._common import (
 
 NAME = "under_load"
 CLIENTS = 100
-WORKERS = 4
+#: Two processes of the select loop: fewer contend less with each other and the server for
+#: the two CPUs; one serialises every client (docs/performance.md, "Under load, session 7").
+WORKERS = 2
 RATE_PER_SECOND = 10.0
 PACED_SECONDS = 20.0
 FLAT_OUT_SECONDS = 10.0
