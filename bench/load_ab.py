@@ -18,16 +18,14 @@ import argparse
 import datetime
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
-from sks_harness import DaemonFleet, spec_kitty_python
-from spec_kitty_supervisor_client._client import _body, _ensure_request
+from sks_harness import DaemonFleet
 from spec_kitty_supervisor_client._wire import resolve_daemon_root, socket_path_for_root
 
 from . import under_load
-from ._common import CLIENT_VERSION, SAAS_SYNC, BenchContext, BenchError, run_ours_ensure
+from ._common import BenchContext
 
 WARM_UP_SECONDS = 3.0
 
@@ -87,23 +85,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=under_load.PACED_SECONDS)
     parser.add_argument("variants", nargs="+", type=parse_variant)
     args = parser.parse_args()
-    python = str(spec_kitty_python(CLIENT_VERSION))
     with DaemonFleet() as fleet:
         context = BenchContext(full=False, idle_seconds=0.0, fleet=fleet)
-        with context.supervisors(context.sandbox()) as sut:
-            sut.start()
-            spawned = run_ours_ensure(sut, spec_kitty_python(CLIENT_VERSION), CLIENT_VERSION, 1)
-            if spawned.actions != ("spawned",):
-                raise BenchError(f"our first ensure did {spawned.actions}, not a spawn")
-            time.sleep(under_load.SETTLE_SECONDS)
-            real = socket_path_for_root(resolve_daemon_root(sut.root))
-            ensure_body = _body(_ensure_request(python, None, os.getcwd(), sut.env(SAAS_SYNC)))
-            requests = {
-                "health": under_load.request_bytes("GET", "/v1/health"),
-                "status": under_load.request_bytes("GET", "/v1/status"),
-                "ensure": under_load.request_bytes("POST", "/v1/sync/ensure", ensure_body),
-            }
-            answers = under_load._recorded_answers(real, python)
+        with under_load.serving(context) as served:
+            real, requests = served.socket_path, served.requests
+            answers = under_load._recorded_answers(real, served.python)
             canned_sandbox = context.sandbox()
             canned = socket_path_for_root(resolve_daemon_root(canned_sandbox.root))
             with under_load._canned_server(canned_sandbox.root, answers):
@@ -114,7 +100,7 @@ def main() -> None:
                     for variant in args.variants:
                         for kind, socket_path in (("canned", canned), ("real", real)):
                             record = _one(kind, variant, socket_path, requests, args.seconds)
-                            if record["pids"] != [spawned.pid]:
+                            if record["pids"] != [served.daemon_pid]:
                                 record["failures"] += 1
                             print(json.dumps(record), flush=True)
 

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -264,16 +264,27 @@ def _latency_details(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run(context: BenchContext) -> list[Row]:
+class Served(NamedTuple):
+    """A supervisor serving its one daemon, and what the load's clients send it."""
+
+    supervisor_pid: int
+    daemon_pid: int
+    socket_path: Path
+    requests: dict[str, bytes]
+    python: str
+
+
+@contextlib.contextmanager
+def serving(context: BenchContext) -> Iterator[Served]:
+    """A supervisor started for a fresh sandbox, its daemon spawned by a first ``ensure`` and
+    settled; every process of it stopped by pid on exit."""
     python = str(spec_kitty_python(CLIENT_VERSION))
-    load_at_start = list(os.getloadavg())
     with context.supervisors(context.sandbox()) as sut:
-        supervisor = psutil.Process(sut.start())
+        supervisor_pid = sut.start()
         spawned = run_ours_ensure(sut, spec_kitty_python(CLIENT_VERSION), CLIENT_VERSION, 1)
         if spawned.actions != ("spawned",):
             raise BenchError(f"our first ensure did {spawned.actions}, not a spawn")
         time.sleep(SETTLE_SECONDS)
-        socket_path = socket_path_for_root(resolve_daemon_root(sut.root))
         # What SupervisorClient(root).status() and .ensure(python) send, from the clients'
         # environment (the generator itself runs in the bench's).
         ensure_body = _body(_ensure_request(python, None, os.getcwd(), sut.env(SAAS_SYNC)))
@@ -282,6 +293,15 @@ def run(context: BenchContext) -> list[Row]:
             "status": request_bytes("GET", "/v1/status"),
             "ensure": request_bytes("POST", "/v1/sync/ensure", ensure_body),
         }
+        socket_path = socket_path_for_root(resolve_daemon_root(sut.root))
+        yield Served(supervisor_pid, spawned.pid, socket_path, requests, python)
+
+
+def run(context: BenchContext) -> list[Row]:
+    load_at_start = list(os.getloadavg())
+    with serving(context) as served:
+        python, socket_path, requests = served.python, served.socket_path, served.requests
+        supervisor = psutil.Process(served.supervisor_pid)
         # The supervisor's own CPU over each phase: one core busy means it is the bottleneck.
         phases: dict[str, tuple[list[dict[str, Any]], float]] = {}
         for name, seconds, rate, spread, workers in (
@@ -312,8 +332,8 @@ def run(context: BenchContext) -> list[Row]:
     everything = paced + in_phase + flat
     failures = [f for r in everything for f in r["failures"]]
     pids = {pid for r in everything for pid in r["pids"]}
-    if pids - {spawned.pid}:
-        failures.append(f"ensure answered other daemons: {sorted(pids - {spawned.pid})}")
+    if pids - {served.daemon_pid}:
+        failures.append(f"ensure answered other daemons: {sorted(pids - {served.daemon_pid})}")
     flat_done = sum(r["done"] for r in flat)
     flat_elapsed = median([r["elapsed"] for r in flat])
     generator = {
