@@ -140,7 +140,7 @@ class Supervisor:
         await recover(self.lifecycle)
         if self._task_group is not None:
             taking_over = self._handed is not None
-            if self._handed is not None:
+            if taking_over:
                 # Holds the lifecycle lock before serving starts: the starter's request,
                 # the sweep and the heartbeat all come after it.
                 await self._task_group.start(take_over_early_spawn, self.lifecycle, self._handed)
