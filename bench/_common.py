@@ -199,9 +199,11 @@ def wait_answering(root: Path, timeout: float = 30.0) -> None:
 # Runs in our venv's python, in the sandbox's environment: times ``ensure`` calls made as
 # spec-kitty would make them (imports are not timed, as upstream's in-process timings do not
 # time theirs). argv: root, python, version, repeat; ``{name}``, ``{setup}`` and ``{call}`` say
-# which call.
+# which call. ``subprocess`` is imported first because every spec-kitty process has it already
+# (``import specify_cli`` imports it, 3.1.0 to 3.2.7), as upstream's timed call has; our client
+# imports it only to start a supervisor, and a spec-kitty process would not pay that import.
 _OURS_SCRIPT = """
-import json, sys, time
+import json, subprocess, sys, time
 from spec_kitty_supervisor_client import {name}
 root, python, version, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 {setup}
