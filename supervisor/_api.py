@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION, ErrorBody, ErrorDetail
 
 from ._connections import ConnectionLimits, ConnectionPool, ConnectionSlot
-from ._fd_wait import wait_readable, wait_writable
+from ._fd_wait import ReadWaits, wait_writable
 from ._http import (
     MAX_BODY,
     MAX_HEAD,
@@ -231,13 +231,20 @@ class _Connection:
     """One client's socket, what it sent that no request has consumed yet, and its deadline.
 
     The connection has one cancel scope, entered by :func:`serve_connection`: the pool
-    cancels it to make room for a newcomer, and its deadline is the phase's (waiting for a
-    request, its head, its body, taking the answer). A deadline only matters while the
-    connection waits for its client, so :meth:`due_in` only notes it, and the scope's timer is
-    set just before a wait (:meth:`_arm`) and cleared before a handler runs: a request that
-    arrived whole, as a spec-kitty process's one request does, costs no timer at all, and a
-    kept-alive one costs one. When the deadline passes during a wait, the scope ends the
-    connection, which is what every deadline does.
+    cancels it to make room for a newcomer, and so does the connection's deadline, the
+    phase's (waiting for a request, its head, its body, taking the answer). A deadline only
+    matters while the connection waits for its client: :meth:`due_in` only notes it, it is put
+    in force just before a wait (:meth:`_arm`) and lifted before a handler runs, so a request
+    that arrived whole, as a spec-kitty process's one request does, never puts one in force.
+
+    The deadline is kept by one timer of the connection's own, which is not moved for every
+    request (docs/adr/0023): a timer due no later than the deadline in force stays, and when
+    it fires it ends the connection if the deadline in force has passed, sets itself again
+    for that deadline if it has not, and does nothing when none is in force. A kept-alive
+    connection's next deadline is later than the one its timer is set for, so a request
+    costs no timer at all (moving anyio's scope deadline cost two: one set, one cancelled).
+    The descriptor stays registered with the loop between its waits (:class:`._fd_wait.
+    ReadWaits`); :meth:`release` lets go of both before the socket is closed.
     """
 
     def __init__(self, sock: socket.socket, scope: anyio.CancelScope) -> None:
@@ -246,46 +253,71 @@ class _Connection:
         self.buffer = bytearray()
         self.closed = False
         self.scope = scope
-        #: The deadline in force (loop time), and the one the scope's timer is set to.
+        #: The phase's deadline (loop time), and the one in force while the connection waits.
         self.due = math.inf
         self.armed = math.inf
         #: Whether other tasks ran since this connection's last answer (a task that has just
         #: started was scheduled like any other, so it has).
         self.took_turn = True
-        #: The clock the scope's deadline is on: what ``anyio.current_time()`` reads on the
-        #: asyncio backend (the supervisor's only one, ADR 0014), without finding the backend
-        #: and the running loop again for every deadline.
-        self.now = asyncio.get_running_loop().time
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        #: The loop's clock (``anyio.current_time()`` on the asyncio backend, the supervisor's
+        #: only one, ADR 0014), without finding the backend and the loop again each time.
+        self.now = loop.time
+        #: The deadline timer, and when it fires (inf: none is set).
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf
+        self._reads = ReadWaits(self.fd, loop)
 
     def due_in(self, seconds: float) -> None:
         self.due = self.now() + seconds
 
     def no_deadline(self) -> None:
         """No deadline runs while a handler works (a spawn may take upstream's health wait)."""
-        self.due = math.inf
-        if self.armed != math.inf:
-            self.scope.deadline = self.armed = math.inf
+        self.due = self.armed = math.inf
 
     def _arm(self) -> None:
-        if self.armed != self.due:
-            self.scope.deadline = self.armed = self.due
+        self.armed = due = self.due
+        if due < self._timer_at:  # no timer yet, or it would fire after this deadline
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = self._loop.call_at(due, self._timer_fired)
+            self._timer_at = due
+
+    def _timer_fired(self) -> None:
+        self._timer, self._timer_at = None, math.inf
+        armed = self.armed
+        if armed == math.inf:
+            return  # lifted meanwhile: the next wait sets the timer again
+        if self.now() >= armed:
+            self.scope.cancel()
+        else:
+            self._timer = self._loop.call_at(armed, self._timer_fired)
+            self._timer_at = armed
+
+    def release(self) -> None:
+        """Unregister the descriptor and cancel the timer: before the socket is closed."""
+        self._reads.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer, self._timer_at = None, math.inf
 
     async def receive(self) -> None:
         """Read once more, within the deadline; ``closed`` once the peer hung up.
 
         Straight from the (non-blocking) socket, waiting on its descriptor when nothing is
-        there (:mod:`._fd_wait`): anyio's stream would also yield before every read, and
-        asyncio registers a socket object by formatting its repr (two syscalls) each time. A
-        read that did not have to wait yields once unless the connection already did since
-        its last answer, so that a client that always has bytes ready takes its turn like the
-        others.
+        there (:class:`._fd_wait.ReadWaits`): anyio's stream would also yield before every
+        read, and asyncio registers a socket object by formatting its repr (two syscalls)
+        each time. A read that did not have to wait yields once unless the connection already
+        did since its last answer, so that a client that always has bytes ready takes its
+        turn like the others.
         """
         while True:
             try:
                 data = self.raw.recv(65536)
             except BlockingIOError:
                 self._arm()
-                await wait_readable(self.fd)
+                await self._reads.wait()
                 self.took_turn = True
                 continue
             except OSError:
@@ -382,10 +414,19 @@ async def serve_connection(
                 return
             try:
                 connection = _Connection(sock, scope)
-                connection.buffer += received
-                await _serve_admitted(
-                    connection, router, tracker, pool, slot, unsent=unsent, close_after=close_after
-                )
+                try:
+                    connection.buffer += received
+                    await _serve_admitted(
+                        connection,
+                        router,
+                        tracker,
+                        pool,
+                        slot,
+                        unsent=unsent,
+                        close_after=close_after,
+                    )
+                finally:
+                    connection.release()
             finally:
                 pool.close(slot)
     finally:

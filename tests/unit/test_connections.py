@@ -5,6 +5,7 @@ the defaults are 512 connections (fewer when descriptors are scarce), 5 s, 10 s,
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -16,8 +17,9 @@ from anyio.abc import SocketStream
 from pydantic import BaseModel
 
 from sks_harness import aeventually
-from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
+from spec_kitty_supervisor._api import ApiRequest, Route, Router, _Connection, serve_connection
 from spec_kitty_supervisor._connections import ConnectionLimits, ConnectionPool
+from spec_kitty_supervisor._fd_wait import ReadWaits
 from spec_kitty_supervisor._serving import ConnectionTasks, UnixAcceptor, accept_loop
 from spec_kitty_supervisor_client._models import SupervisorHealth
 
@@ -281,3 +283,119 @@ async def test_the_pool_picks_the_connection_idle_the_longest() -> None:
     assert not first.evicted
     pool.busy(third)
     assert pool.admit(anyio.CancelScope()) is None  # all that remain are busy
+
+
+async def test_a_request_sent_while_a_handler_works_is_not_polled_meanwhile(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection stays registered with the loop between requests (docs/adr/0023). A
+    # request that arrives while the previous one's handler works makes the descriptor
+    # readable with nobody waiting: it must be unregistered, not reported every turn.
+    callbacks = 0
+    readable = ReadWaits._readable
+
+    def counting(self: ReadWaits) -> None:
+        nonlocal callbacks
+        callbacks += 1
+        readable(self)
+
+    monkeypatch.setattr(ReadWaits, "_readable", counting)
+    async with await _kept_alive(server.path) as stream:  # waited once: registered
+        await stream.send(b"GET /v1/slow HTTP/1.1\r\nHost: s\r\n\r\n")
+        await aeventually(lambda: server.slow_started == 1, what="the slow request in flight")
+        before = callbacks
+        await stream.send(HEALTH)  # pipelined behind the slow one
+        for _ in range(100):
+            await asyncio.sleep(0)  # a hundred turns of the loop, each polling
+        assert callbacks - before <= 2
+        server.release_slow.set()
+        first = await _reply(stream)
+        assert json.loads(first.partition(b"\r\n\r\n")[2])["pid"] == 2
+        second = await _reply(stream)
+        assert json.loads(second.partition(b"\r\n\r\n")[2])["pid"] == 1
+
+
+async def test_a_connection_ended_while_it_waits_leaves_nothing_registered_with_the_loop() -> None:
+    async def health(request: ApiRequest) -> BaseModel:
+        return SupervisorHealth(pid=1, version="t", protocol_version=1, root="/r")
+
+    router = Router([Route("GET", "/v1/health", health)])
+    loop = asyncio.get_running_loop()
+    served, client = socket.socketpair()
+    fd = served.fileno()
+    with client:
+        client.setblocking(False)
+        async with anyio.create_task_group() as group:
+            group.start_soon(serve_connection, served, router, _Tracker(), ConnectionPool())
+            for _ in range(2):  # kept alive: between requests the connection waits, registered
+                client.send(HEALTH)
+                reply = b""
+                with anyio.fail_after(HANG_GUARD):
+                    while not reply.endswith(b"}"):
+                        await anyio.wait_readable(client)
+                        reply += client.recv(65536)
+                assert reply.startswith(b"HTTP/1.1 200")
+            # Ended while it waits for the next request (a shutdown; eviction and deadlines
+            # end it the same way): its descriptor is not readable, so only the connection's
+            # own clean-up can unregister it.
+            group.cancel_scope.cancel()
+        assert served.fileno() == -1  # closed by serve_connection
+        # Unregistered before the close: no entry is left for a descriptor number that the
+        # kernel hands out again (asyncio would then take the new socket for the old one).
+        assert not loop.remove_reader(fd)
+
+
+async def test_a_connection_deadline_timer_moves_only_for_an_earlier_deadline() -> None:
+    served, client = socket.socketpair()
+    scope = anyio.CancelScope()  # what the connection's task runs in; only its cancel is read
+    with served, client:
+        connection = _Connection(served, scope)
+        connection.due_in(60)
+        connection._arm()
+        first = connection._timer
+        assert first is not None
+        # A kept-alive request: the deadline is lifted for its handler, then a later one is
+        # put in force for the next wait. The timer set for the earlier one stays.
+        connection.no_deadline()
+        connection.due_in(120)
+        connection._arm()
+        assert connection._timer is first
+        assert not first.cancelled()
+        # An earlier deadline (a head due sooner than the idle one) moves it.
+        connection.due_in(1)
+        connection._arm()
+        moved = connection._timer
+        assert moved is not None
+        assert moved is not first
+        assert first.cancelled()
+        moved.cancel()  # fired by hand below
+        # Fired before the deadline in force: set again for that deadline, nothing ended.
+        connection.due_in(60)
+        connection._arm()
+        assert connection._timer is moved  # later than the timer: not moved
+        connection._timer_fired()
+        again = connection._timer
+        assert again is not None
+        assert again.when() == connection.armed
+        assert not scope.cancel_called
+        again.cancel()
+        # Fired while a handler works (no deadline in force): nothing ends, no timer is left.
+        connection.no_deadline()
+        connection._timer_fired()
+        assert connection._timer is None
+        assert not scope.cancel_called
+        # Fired once the deadline in force has passed: the connection ends.
+        connection.due_in(-1)
+        connection._arm()
+        passed = connection._timer
+        assert passed is not None
+        passed.cancel()
+        connection._timer_fired()
+        assert scope.cancel_called
+        connection.due_in(60)
+        connection._arm()
+        last = connection._timer
+        assert last is not None
+        connection.release()
+        assert last.cancelled()
+        assert connection._timer is None

@@ -3,6 +3,7 @@ the self-probe tells a socket that answers us from one that does not (issue 8)."
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from structlog.testing import capture_logs
 
 from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
-from spec_kitty_supervisor._fd_wait import wait_readable, wait_writable
+from spec_kitty_supervisor._fd_wait import ReadWaits, wait_writable
 from spec_kitty_supervisor._serving import (
     SERVING_FAILURES,
     ConnectionTasks,
@@ -269,12 +270,76 @@ async def test_a_connection_task_that_fails_is_logged_and_the_others_keep_runnin
 async def test_a_wait_on_a_descriptor_ends_when_it_is_readable_and_can_be_cancelled() -> None:
     left, right = socket.socketpair()
     with left, right:
+        reads = ReadWaits(left.fileno(), asyncio.get_running_loop())
         with anyio.move_on_after(0.05) as scope:
-            await wait_readable(left.fileno())  # nothing sent: only the cancel ends it
+            await reads.wait()  # nothing sent: only the cancel ends it
         assert scope.cancelled_caught
         # The cancelled wait let go of the descriptor: a new wait on it works.
         right.send(b"x")
         with anyio.fail_after(30):  # a guard against a hang, not a duration
-            await wait_readable(left.fileno())
+            await reads.wait()
             await wait_writable(left.fileno())
         assert left.recv(1) == b"x"
+        reads.close()
+
+
+class _CountingReadWaits(ReadWaits):
+    """ReadWaits counting how often the loop called it back."""
+
+    __slots__ = ("callbacks",)
+
+    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(fd, loop)
+        self.callbacks = 0
+
+    def _readable(self) -> None:
+        self.callbacks += 1
+        super()._readable()
+
+
+async def _turns(count: int) -> None:
+    """Let the loop run ``count`` times (each turn polls the descriptors registered)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_a_descriptor_stays_registered_between_waits_and_is_let_go_on_close() -> None:
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        reads = ReadWaits(left.fileno(), loop)
+        with anyio.fail_after(30):  # a guard against a hang, not a duration
+            for byte in (b"a", b"b", b"c"):
+                right.send(byte)
+                await reads.wait()
+                assert left.recv(1) == byte
+                assert reads.registered  # kept for the next wait
+        reads.close()
+        assert not reads.registered
+        # Nothing of the descriptor is left with the loop: removing it finds nothing.
+        assert not loop.remove_reader(left.fileno())
+
+
+async def test_a_readable_descriptor_nobody_waits_for_is_unregistered_not_polled_again() -> None:
+    # Level-triggered: bytes nobody reads keep the descriptor readable. Were it left
+    # registered while its owner works elsewhere, the loop would call back every turn.
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        reads = _CountingReadWaits(left.fileno(), loop)
+        right.send(b"first")
+        with anyio.fail_after(30):
+            await reads.wait()
+        right.send(b"second")  # arrives while the owner "handles" the first, not waiting
+        await _turns(50)
+        assert not reads.registered
+        assert reads.callbacks <= 3  # the wake, at most one while waking, the unregistering
+        # The next wait finds the bytes at once and registers again.
+        with anyio.fail_after(30):
+            await reads.wait()
+        assert reads.registered
+        assert left.recv(64) == b"firstsecond"
+        reads.close()
+        assert not loop.remove_reader(left.fileno())
