@@ -111,6 +111,28 @@ class _LastJson:
         return encoded
 
 
+class _LastStatus:
+    """The JSON of the last ``status`` answer, with the values it was made of.
+
+    Given again only while every one of them compares equal (``Supervisor.status_values``;
+    ADR 0016: a value is remembered, never a decision; ADR 0023). They are read for every
+    request; the answer is built and written only when one changed.
+    """
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+        self._last: tuple[tuple[object, ...], Encoded] | None = None
+
+    def encoded(self) -> Encoded:
+        said = self._supervisor.status_values()
+        last = self._last
+        if last is not None and last[0] == said:
+            return last[1]
+        encoded = Encoded(self._supervisor.status().model_dump_json().encode())
+        self._last = (said, encoded)
+        return encoded
+
+
 def build_router(
     supervisor: Supervisor, extra_routes: Callable[[Supervisor], list[Route]] | None = None
 ) -> Router:
@@ -122,8 +144,10 @@ def build_router(
             root=str(supervisor.layout.daemon_root),
         )
 
-    async def status(request: ApiRequest) -> BaseModel:
-        return supervisor.status()
+    status_json = _LastStatus(supervisor)
+
+    async def status(request: ApiRequest) -> Encoded:
+        return status_json.encoded()
 
     ensure_bodies = ParsedBodies(EnsureRequest)
     ensure_json = _LastJson()

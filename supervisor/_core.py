@@ -259,7 +259,36 @@ class Supervisor:
             root_state="quarantined" if reason is not None else "ok",
             root_state_reason=reason,
             daemons=self.daemon_views(),
-            degraded="; ".join(filter(None, [self.lifecycle.degraded, log_not_written()])) or None,
+            degraded=self._degraded(),
+        )
+
+    def _degraded(self) -> str | None:
+        return "; ".join(filter(None, [self.lifecycle.degraded, log_not_written()])) or None
+
+    def status_values(self) -> tuple[object, ...]:
+        """Every value :meth:`status` is made of: equal values, equal answers.
+
+        What the ``status`` route remembers its JSON by (``_app``, ADR 0023): under load
+        ``status`` is asked as often as ``ensure``, and its answer changes at most once a
+        heartbeat (the count, a daemon's last health). Read for every request, compared
+        whole. ``tests/unit/test_status_answer.py`` changes each field of the answer and
+        checks that these values change with it.
+        """
+        table = self.table
+        layout = self.layout
+        return (
+            self.pid,
+            self.version,
+            layout.daemon_root,
+            layout.socket,
+            self.started_at,
+            self.auto_started,
+            self.service_manager,
+            self.settings,
+            self.heartbeats,
+            table.quarantine_reason,
+            self._degraded(),
+            tuple(record.view_values() for record in table.daemons),
         )
 
     def daemon_views(self) -> list[DaemonView]:

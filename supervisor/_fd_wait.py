@@ -46,17 +46,26 @@ class ReadWaits:
     whose owner does not wait would call back on every turn of the loop: the callback removes
     the registration then (the owner is busy and reads the bytes when it next looks), and
     the next wait registers again. A wait that was woken but has not resumed yet (its future
-    done) is not "nobody waits": its owner is about to read. :meth:`close` removes the
-    registration; call it before the descriptor is closed, or the selector would keep a
-    stale entry for a descriptor number the kernel reuses.
+    done) is not "nobody waits": its owner is about to read.
+
+    The loop polls once more before the woken owner runs, and reports the bytes that woke it
+    again; by the time that report is handled the owner has read them (and may wait again).
+    That one report is ignored: woken on it, the owner would find nothing to read; taken for
+    "nobody waits", it would unregister a descriptor about to be waited on. Ignoring it loses
+    nothing, since a descriptor still readable is reported again on the next turn.
+
+    :meth:`close` removes the registration; call it before the descriptor is closed, or the
+    selector would keep a stale entry for a descriptor number the kernel reuses.
     """
 
-    __slots__ = ("_fd", "_loop", "_waiter", "registered")
+    __slots__ = ("_fd", "_loop", "_waiter", "_woke", "registered")
 
     def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
         self._fd = fd
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
+        #: The last report woke the owner: the next one is that report again.
+        self._woke = False
         self.registered = False
 
     async def wait(self) -> None:
@@ -71,15 +80,20 @@ class ReadWaits:
             self._waiter = None
 
     def _readable(self) -> None:
+        if self._woke:
+            self._woke = False
+            return
         waiter = self._waiter
         if waiter is None:
             self._loop.remove_reader(self._fd)
             self.registered = False
         elif not waiter.done():
             waiter.set_result(None)
+            self._woke = True
 
     def close(self) -> None:
         """Unregister the descriptor (a wait still pending is then never woken by it)."""
         if self.registered:
             self._loop.remove_reader(self._fd)
             self.registered = False
+        self._woke = False

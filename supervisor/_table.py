@@ -64,6 +64,25 @@ class DaemonRecord(BaseModel):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def view_values(self) -> tuple[object, ...]:
+        """Every value :meth:`view` is made of (the token too): equal values, equal views.
+
+        What the warm ``ensure`` and ``status`` answers remember theirs by (ADR 0016, 0023);
+        ``tests/unit/test_status_answer.py`` checks it against :class:`DaemonView`'s fields.
+        """
+        return (
+            self.pid,
+            self.port,
+            self.package_version,
+            self.python,
+            self.origin,
+            self.state,
+            self.role,
+            self.started_at,
+            self.last_healthy_at,
+            self.token,
+        )
+
     def view(self, *, with_token: bool = False) -> DaemonView:
         return DaemonView(
             pid=self.pid,

@@ -100,20 +100,7 @@ def _answer_from_table(
     # The answer is a function of these values alone (the view's fields, the action, the
     # reason): while none changed, the last answer object is given again, and its JSON with it
     # (``_app``). Every decision above was made again for this request all the same.
-    said = (
-        action,
-        decision.reason,
-        current.pid,
-        current.port,
-        current.package_version,
-        current.python,
-        current.origin,
-        current.state,
-        current.role,
-        current.started_at,
-        current.last_healthy_at,
-        current.token,
-    )
+    said = (action, decision.reason, current.view_values())
     last = lifecycle.last_answer
     if last is not None and last[0] == said:
         return last[1]

@@ -343,3 +343,36 @@ async def test_a_readable_descriptor_nobody_waits_for_is_unregistered_not_polled
         assert left.recv(64) == b"firstsecond"
         reads.close()
         assert not loop.remove_reader(left.fileno())
+
+
+async def test_a_wait_is_not_woken_again_by_the_bytes_that_woke_the_one_before() -> None:
+    # The loop reports the bytes that woke a wait once more before the woken task runs; by
+    # then the task has read them and waits again. That report must not wake the new wait
+    # (nothing is there to read), nor unregister the descriptor.
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    with left, right:
+        left.setblocking(False)
+        reads = ReadWaits(left.fileno(), loop)
+        woken: list[bytes] = []
+
+        async def owner() -> None:
+            for _ in range(2):
+                await reads.wait()
+                woken.append(left.recv(64))
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(owner)
+            right.send(b"first")
+            with anyio.fail_after(30):
+                while not woken:
+                    await asyncio.sleep(0)
+            await _turns(20)  # nothing sent: the second wait must still be waiting
+            assert woken == [b"first"]
+            assert reads.registered
+            right.send(b"second")
+            with anyio.fail_after(30):
+                while len(woken) < 2:
+                    await asyncio.sleep(0)
+        assert woken == [b"first", b"second"]
+        reads.close()
