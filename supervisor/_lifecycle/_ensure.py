@@ -58,7 +58,8 @@ async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureRes
             # (a stream of warm requests queued on it is a convoy; StepLock says why).
             await lifecycle.lock.wait_released()
             continue
-        answer = _answer_from_table(lifecycle, request, _decide(lifecycle, request))
+        decision = _decide(lifecycle, request, current)
+        answer = _answer_from_table(lifecycle, request, decision, current)
         if answer is not None:
             return answer
         break
@@ -66,8 +67,10 @@ async def ensure(lifecycle: Lifecycle, wire_request: EnsureRequest) -> EnsureRes
         return await _ensure_locked(lifecycle, request, resolved_python)
 
 
-def _decide(lifecycle: Lifecycle, request: EstablishedEnsure) -> EnsureDecision:
-    current = lifecycle.table.current
+def _decide(
+    lifecycle: Lifecycle, request: EstablishedEnsure, current: DaemonRecord | None
+) -> EnsureDecision:
+    """The policy's verdict for ``request`` against ``current`` (the table's, read just now)."""
     return decide_ensure(
         current.package_version if current else None,
         current.python if current else None,
@@ -78,10 +81,13 @@ def _decide(lifecycle: Lifecycle, request: EstablishedEnsure) -> EnsureDecision:
 
 
 def _answer_from_table(
-    lifecycle: Lifecycle, request: EstablishedEnsure, decision: EnsureDecision
+    lifecycle: Lifecycle,
+    request: EstablishedEnsure,
+    decision: EnsureDecision,
+    current: DaemonRecord | None,
 ) -> EnsureResponse | None:
-    """The answer when the current daemon serves this request as it is; else None."""
-    current = lifecycle.table.current
+    """The answer when ``current`` (the table's, read in this step) serves this request as it
+    is; else None."""
     if current is None or decision.verdict not in ("reuse", "keep_newer"):
         return None
     current.last_ensure_at = lifecycle.clock.now()
@@ -117,7 +123,7 @@ async def _ensure_locked(
     if quarantine_lifts_for(lifecycle.quarantined_python, request.python):
         lift_quarantine(lifecycle, f"ensure with another interpreter ({request.python})")
     # The table may have changed while this request waited for the lock: decide on it now.
-    decision = _decide(lifecycle, request)
+    decision = _decide(lifecycle, request, lifecycle.table.current)
     if request.replace and lifecycle.table.current is not None:
         # `doctor restart-daemon`: a new daemon even though the current one would serve.
         decision = EnsureDecision("replace", "the caller asked for a restart (replace)")
@@ -131,7 +137,7 @@ async def _ensure_locked(
                 daemon=replacement.view(with_token=True),
                 message=f"pid {current.pid} stopped answering health; replaced",
             )
-    answer = _answer_from_table(lifecycle, request, decision)
+    answer = _answer_from_table(lifecycle, request, decision, lifecycle.table.current)
     if answer is not None:
         return answer
     if lifecycle.table.quarantine_reason is not None:
@@ -235,7 +241,7 @@ async def take_over_early_spawn(
             if lifecycle.table.current is None and lifecycle.table.quarantine_reason is None:
                 resolved_python = lifecycle.interpreters.resolve(request.python)
                 established = await lifecycle.effects.establish_version(request, resolved_python)
-                decision = _decide(lifecycle, established)
+                decision = _decide(lifecycle, established, lifecycle.table.current)
                 if decision.verdict == "spawn":
                     new = await _spawn_for(lifecycle, established, resolved_python, decision)
                     lifecycle.spawned_for_starter = new.pid

@@ -30,6 +30,7 @@ from spec_kitty_supervisor._api import (
     Router,
     serve_connection,
 )
+from spec_kitty_supervisor._http import response_bytes
 from spec_kitty_supervisor_client._models import (
     DaemonView,
     EnsureRequest,
@@ -341,6 +342,13 @@ async def test_an_answer_a_handler_gives_as_json_is_sent_as_it_is(server: Path) 
     reply = await _raw(server, _request("GET", "/v1/encoded"))
     assert reply.endswith(b"\r\n\r\n" + _ENCODED.json)
     assert _split(reply)[0] == 200
+    assert b"\r\nconnection: close\r\n" in reply
+    # Kept alive, its whole answer is the one written with it, and says nothing of closing.
+    kept = _request("GET", "/v1/encoded").replace(b"Connection: close\r\n", b"")
+    both = await _raw(server, kept + _request("GET", "/v1/encoded"))
+    assert both == _ENCODED.kept_alive + reply
+    assert _ENCODED.kept_alive == response_bytes(200, _ENCODED.json, keep_alive=True)
+    assert b"connection: close" not in _ENCODED.kept_alive
 
 
 def _ensure_request(body: bytes) -> ApiRequest:
