@@ -7,7 +7,7 @@ version 1 changes are additive only: new optional fields, new endpoints.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -52,6 +52,17 @@ __all__ = [
 ]
 
 #: The protocol this package speaks. A supervisor refuses a client of another major version.
+
+
+# The empty defaults' factories are functions of ours, not ``list`` and ``dict``: building a
+# model, pydantic reads each factory's signature, and a builtin's is parsed from its text
+# signature with ``tokenize`` (about 1.3 M instructions a field, at each model's first use).
+def _no_items() -> list[Any]:
+    return []
+
+
+def _no_entries() -> dict[str, Any]:
+    return {}
 
 
 class _Model(BaseModel):
@@ -196,7 +207,7 @@ class StatusResponse(_Lenient):
     supervisor: SupervisorView | None
     root_state: RootState = "ok"
     root_state_reason: str | None = None
-    daemons: list[DaemonView] = Field(default_factory=list)
+    daemons: list[DaemonView] = Field(default_factory=_no_items)
     degraded: str | None = Field(
         default=None,
         description=(
@@ -230,7 +241,7 @@ class EnsureRequest(_Request):
     )
     cwd: str | None = Field(default=None, description="The client's working directory.")
     env: dict[str, str] = Field(
-        default_factory=dict,
+        default_factory=_no_entries,
         description="The client's environment; only allow-listed variables are passed on.",
     )
     replace: bool = Field(
@@ -280,7 +291,7 @@ class ShutdownRequest(_Request):
 
 class ShutdownResponse(_Lenient):
     stopping: bool
-    children_stopped: list[int] = Field(default_factory=list)
+    children_stopped: list[int] = Field(default_factory=_no_items)
 
 
 class HandoverResponse(_Lenient):
@@ -288,7 +299,7 @@ class HandoverResponse(_Lenient):
 
     handing_over: bool
     pid: int
-    daemons: list[int] = Field(default_factory=list)
+    daemons: list[int] = Field(default_factory=_no_items)
 
 
 class EventRecord(_Lenient):
@@ -365,18 +376,18 @@ class FailedRecord(_Lenient):
 
 
 class ResetResult(_Lenient):
-    swept: list[SweptRecord] = Field(default_factory=list)
-    skipped: list[SkippedRecord] = Field(default_factory=list)
-    failed: list[FailedRecord] = Field(default_factory=list)
+    swept: list[SweptRecord] = Field(default_factory=_no_items)
+    skipped: list[SkippedRecord] = Field(default_factory=_no_items)
+    failed: list[FailedRecord] = Field(default_factory=_no_items)
 
 
 class DoctorReport(_Lenient):
     schema_version: int = 2
     supervisor: SupervisorView | None = None
-    daemons: list[DaemonView] = Field(default_factory=list)
-    orphans: list[ListenerRecord] = Field(default_factory=list)
-    listeners: list[ListenerRecord] = Field(default_factory=list)
-    findings: list[DoctorFinding] = Field(default_factory=list)
+    daemons: list[DaemonView] = Field(default_factory=_no_items)
+    orphans: list[ListenerRecord] = Field(default_factory=_no_items)
+    listeners: list[ListenerRecord] = Field(default_factory=_no_items)
+    findings: list[DoctorFinding] = Field(default_factory=_no_items)
     reset_result: ResetResult | None = None
 
 
@@ -384,6 +395,6 @@ class ResetRequest(_Request):
     force: bool = False
     dry_run: bool = False
     confirmed_pids: list[int] = Field(
-        default_factory=list,
+        default_factory=_no_items,
         description="operator_required pids the operator confirmed one by one (D-02).",
     )

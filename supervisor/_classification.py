@@ -114,8 +114,7 @@ FileId = tuple[int, int]
 # Facts
 
 
-@dataclass(frozen=True)
-class ListenerFacts:
+class ListenerFacts(NamedTuple):
     """Everything observed about one listening socket and the process holding it."""
 
     port: int
@@ -128,16 +127,14 @@ class ListenerFacts:
     kernel_root: KernelRootFacts | None = None
 
 
-@dataclass(frozen=True)
-class KernelRootFacts:
+class KernelRootFacts(NamedTuple):
     """What the kernel says about a process, to prove a root its argv does not name."""
 
     stdout_file: FileId | None  # the file ``/proc/PID/fd/1`` is open on
     home_dir: FileId | None  # the directory ``HOME`` names in ``/proc/PID/environ``
 
 
-@dataclass(frozen=True)
-class RootFiles:
+class RootFiles(NamedTuple):
     """The supervisor's root as files, to compare with :class:`KernelRootFacts`."""
 
     daemon_log: FileId | None  # ``R/sync-daemon.log``; None when it does not exist
@@ -146,8 +143,7 @@ class RootFiles:
     home_dir: FileId | None
 
 
-@dataclass(frozen=True)
-class SupervisedDaemon:
+class SupervisedDaemon(NamedTuple):
     """One row of the supervisor's own table: the daemon it spawned or adopted."""
 
     pid: int
@@ -191,8 +187,7 @@ class SupervisorFacts:
 # Identity proof, one function per health shape
 
 
-@dataclass(frozen=True)
-class SelfReportProof:
+class SelfReportProof(NamedTuple):
     """Whether a health answer provably came from the process listening on the port."""
 
     identity_source: Literal["owner_block", "argv_token"]
@@ -263,8 +258,7 @@ def _int_or_none(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-@dataclass(frozen=True)
-class KernelRootProof:
+class KernelRootProof(NamedTuple):
     """Whether the kernel's facts tie a markerless daemon to this root."""
 
     matches: bool
@@ -301,15 +295,13 @@ def prove_root_by_kernel(
 # The decision table
 
 
-@dataclass(frozen=True)
-class _Verdict:
+class _Verdict(NamedTuple):
     cleanup_class: CleanupClass
     skip_reason: SkipReason | None
     why: str
 
 
-@dataclass(frozen=True)
-class _Evidence:
+class _Evidence(NamedTuple):
     """Facts derived once per listener, shared by every row."""
 
     listener: ListenerFacts
@@ -470,8 +462,7 @@ _DECISION_TABLE: tuple[_Row, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Classification:
+class Classification(NamedTuple):
     """One listener, classified: the fields of the wire's ``ListenerRecord``, which
     ``_discovery`` builds from it (this module stays free of pydantic).
 

@@ -13,9 +13,8 @@ import ipaddress
 import os
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -56,8 +55,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Listener:
+class Listener(NamedTuple):
     """A listening TCP socket on a loopback or wildcard address."""
 
     port: int
@@ -269,8 +267,7 @@ def read_root_files(daemon_root: str) -> RootFiles:
     )
 
 
-@dataclass(frozen=True)
-class _Observed:
+class _Observed(NamedTuple):
     listener: Listener
     identity: ProcessIdentity | None
     cmdline: CmdlineFacts | None
@@ -291,8 +288,7 @@ def _read_processes(listeners: list[Listener]) -> list[_Observed]:
     return observed
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """One classified listener, with what acting on it needs beyond its record.
 
     ``identity`` is the process seen listening (pid, start, uid), which every signal
@@ -345,7 +341,7 @@ async def observe(supervisor: SupervisorFacts, health_timeout: float = 0.5) -> l
         observations.append(
             Observation(
                 # Every field is a scalar: a shallow copy (asdict copies deeply, for nothing).
-                record=ListenerRecord(**vars(classified)),
+                record=ListenerRecord(**classified._asdict()),
                 identity=item.identity,
                 health_token=health.token if health is not None else None,
             )

@@ -6,14 +6,12 @@ fetches the answer; classification, verification and the lifecycle read it from 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = ["HealthAnswer"]
 
 
-@dataclass(frozen=True)
-class HealthAnswer:
+class HealthAnswer(NamedTuple):
     """A parsed ``GET /api/health`` answer; None where the daemon's version lacks a field."""
 
     payload: dict[str, Any]
@@ -25,7 +23,7 @@ class HealthAnswer:
     package_version: str | None
     owner: dict[str, Any] | None
     sync_running: bool
-    extra_keys: frozenset[str] = field(default_factory=frozenset)
+    extra_keys: frozenset[str] = frozenset()
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> HealthAnswer:

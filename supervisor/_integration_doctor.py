@@ -15,9 +15,8 @@ import json
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from spec_kitty_supervisor_client._discover import SpecKittyNotFound, spec_kitty_python
 from spec_kitty_supervisor_client._hook import INTEGRATION_FILE, INTEGRATION_RECORD_LIMIT
@@ -36,8 +35,7 @@ __all__ = [
 IntegrationState = Literal["active", "stale", "foreign", "absent"]
 
 
-@dataclass(frozen=True)
-class IntegrationFinding:
+class IntegrationFinding(NamedTuple):
     """One of doctor's findings (the API's ``DoctorFinding``), in plain data.
 
     ``doctor`` adds these to a report it may have read from the supervisor as JSON without
@@ -60,8 +58,7 @@ class IntegrationFinding:
         }
 
 
-@dataclass(frozen=True)
-class Installation:
+class Installation(NamedTuple):
     """A spec-kitty installation: where it was found and its interpreter."""
 
     where: str

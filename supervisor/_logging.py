@@ -18,19 +18,11 @@ such a command writes its report, so code on those paths logs through :func:`get
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import logging
-import logging.handlers
-import os
 import sys
 from collections.abc import MutableMapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from ._files import open_own_file
 
 __all__ = ["configure_logging", "get_logger", "log_not_written"]
 
@@ -47,70 +39,14 @@ def _drop_secrets(
     return event_dict
 
 
-class _OwnRotatingFile(logging.handlers.RotatingFileHandler):
-    """A rotating log that never writes through a planted link or into another file.
-
-    Opened (at start and after each rotation) by :func:`open_own_file`: a symlink, FIFO,
-    directory or foreign file at the log's path is moved aside first and noted in ``moved``.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.moved: list[str] = []  # before the base class opens the file
-        #: Why the last record could not be written, None while writes work.
-        self.failing: str | None = None
-        #: Records whose write failed since ``failing`` was set.
-        self.failed_writes = 0
-        self._failed_now = False
-        super().__init__(path, maxBytes=5 * 1024 * 1024, backupCount=3, encoding="utf-8")
-
-    def _open(self) -> io.TextIOWrapper:
-        fd, moved = open_own_file(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND)
-        if moved is not None:
-            self.moved.append(moved)
-        return open(fd, "a", encoding=self.encoding, errors=self.errors)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self._failed_now = False
-        super().emit(record)  # a failure inside ends in handleError
-        if self._failed_now or self.failing is None:
-            return
-        failed, self.failing, self.failed_writes = self.failed_writes, None, 0
-        line = _json_line("log_written_again", "info", failed_writes=failed)
-        _tell_stderr(line)
-        # Reporting a log failure must never fail the code that logged.
-        stream = self.stream
-        with contextlib.suppress(Exception):
-            if stream is not None:
-                stream.write(line)
-                stream.flush()
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self._failed_now = True
-        self.failed_writes += 1
-        if self.failing is not None:
-            return  # said once already
-        error = sys.exc_info()[1]
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else repr(error)
-        self.failing = f"cannot write {self.baseFilename}: {reason}"
-        _tell_stderr(_json_line("log_not_written", "error", reason=self.failing))
-
-
-def _json_line(event: str, level: str, **fields: object) -> str:
-    stamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-    return json.dumps({**fields, "event": event, "level": level, "timestamp": stamp}) + "\n"
-
-
-def _tell_stderr(line: str) -> None:
-    with contextlib.suppress(Exception):
-        if sys.stderr is not None:
-            sys.stderr.write(line)
-            sys.stderr.flush()
-
-
 def log_not_written() -> str | None:
     """Why the supervisor's log file cannot be written now, for ``status``; None when it can."""
+    if f"{__package__}._log_file" not in sys.modules:
+        return None  # this process never opened a log file
+    from ._log_file import OwnRotatingFile
+
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, _OwnRotatingFile) and handler.failing is not None:
+        if isinstance(handler, OwnRotatingFile) and handler.failing is not None:
             return f"{handler.failing}; {handler.failed_writes} log record(s) not written"
     return None
 
@@ -128,7 +64,11 @@ def configure_logging(
     if log_file is None:
         handler = logging.StreamHandler(sys.stderr)
     else:
-        file_handler = _OwnRotatingFile(log_file)
+        # Only a log file needs logging.handlers (with pickle and socket): a command logging
+        # to stderr does not import it.
+        from ._log_file import OwnRotatingFile
+
+        file_handler = OwnRotatingFile(log_file)
         moved = file_handler.moved
         handler = file_handler
     handler.setFormatter(logging.Formatter("%(message)s"))

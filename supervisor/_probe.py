@@ -8,7 +8,7 @@ one request and a bounded read, with a hard timeout around the whole exchange.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio
 
@@ -19,8 +19,7 @@ __all__ = ["DaemonReply", "HealthAnswer", "http_request", "post_shutdown", "prob
 _MAX_BODY = 256 * 1024
 
 
-@dataclass(frozen=True)
-class DaemonReply:
+class DaemonReply(NamedTuple):
     status: int
     body: bytes
 

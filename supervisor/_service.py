@@ -17,17 +17,14 @@ UnsupportedPlatformError (RuntimeError)   no user service manager we know (neith
 
 from __future__ import annotations
 
-import getpass
 import os
-import plistlib
 import shlex
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from spec_kitty_supervisor_client import DoctorFinding
 
@@ -75,8 +72,7 @@ class UnsupportedPlatformError(RuntimeError):
     """Raised on a system with neither systemd user units nor launchd agents."""
 
 
-@dataclass(frozen=True)
-class PlannedFile:
+class PlannedFile(NamedTuple):
     """One file install-service writes: where, what, and with which permission bits."""
 
     path: Path
@@ -84,8 +80,7 @@ class PlannedFile:
     mode: int = 0o644
 
 
-@dataclass(frozen=True)
-class RemovalResult:
+class RemovalResult(NamedTuple):
     """What :func:`remove_installed` did: files it removed, files it left because not ours."""
 
     removed: list[Path]
@@ -187,7 +182,7 @@ def enable_commands(
     return [
         "systemctl --user daemon-reload",
         shlex.join(["systemctl", "--user", "enable", "--now", names.systemd_socket]),
-        shlex.join(["loginctl", "enable-linger", user or getpass.getuser()]),
+        shlex.join(["loginctl", "enable-linger", user or _user_name()]),
     ]
 
 
@@ -360,7 +355,7 @@ def check_installed_units(
                 )
             )
     if platform == "linux":
-        user = user or getpass.getuser()
+        user = user or _user_name()
         lingering = linger(user)
         if lingering is False:
             findings.append(
@@ -407,6 +402,8 @@ def _already_written(planned: PlannedFile) -> bool:
 def _installed_program(path: Path, content: bytes) -> str | None:
     """The program an installed unit runs, or ``None`` for a unit that runs nothing."""
     if path.suffix == ".plist":
+        import plistlib  # only for an installed LaunchAgent: doctor's usual look needs none
+
         try:
             arguments = plistlib.loads(content).get("ProgramArguments") or [None]
         except Exception:  # a damaged plist names no program; the caller reports "outdated"
@@ -421,6 +418,12 @@ def _installed_program(path: Path, content: bytes) -> str | None:
             # Undo the unit-file escapes _units writes: %% for %, $$ for $.
             return words[0].replace("%%", "%").replace("$$", "$") if words else None
     return None
+
+
+def _user_name() -> str:
+    import getpass  # with termios and pwd: only once a unit is installed
+
+    return getpass.getuser()
 
 
 def _gui_domain(uid: int | None) -> str:

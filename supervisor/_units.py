@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import plistlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from spec_kitty_supervisor_client import socket_path_for_root
 
@@ -73,8 +71,7 @@ _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _UNRUNNABLE_PROGRAM = re.compile(r"[\"'\\]")
 
 
-@dataclass(frozen=True)
-class ServiceNames:
+class ServiceNames(NamedTuple):
     """What a root's service is called by systemd and by launchd."""
 
     unit_stem: str
@@ -226,6 +223,8 @@ def render_launchd_plist(
     }
     if not is_default_root(root, home):
         job["EnvironmentVariables"] = {"SPEC_KITTY_HOME": str(root)}
+    import plistlib  # launchd's alone: on Linux, doctor's look at the units never needs it
+
     declaration, rest = plistlib.dumps(job, sort_keys=False).split(b"\n", 1)
     # "--" may not appear inside an XML comment; the marker has none.
     return declaration + f"\n<!-- {UNIT_MARKER} -->\n".encode() + rest
@@ -256,6 +255,8 @@ def validate_plist(data: bytes) -> dict[str, Any]:
 
     Returns the parsed job. Raises :class:`InvalidPlistError` naming the first problem found.
     """
+    import plistlib
+
     try:
         job = plistlib.loads(data, fmt=plistlib.FMT_XML)
     except Exception as exc:  # plistlib raises ExpatError, ValueError, ... depending on the flaw

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 from typing import Any
 
 import pytest
@@ -454,9 +453,7 @@ def test_first_daemon_of_this_root_still_needs_its_own_token_in_its_answer() -> 
 
 
 def test_kernel_facts_never_override_a_marker_naming_another_root() -> None:
-    listener = dataclasses.replace(
-        daemon(root=OTHER_ROOT), kernel_root=KernelRootFacts(ADA_LOG, ADA_HOME)
-    )
+    listener = daemon(root=OTHER_ROOT)._replace(kernel_root=KernelRootFacts(ADA_LOG, ADA_HOME))
 
     record = classify(listener, supervisor(root_files=ADA))
 
@@ -626,7 +623,7 @@ def test_interpreter_mismatch_is_staleness_evidence_not_a_reason_to_skip() -> No
 def test_record_carries_upstream_schema_2_keys_with_owner_fields_from_the_owner_block() -> None:
     record = classify(daemon(), supervisor())
 
-    assert dataclasses.asdict(record) == {
+    assert record._asdict() == {
         "daemon_family": "sync",
         "pid": 5612,
         "port": 9401,

@@ -217,8 +217,35 @@ def test_doctor_observing_here_imports_its_machinery_then() -> None:
     # running supervisor's; nothing was stopped, so the sweep was not needed either.
     only_elsewhere = {"structlog", f"{SUPERVISOR}._table", f"{SUPERVISOR}._ledger"}
     assert (only_elsewhere | {f"{SUPERVISOR}._sweep", f"{SUPERVISOR}._signals"}) & loaded == set()
+    # Logging to stderr needs no file handler; no service unit is installed, so neither a
+    # plist nor the user's name is read.
+    assert {"logging.handlers", f"{SUPERVISOR}._log_file", "plistlib", "getpass"} & loaded == set()
     if sys.platform.startswith("linux"):
         assert "psutil" not in loaded
+
+
+def test_doctor_observing_here_creates_no_dataclass_but_the_supervisors_facts() -> None:
+    # Creating a dataclass generates and compiles its methods (about 5 M instructions a frozen
+    # one); the doctor's value types are named tuples. SupervisorFacts stays a dataclass: its
+    # __post_init__ holds the family boundary.
+    script = (
+        "import dataclasses, json, sys, tempfile\n"
+        f"from {SUPERVISOR}._cli import main\n"
+        "with tempfile.TemporaryDirectory() as folder:\n"
+        "    main(['doctor', '--json', '--root', folder + '/root'])\n"
+        "ours = [m for name, m in list(sys.modules.items())\n"
+        f"        if name.startswith(('{SUPERVISOR}.', 'spec_kitty_supervisor_client.'))]\n"
+        "print(json.dumps(sorted(\n"
+        "    f'{m.__name__}.{v.__name__}' for m in ours for v in vars(m).values()\n"
+        "    if isinstance(v, type) and v.__module__ == m.__name__\n"
+        "    and dataclasses.is_dataclass(v)\n"
+        ")))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    created = json.loads(done.stdout.strip().splitlines()[-1])
+    assert created == [f"{SUPERVISOR}._classification.SupervisorFacts"]
 
 
 def test_doctor_that_logs_configures_structlog_before_the_first_line(tmp_path: Path) -> None:
