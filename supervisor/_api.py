@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 from spec_kitty_supervisor_client._models import PROTOCOL_VERSION, ErrorBody, ErrorDetail
 
 from ._connections import ConnectionLimits, ConnectionPool, ConnectionSlot
-from ._fd_wait import ReadWaits, wait_writable
+from ._fd_wait import SocketReads, wait_writable
 from ._http import (
     MAX_BODY,
     MAX_HEAD,
@@ -254,14 +254,18 @@ class _Connection:
     for that deadline if it has not, and does nothing when none is in force. A kept-alive
     connection's next deadline is later than the one its timer is set for, so a request
     costs no timer at all (moving anyio's scope deadline cost two: one set, one cancelled).
-    The descriptor stays registered with the loop between its waits (:class:`._fd_wait.
-    ReadWaits`); :meth:`release` lets go of both before the socket is closed.
+    The socket stays registered with the loop between its waits, and is read by the loop's
+    callback (:class:`._fd_wait.SocketReads`); :meth:`release` lets go of the registration
+    and the timer before the socket is closed.
     """
 
     def __init__(self, sock: socket.socket, scope: anyio.CancelScope) -> None:
         self.raw = sock
         self.fd = sock.fileno()
-        self.buffer = bytearray()
+        loop = asyncio.get_running_loop()
+        self._reads = SocketReads(sock, loop)
+        #: What the client sent that no request has consumed yet (consumed in place).
+        self.buffer = self._reads.buffer
         self.closed = False
         self.scope = scope
         #: The phase's deadline (loop time), and the one in force while the connection waits.
@@ -270,7 +274,6 @@ class _Connection:
         #: Whether other tasks ran since this connection's last answer (a task that has just
         #: started was scheduled like any other, so it has).
         self.took_turn = True
-        loop = asyncio.get_running_loop()
         self._loop = loop
         #: The loop's clock (``anyio.current_time()`` on the asyncio backend, the supervisor's
         #: only one, ADR 0014), without finding the backend and the loop again each time.
@@ -278,7 +281,6 @@ class _Connection:
         #: The deadline timer, and when it fires (inf: none is set).
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
-        self._reads = ReadWaits(self.fd, loop)
 
     def due_in(self, seconds: float) -> None:
         self.due = self.now() + seconds
@@ -316,32 +318,24 @@ class _Connection:
     async def receive(self) -> None:
         """Read once more, within the deadline; ``closed`` once the peer hung up.
 
-        Straight from the (non-blocking) socket, waiting on its descriptor when nothing is
-        there (:class:`._fd_wait.ReadWaits`): anyio's stream would also yield before every
-        read, and asyncio registers a socket object by formatting its repr (two syscalls)
-        each time. A connection that has answered since it last waited waits before it reads:
-        it owes the other connections a turn, so that a client that always has bytes ready
-        takes its turn like the others, and a kept-alive client's next request is rarely
-        there the instant its answer left, so reading first would mostly fail (a syscall and
-        an exception for nothing). Bytes already there are reported by the loop's next poll.
+        Straight from the (non-blocking) socket, waiting for it when nothing is there; the
+        wait's callback reads (:class:`._fd_wait.SocketReads`): anyio's stream would also
+        yield before every read, and asyncio registers a socket object by formatting its repr
+        (two syscalls) each time. A connection that has answered since it last waited waits
+        before it reads: it owes the other connections a turn, so that a client that always
+        has bytes ready takes its turn like the others, and a kept-alive client's next request
+        is rarely there the instant its answer left, so reading first would mostly fail (a
+        syscall and an exception for nothing). Bytes already there are reported by the loop's
+        next poll.
         """
-        if not self.took_turn:
-            self._arm()
-            await self._reads.wait()
-            self.took_turn = True
-        while True:
-            try:
-                data = self.raw.recv(65536)
-            except BlockingIOError:
-                self._arm()
-                await self._reads.wait()
-                continue
-            except OSError:
-                data = b""
-            break
-        if data:
-            self.buffer += data
+        reads = self._reads
+        if self.took_turn and reads.read():
+            pass
         else:
+            self._arm()
+            await reads.wait()
+            self.took_turn = True
+        if reads.ended:
             self.closed = True
 
     async def linger(self) -> None:
@@ -428,7 +422,7 @@ async def serve_connection(
             try:
                 connection = _Connection(sock, scope)
                 try:
-                    connection.buffer += received
+                    connection.buffer.extend(received)
                     await _serve_admitted(
                         connection,
                         router,

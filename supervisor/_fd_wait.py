@@ -7,16 +7,18 @@ instructions a wait, and every connection waits at least twice (its accept, its 
 descriptor waited on here has one waiter, the task that owns it, so that bookkeeping has
 nothing to catch. Cancellation is asyncio's, which anyio's cancel scopes deliver as usual.
 
-A kept-alive connection waits for every request it serves: :class:`ReadWaits` keeps its
-descriptor registered with the loop between those waits (docs/adr/0023). A write waits only
+A kept-alive connection waits for every request it serves: :class:`SocketReads` keeps its
+socket registered with the loop between those waits, and reads it in the loop's callback
+(docs/adr/0023). A write waits only
 when the socket's buffer is full, rarely: :func:`wait_writable` registers for each wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 
-__all__ = ["ReadWaits", "wait_writable", "wake"]
+__all__ = ["SocketReads", "wait_writable", "wake"]
 
 
 def wake(waiter: asyncio.Future[None]) -> None:
@@ -36,40 +38,56 @@ async def wait_writable(fd: int) -> None:
         loop.remove_writer(fd)
 
 
-class ReadWaits:
-    """Waits for one descriptor to be readable, registered with the loop once, not per wait.
+class SocketReads:
+    """One socket's reads, done by the loop's callback; registered once, not per wait.
 
-    ``loop.add_reader`` and ``remove_reader`` around every wait (:func:`wait_readable`) were
-    about an eighth of the supervisor's time under 100 kept-alive clients (epoll_ctl twice, a
-    handle, the selector's bookkeeping). Here the registration stays while the owner of the
-    descriptor works between two waits. epoll is level-triggered, so a readable descriptor
-    whose owner does not wait would call back on every turn of the loop: the callback removes
-    the registration then (the owner is busy and reads the bytes when it next looks), and
-    the next wait registers again. A wait that was woken but has not resumed yet (its future
-    done) is not "nobody waits": its owner is about to read.
+    ``loop.add_reader`` and ``remove_reader`` around every wait were about an eighth of the
+    supervisor's time under 100 kept-alive clients (epoll_ctl twice, a handle, the selector's
+    bookkeeping). Here the registration stays while the owner of the socket works between two
+    waits, and the callback that finds the socket readable reads it (into :attr:`buffer`,
+    or notes its :attr:`ended`) before it wakes the owner. Were the owner to read after waking,
+    the loop would poll once before it runs and report the same bytes again (level-triggered):
+    a second callback for every wake.
 
-    The loop polls once more before the woken owner runs, and reports the bytes that woke it
-    again; by the time that report is handled the owner has read them (and may wait again).
-    That one report is ignored: woken on it, the owner would find nothing to read; taken for
-    "nobody waits", it would unregister a descriptor about to be waited on. Ignoring it loses
-    nothing, since a descriptor still readable is reported again on the next turn.
+    A readable socket whose owner does not wait would call back on every turn of the loop:
+    the callback removes the registration then, without reading (the owner is busy, and
+    reads when it next looks; nothing is read that nobody asked for), and the next wait
+    registers again. A wait that was woken, or cancelled, but has not resumed yet is left as it
+    is: its owner is about to look.
 
-    :meth:`close` removes the registration; call it before the descriptor is closed, or the
+    :meth:`close` removes the registration; call it before the socket is closed, or the
     selector would keep a stale entry for a descriptor number the kernel reuses.
     """
 
-    __slots__ = ("_fd", "_loop", "_waiter", "_woke", "registered")
+    __slots__ = ("_fd", "_loop", "_sock", "_waiter", "buffer", "ended", "registered")
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
-        self._fd = fd
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        self._sock = sock
+        self._fd = sock.fileno()
         self._loop = loop
         self._waiter: asyncio.Future[None] | None = None
-        #: The last report woke the owner: the next one is that report again.
-        self._woke = False
+        #: What was read and not consumed yet (the owner consumes it in place).
+        self.buffer = bytearray()
+        #: The peer hung up, or the socket failed: nothing more will come.
+        self.ended = False
         self.registered = False
 
+    def read(self) -> bool:
+        """Read what is there now into :attr:`buffer` (or note the end); False if nothing is."""
+        try:
+            data = self._sock.recv(65536)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if data:
+            self.buffer += data
+        else:
+            self.ended = True
+        return True
+
     async def wait(self) -> None:
-        """Return once the descriptor is readable (or has an error or hang-up to report)."""
+        """Return once the callback read more bytes (or saw the end)."""
         self._waiter = waiter = self._loop.create_future()
         if not self.registered:
             self._loop.add_reader(self._fd, self._readable)
@@ -80,20 +98,15 @@ class ReadWaits:
             self._waiter = None
 
     def _readable(self) -> None:
-        if self._woke:
-            self._woke = False
-            return
         waiter = self._waiter
         if waiter is None:
             self._loop.remove_reader(self._fd)
             self.registered = False
-        elif not waiter.done():
+        elif not waiter.done() and self.read():
             waiter.set_result(None)
-            self._woke = True
 
     def close(self) -> None:
-        """Unregister the descriptor (a wait still pending is then never woken by it)."""
+        """Unregister the socket (a wait still pending is then never woken by it)."""
         if self.registered:
             self._loop.remove_reader(self._fd)
             self.registered = False
-        self._woke = False

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, _Connection, serve_connection
 from spec_kitty_supervisor._connections import ConnectionLimits, ConnectionPool
-from spec_kitty_supervisor._fd_wait import ReadWaits
+from spec_kitty_supervisor._fd_wait import SocketReads
 from spec_kitty_supervisor._serving import ConnectionTasks, UnixAcceptor, accept_loop
 from spec_kitty_supervisor_client._models import SupervisorHealth
 
@@ -292,14 +292,14 @@ async def test_a_request_sent_while_a_handler_works_is_not_polled_meanwhile(
     # request that arrives while the previous one's handler works makes the descriptor
     # readable with nobody waiting: it must be unregistered, not reported every turn.
     callbacks = 0
-    readable = ReadWaits._readable
+    readable = SocketReads._readable
 
-    def counting(self: ReadWaits) -> None:
+    def counting(self: SocketReads) -> None:
         nonlocal callbacks
         callbacks += 1
         readable(self)
 
-    monkeypatch.setattr(ReadWaits, "_readable", counting)
+    monkeypatch.setattr(SocketReads, "_readable", counting)
     async with await _kept_alive(server.path) as stream:  # waited once: registered
         await stream.send(b"GET /v1/slow HTTP/1.1\r\nHost: s\r\n\r\n")
         await aeventually(lambda: server.slow_started == 1, what="the slow request in flight")

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 
 from sks_harness import aeventually
 from spec_kitty_supervisor._api import ApiRequest, Route, Router, serve_connection
-from spec_kitty_supervisor._fd_wait import ReadWaits, wait_writable
+from spec_kitty_supervisor._fd_wait import SocketReads, wait_writable
 from spec_kitty_supervisor._serving import (
     SERVING_FAILURES,
     ConnectionTasks,
@@ -267,29 +267,34 @@ async def test_a_connection_task_that_fails_is_logged_and_the_others_keep_runnin
     assert failed[0]["error"] == "ValueError('a bug in serving one connection')"
 
 
-async def test_a_wait_on_a_descriptor_ends_when_it_is_readable_and_can_be_cancelled() -> None:
+async def test_a_wait_on_a_socket_ends_when_it_read_something_and_can_be_cancelled() -> None:
     left, right = socket.socketpair()
     with left, right:
-        reads = ReadWaits(left.fileno(), asyncio.get_running_loop())
+        left.setblocking(False)
+        reads = SocketReads(left, asyncio.get_running_loop())
         with anyio.move_on_after(0.05) as scope:
             await reads.wait()  # nothing sent: only the cancel ends it
         assert scope.cancelled_caught
-        # The cancelled wait let go of the descriptor: a new wait on it works.
+        # The cancelled wait let go of the socket: a new wait on it works.
         right.send(b"x")
         with anyio.fail_after(30):  # a guard against a hang, not a duration
             await reads.wait()
             await wait_writable(left.fileno())
-        assert left.recv(1) == b"x"
+        assert reads.buffer == b"x"  # read by the wait's callback
+        right.close()
+        with anyio.fail_after(30):
+            await reads.wait()
+        assert reads.ended
         reads.close()
 
 
-class _CountingReadWaits(ReadWaits):
-    """ReadWaits counting how often the loop called it back."""
+class _CountingReads(SocketReads):
+    """SocketReads counting how often the loop called it back."""
 
     __slots__ = ("callbacks",)
 
-    def __init__(self, fd: int, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(fd, loop)
+    def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(sock, loop)
         self.callbacks = 0
 
     def _readable(self) -> None:
@@ -303,76 +308,49 @@ async def _turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-async def test_a_descriptor_stays_registered_between_waits_and_is_let_go_on_close() -> None:
+async def test_a_socket_stays_registered_between_waits_and_is_let_go_on_close() -> None:
     loop = asyncio.get_running_loop()
     left, right = socket.socketpair()
     with left, right:
         left.setblocking(False)
-        reads = ReadWaits(left.fileno(), loop)
+        reads = _CountingReads(left, loop)
         with anyio.fail_after(30):  # a guard against a hang, not a duration
             for byte in (b"a", b"b", b"c"):
                 right.send(byte)
                 await reads.wait()
-                assert left.recv(1) == byte
+                assert reads.buffer == byte
+                reads.buffer.clear()
                 assert reads.registered  # kept for the next wait
+        # Read by the callback that woke each wait, so the loop never reported the same bytes
+        # twice: one callback a wake.
+        await _turns(20)
+        assert reads.callbacks == 3
         reads.close()
         assert not reads.registered
         # Nothing of the descriptor is left with the loop: removing it finds nothing.
         assert not loop.remove_reader(left.fileno())
 
 
-async def test_a_readable_descriptor_nobody_waits_for_is_unregistered_not_polled_again() -> None:
-    # Level-triggered: bytes nobody reads keep the descriptor readable. Were it left
-    # registered while its owner works elsewhere, the loop would call back every turn.
+async def test_a_readable_socket_nobody_waits_for_is_unregistered_not_polled_again() -> None:
+    # Level-triggered: bytes nobody reads keep the socket readable. Were it left registered
+    # while its owner works elsewhere, the loop would call back every turn.
     loop = asyncio.get_running_loop()
     left, right = socket.socketpair()
     with left, right:
         left.setblocking(False)
-        reads = _CountingReadWaits(left.fileno(), loop)
+        reads = _CountingReads(left, loop)
         right.send(b"first")
         with anyio.fail_after(30):
             await reads.wait()
         right.send(b"second")  # arrives while the owner "handles" the first, not waiting
         await _turns(50)
         assert not reads.registered
-        assert reads.callbacks <= 3  # the wake, at most one while waking, the unregistering
-        # The next wait finds the bytes at once and registers again.
+        assert reads.callbacks <= 2  # the wake, the unregistering
+        assert reads.buffer == b"first"  # nothing read that nobody asked for
+        # The next wait registers again and is woken with the bytes at once.
         with anyio.fail_after(30):
             await reads.wait()
         assert reads.registered
-        assert left.recv(64) == b"firstsecond"
+        assert reads.buffer == b"firstsecond"
         reads.close()
         assert not loop.remove_reader(left.fileno())
-
-
-async def test_a_wait_is_not_woken_again_by_the_bytes_that_woke_the_one_before() -> None:
-    # The loop reports the bytes that woke a wait once more before the woken task runs; by
-    # then the task has read them and waits again. That report must not wake the new wait
-    # (nothing is there to read), nor unregister the descriptor.
-    loop = asyncio.get_running_loop()
-    left, right = socket.socketpair()
-    with left, right:
-        left.setblocking(False)
-        reads = ReadWaits(left.fileno(), loop)
-        woken: list[bytes] = []
-
-        async def owner() -> None:
-            for _ in range(2):
-                await reads.wait()
-                woken.append(left.recv(64))
-
-        async with anyio.create_task_group() as group:
-            group.start_soon(owner)
-            right.send(b"first")
-            with anyio.fail_after(30):
-                while not woken:
-                    await asyncio.sleep(0)
-            await _turns(20)  # nothing sent: the second wait must still be waiting
-            assert woken == [b"first"]
-            assert reads.registered
-            right.send(b"second")
-            with anyio.fail_after(30):
-                while len(woken) < 2:
-                    await asyncio.sleep(0)
-        assert woken == [b"first", b"second"]
-        reads.close()
