@@ -57,14 +57,35 @@ def _add_common(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> N
         parser.add_argument("--json", action="store_true", help="print one JSON document")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; given a ``command`` name, only that command's parser below the top.
+
+    Parsing a command's arguments needs no other command's parser, and each costs its
+    building (argparse's help formatters and gettext lookups): building them all was about
+    8 M instructions of a one-shot ``doctor``. Help and errors before a command, where the
+    whole list shows, come from the whole parser (:func:`_named_command` gives None then).
+    """
     parser = argparse.ArgumentParser(
         prog="spec-kitty-supervisor",
         description="Owns every spec-kitty sync daemon of a daemon root.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for names, add in _COMMAND_PARSERS:
+        if command is None or command in names:
+            add(commands)
+    return parser
 
+
+def _named_command(argv: Sequence[str] | None) -> str | None:
+    """The command ``argv`` names first, when it is one (argparse matches names exactly)."""
+    first = (sys.argv[1:] if argv is None else argv)[:1]
+    if first and any(first[0] in names for names, _ in _COMMAND_PARSERS):
+        return first[0]
+    return None
+
+
+def _add_run(commands: Any) -> None:
     run = commands.add_parser("run", help="run the supervisor in the foreground")
     _add_common(run, json_flag=False)
     run.add_argument("--auto-started", action="store_true", help=argparse.SUPPRESS)
@@ -86,6 +107,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sweep-seconds", type=float)
     run.add_argument("--version-policy", choices=["keep_newer", "latest_wins"])
 
+
+def _add_ensure(commands: Any) -> None:
     ensure = commands.add_parser(
         "ensure", help="get the root's sync daemon (starts what is needed)"
     )
@@ -98,30 +121,50 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     ensure.add_argument("--show-token", action="store_true", help="include the daemon's token")
 
+
+def _add_status(commands: Any) -> None:
     status = commands.add_parser("status", help="the supervisor and its daemons")
     _add_common(status)
 
+
+def _add_stop(commands: Any) -> None:
     stop = commands.add_parser("stop", help="stop the supervisor (daemons stay for re-adoption)")
     _add_common(stop)
     stop.add_argument("--children", action="store_true", help="first stop its daemons gracefully")
 
+
+def _add_events(commands: Any) -> None:
     events = commands.add_parser("events", help="the supervisor's event ledger")
     _add_common(events)
     events.add_argument("--since", type=int, default=0, help="only events after this sequence")
     events.add_argument("--limit", type=int, default=200)
 
+
+def _add_retire(commands: Any) -> None:
     retire = commands.add_parser("retire", help="retire one supervised daemon gracefully")
     _add_common(retire)
     retire.add_argument("--pid", type=int)
     retire.add_argument("--port", type=int)
 
+
+def _add_restart(commands: Any) -> None:
     restart = commands.add_parser("restart", help="lift a quarantine so the next ensure spawns")
     _add_common(restart)
 
-    add_doctor_parser(commands)
-    add_service_parsers(commands)
-    add_integrate_parser(commands)
-    return parser
+
+#: Each command's names and what adds its parser, in the order ``--help`` lists them.
+_COMMAND_PARSERS: tuple[tuple[tuple[str, ...], Callable[[Any], None]], ...] = (
+    (("run",), _add_run),
+    (("ensure",), _add_ensure),
+    (("status",), _add_status),
+    (("stop",), _add_stop),
+    (("events",), _add_events),
+    (("retire",), _add_retire),
+    (("restart",), _add_restart),
+    (("doctor",), add_doctor_parser),
+    (("install-service", "uninstall-service"), add_service_parsers),
+    (("integrate",), add_integrate_parser),
+)
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -362,7 +405,7 @@ def main(argv: Sequence[str] | None = None, early: EarlyStart | str | None = Non
     """The command line. ``early`` is what ``run``'s light first stage did (``__main__``):
     what it holds, or why it did nothing with the request it was handed."""
     try:
-        args = _build_parser().parse_args(argv)
+        args = _build_parser(_named_command(argv)).parse_args(argv)
     except SystemExit:
         if early is not None and not isinstance(early, str):
             early.let_go()
