@@ -39,14 +39,22 @@ def _drop_secrets(
     return event_dict
 
 
-def log_not_written() -> str | None:
-    """Why the supervisor's log file cannot be written now, for ``status``; None when it can."""
-    if f"{__package__}._log_file" not in sys.modules:
-        return None  # this process never opened a log file
-    from ._log_file import OwnRotatingFile
+#: The module of the log file's handler, imported only by a process that opens a log file.
+_LOG_FILE_MODULE = f"{__package__}._log_file"
 
+
+def log_not_written() -> str | None:
+    """Why the supervisor's log file cannot be written now, for ``status``; None when it can.
+
+    Asked for every ``status`` (a hundred clients ask ten times a second), so the handler's
+    module is looked up where it is, not imported again (an ``import`` statement in a function
+    costs a call into the import system each time).
+    """
+    log_file = sys.modules.get(_LOG_FILE_MODULE)
+    if log_file is None:
+        return None  # this process never opened a log file
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, OwnRotatingFile) and handler.failing is not None:
+        if isinstance(handler, log_file.OwnRotatingFile) and handler.failing is not None:
             return f"{handler.failing}; {handler.failed_writes} log record(s) not written"
     return None
 
