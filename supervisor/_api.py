@@ -329,9 +329,7 @@ class _Connection:
         next poll.
         """
         reads = self._reads
-        if self.took_turn and reads.read():
-            pass
-        else:
+        if not (self.took_turn and reads.read()):
             self._arm()
             await reads.wait()
             self.took_turn = True
