@@ -37,6 +37,7 @@ from ._control_socket import bind_control_socket
 from ._core import Supervisor
 from ._doctor_routes import doctor_routes
 from ._early_spawn import EarlyStart
+from ._exit_signals import ExitSignals
 from ._fd_limit import FD_LIMIT_TARGET, raise_fd_limit
 from ._heap import freeze_start_up_heap
 from ._layout import RootLayout
@@ -501,14 +502,16 @@ EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 async def _signals(supervisor: Supervisor) -> None:
     """The first exit signal asks for the exit; any later one is logged and changes nothing.
 
-    A repeated signal (Ctrl-C twice, a service manager repeating its stop) used to meet the
-    default action once the first had been handled, killing the supervisor half-way through its
-    exit: exit code -15, 130 or -1, no last write, no ``supervisor_exited``. The receiver stays
-    open until the exit cancels this task, and from then on the process ignores these signals:
-    what is left (the last write of the table, the lock's release) takes milliseconds.
+    A repeated signal (Ctrl-C twice, a service manager repeating its stop) must not meet the
+    default action half-way through the exit (exit code -15, 130 or -1, no last write, no
+    ``supervisor_exited``): the signals are received until the exit cancels this task, and
+    from then on the process ignores them, without a moment of default action between the two
+    (:mod:`._exit_signals`). What is left (the last write of the table, the lock's release)
+    takes milliseconds.
     """
-    try:
-        with anyio.open_signal_receiver(*EXIT_SIGNALS) as signals:
+    signals = ExitSignals(EXIT_SIGNALS)
+    with signals:
+        try:
             async for signum in signals:
                 name = signal.Signals(signum).name
                 if supervisor.exiting:
@@ -516,11 +519,9 @@ async def _signals(supervisor: Supervisor) -> None:
                     continue
                 supervisor.ledger.record("signal", reason=f"received {name}")
                 supervisor.request_exit(name)
-    finally:
-        if supervisor.exiting:
-            # Closing the receiver restored the default actions; the exit is under way.
-            for signum in EXIT_SIGNALS:
-                signal.signal(signum, signal.SIG_IGN)
+        finally:
+            # The exit is under way: ignored from the moment the receiving ends.
+            signals.ignore_on_leaving = supervisor.exiting
 
 
 async def _watch_serving(supervisor: Supervisor, notifier: Notifier) -> None:

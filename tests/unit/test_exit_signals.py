@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
 
 from sks_harness import aeventually
+from spec_kitty_supervisor._exit_signals import ExitSignals
 from spec_kitty_supervisor._runner import EXIT_SIGNALS, _signals
 
 pytestmark = pytest.mark.anyio
@@ -99,3 +102,74 @@ async def test_a_supervisor_cancelled_without_exiting_keeps_the_default_actions(
         await wait_all_tasks_blocked()
         group.cancel_scope.cancel()
     assert all(signal.getsignal(s) != signal.SIG_IGN for s in EXIT_SIGNALS)
+
+
+async def test_leaving_for_the_exit_never_sets_a_default_action_on_the_way(
+    own_handlers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # anyio's receiver, closed by the exit's cancellation, set each signal's default action
+    # before the ignore: a second signal in between killed the supervisor (chaos, SIGHUP x2).
+    supervisor = _Supervisor()
+    set_on_leaving: list[tuple[int, object]] = []
+    real_signal = signal.signal
+
+    def recording(signum: int, handler: Any) -> Any:
+        set_on_leaving.append((signum, handler))
+        return real_signal(signum, handler)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(_signals, supervisor)
+        await wait_all_tasks_blocked()
+        os.kill(os.getpid(), signal.SIGHUP)
+        await aeventually(lambda: supervisor.exiting, what="the exit to be asked for")
+        monkeypatch.setattr(signal, "signal", recording)
+        group.cancel_scope.cancel()
+    monkeypatch.undo()
+    assert set_on_leaving, "leaving set no disposition at all"
+    assert {handler for _signum, handler in set_on_leaving} == {signal.SIG_IGN}
+    assert {signum for signum, _handler in set_on_leaving} == set(EXIT_SIGNALS)
+
+
+async def test_a_signal_another_thread_receives_reaches_the_loop(own_handlers: None) -> None:
+    # The kernel hands a process's signal to any thread that does not block it; the wakeup
+    # socket, not the main thread's next bytecode, is what wakes the loop then.
+    received: list[int] = []
+    with ExitSignals(EXIT_SIGNALS) as signals:
+
+        def signal_from_a_worker() -> None:
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+        await anyio.to_thread.run_sync(signal_from_a_worker)
+        async for signum in signals:
+            received.append(signum)
+            break
+    assert received == [signal.SIGTERM]
+
+
+async def test_signals_with_handlers_of_their_own_are_not_taken_for_exit_signals(
+    own_handlers: None,
+) -> None:
+    others: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: others.append(signum))
+    try:
+        with ExitSignals(EXIT_SIGNALS) as signals:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            os.kill(os.getpid(), signal.SIGINT)
+            async for signum in signals:
+                first = signum
+                break
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert first == signal.SIGINT
+    assert others == [signal.SIGUSR1]
+
+
+async def test_leaving_puts_back_the_wakeup_descriptor_found(own_handlers: None) -> None:
+    before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(before)
+    with ExitSignals(EXIT_SIGNALS):
+        ours = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(ours)
+        assert ours not in (-1, before)
+    after = signal.set_wakeup_fd(before)
+    assert after == before
