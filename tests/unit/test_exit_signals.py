@@ -96,12 +96,28 @@ async def test_once_exiting_the_process_ignores_exit_signals_to_its_end(own_hand
 async def test_a_supervisor_cancelled_without_exiting_keeps_the_default_actions(
     own_handlers: None,
 ) -> None:
-    # A task group cancelled by a crash, not an exit: nothing is ignored then.
+    # A task group cancelled by a crash, not an exit: the handlers found are put back. They
+    # are whatever this process started with (a shell starts a background job with SIGINT
+    # ignored), so a default action is set first, to see that it is the one put back.
+    for signum in EXIT_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
     async with anyio.create_task_group() as group:
         group.start_soon(_signals, _Supervisor())
         await wait_all_tasks_blocked()
+        assert all(signal.getsignal(s) != signal.SIG_DFL for s in EXIT_SIGNALS)
         group.cancel_scope.cancel()
-    assert all(signal.getsignal(s) != signal.SIG_IGN for s in EXIT_SIGNALS)
+    assert {signal.getsignal(s) for s in EXIT_SIGNALS} == {signal.SIG_DFL}
+
+
+async def test_leaving_without_the_exit_puts_back_even_an_ignored_signal(
+    own_handlers: None,
+) -> None:
+    # A supervisor started by a shell in the background has SIGINT ignored; a receiver that
+    # ends without an exit leaves it as it found it, not at the default action.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with ExitSignals(EXIT_SIGNALS):
+        assert signal.getsignal(signal.SIGINT) != signal.SIG_IGN
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 async def test_leaving_for_the_exit_never_sets_a_default_action_on_the_way(
