@@ -32,9 +32,9 @@ from spec_kitty_supervisor._lifecycle._effects import (
     Verification,
 )
 from spec_kitty_supervisor._spawn import SpawnError
-from spec_kitty_supervisor._table import LoadedTable, Table
+from spec_kitty_supervisor._table import DaemonRecord, LoadedTable, Table
 from spec_kitty_supervisor._versions import EstablishedEnsure
-from spec_kitty_supervisor_client._models import EnsureRequest, Settings, StopPath
+from spec_kitty_supervisor_client._models import DaemonRole, EnsureRequest, Settings, StopPath
 
 ROOT = Path("/home/ada/.spec-kitty")
 
@@ -343,3 +343,21 @@ def make_lifecycle(
     lifecycle = Lifecycle(ROOT, effects, clock, settings or Settings())
     watch_exits(lifecycle)
     return lifecycle
+
+
+def daemon_record(pid: int = 100, role: DaemonRole = "current") -> DaemonRecord:
+    """A healthy spawned 3.2.4 daemon's row, as the table keeps one."""
+    return DaemonRecord(
+        pid=pid,
+        process_start="boot:123",
+        uid=1000,
+        port=9431,
+        token="0" * 32,
+        package_version="3.2.4",
+        python="/v/bin/python",
+        resolved_python="/usr/bin/python3.11",
+        origin="spawned",
+        state="healthy",
+        role=role,
+        started_at="2026-11-27T00:00:00+00:00",
+    )

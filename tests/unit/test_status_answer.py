@@ -18,35 +18,17 @@ from spec_kitty_supervisor._api import ApiRequest, Encoded
 from spec_kitty_supervisor._app import build_router
 from spec_kitty_supervisor._core import Supervisor
 from spec_kitty_supervisor._layout import RootLayout
-from spec_kitty_supervisor._table import DaemonRecord
 from spec_kitty_supervisor_client._models import (
     DaemonView,
     Settings,
     StatusResponse,
     SupervisorView,
 )
-from tests.unit.lifecycle_fakes import FakeClock, FakeEffects
+from tests.unit.lifecycle_fakes import FakeClock, FakeEffects, daemon_record
 
 pytestmark = pytest.mark.anyio
 
 STATUS = ApiRequest(method="GET", path="/v1/status", query={}, body=b"")
-
-
-def _record(pid: int) -> DaemonRecord:
-    return DaemonRecord(
-        pid=pid,
-        process_start="boot:123",
-        uid=1000,
-        port=9431,
-        token="0" * 32,
-        package_version="3.2.4",
-        python="/v/bin/python",
-        resolved_python="/usr/bin/python3.11",
-        origin="spawned",
-        state="healthy",
-        role="current",
-        started_at="2026-11-27T00:00:00+00:00",
-    )
 
 
 def _supervisor(tmp_path: Path) -> tuple[Supervisor, FakeEffects]:
@@ -54,7 +36,7 @@ def _supervisor(tmp_path: Path) -> tuple[Supervisor, FakeEffects]:
     layout.prepare()
     effects = FakeEffects()
     supervisor = Supervisor(layout, Settings(), effects=effects, clock=FakeClock())
-    supervisor.table.daemons.append(_record(100))
+    supervisor.table.daemons.append(daemon_record(100))
     return supervisor, effects
 
 
@@ -112,7 +94,7 @@ async def test_every_field_of_a_daemon_in_the_status_changes_the_answer(tmp_path
         assert after == route.fresh(), name
     # A daemon more, and a daemon less.
     before = await route.answer()
-    supervisor.table.daemons.append(_record(102))
+    supervisor.table.daemons.append(daemon_record(102))
     assert (await route.answer()) != before
     assert (await route.answer()) == route.fresh()
     supervisor.table.daemons.pop()

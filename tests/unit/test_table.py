@@ -4,29 +4,13 @@ import json
 from pathlib import Path
 
 from spec_kitty_supervisor._ledger import Ledger
-from spec_kitty_supervisor._table import DaemonRecord, Table, load_table, save_table
-
-
-def _record(pid: int = 100, role: str = "current") -> DaemonRecord:
-    return DaemonRecord(
-        pid=pid,
-        process_start="boot:123",
-        uid=1000,
-        port=9431,
-        token="0" * 32,
-        package_version="3.2.4",
-        python="/v/bin/python",
-        resolved_python="/usr/bin/python3.11",
-        origin="spawned",
-        state="healthy",
-        role=role,  # type: ignore[arg-type]
-        started_at="2026-11-27T00:00:00+00:00",
-    )
+from spec_kitty_supervisor._table import Table, load_table, save_table
+from tests.unit.lifecycle_fakes import daemon_record
 
 
 def test_table_round_trips_through_the_journal(tmp_path: Path) -> None:
     path = tmp_path / "state.json"
-    table = Table(daemons=[_record(100), _record(101, "retiring")])
+    table = Table(daemons=[daemon_record(100), daemon_record(101, "retiring")])
     save_table(path, table, supervisor_pid=42)
     loaded = load_table(path)
     assert loaded.problem is None
@@ -63,7 +47,7 @@ def test_journal_of_an_unknown_schema_is_moved_aside(tmp_path: Path) -> None:
 
 
 def test_the_view_hides_the_token_unless_asked() -> None:
-    record = _record()
+    record = daemon_record()
     assert record.view().token is None
     assert record.view(with_token=True).token == "0" * 32
 
