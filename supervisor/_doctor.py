@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -467,16 +467,18 @@ async def sweep_root(
     table: Table,
     ledger: Ledger,
     *,
+    may_ask: Callable[[], bool] | None = None,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> ResetResult:
     """The supervisor's own start-up and periodic sweep: ``safe_auto`` only, never forced.
 
     The caller holds the supervisor's lifecycle lock until ``task_status.started()``, so the
-    table cannot change while the sweep observes and asks (a daemon being spawned is in the
-    table before the legacy lock is released). ``started`` comes once every orphan has been
-    asked to stop, with ``R/sync-daemon.lock`` released: the deaths (about a second for 18
-    interpreters exiting on two cores) are awaited without either lock, so an ``ensure`` is
-    not held up by them. Every escalation re-checks the process's identity at signal time
+    table cannot change while the sweep observes and condemns (a daemon being spawned is in
+    the table before the legacy lock is released). ``started`` comes once the orphans are
+    condemned (``R/sync-daemon`` names none of them), with ``R/sync-daemon.lock`` released:
+    the asking, a few at a time (docs/adr/0024; ``may_ask`` before each), and the deaths
+    (about a second for 18 interpreters exiting on two cores) go on without either lock, so
+    an ``ensure`` is not held up by them. Every act re-checks the process's identity
     (:func:`._signals.send_signal`). The ledger records each outcome once it is known.
     """
     from ._sweep import sweep
@@ -492,6 +494,7 @@ async def sweep_root(
                 grace=settings.stop_grace_seconds,
                 replacement=_current_as_state(table),
                 sent=task_status.started,
+                may_ask=may_ask,
             )
         )
 
@@ -504,7 +507,7 @@ async def sweep_root(
         observations = await observe(facts, settings.health_timeout_seconds)
         async with anyio.create_task_group() as group:
             await group.start(stop_them, observations)
-            await legacy_lock.aclose()  # every orphan is asked: R/sync-daemon.lock goes
+            await legacy_lock.aclose()  # every orphan is condemned: R/sync-daemon.lock goes
             task_status.started()
     (result,) = results
     for swept in result.swept:

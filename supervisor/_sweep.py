@@ -1,4 +1,4 @@
-"""Cleanup sweeps: stopping, all at once, the listeners classification says a sweep may stop.
+"""Cleanup sweeps: stopping the listeners classification says a sweep may stop, a few at a time.
 
 *What* may be stopped is decided by the classification (:func:`records_to_sweep`); *how* by
 :func:`._signals.stop_gracefully` (token shutdown, then SIGTERM, then SIGKILL, the identity
@@ -10,12 +10,18 @@ re-checked before each signal, death confirmed by pid). A sweep adds what it owe
   upstream CLIs SIGKILL the recorded pid without checking who it is;
 * the daemon ``R/sync-daemon`` records is spared when it is ``safe_auto``: a supervisor
   adopts it through its lifecycle instead of fighting the CLI that recorded it;
-* every daemon is stopped in parallel, so a sweep lasts as long as its slowest daemon.
+* at most :func:`exits_at_once` daemons are exiting at any moment (docs/adr/0024). A daemon's
+  exit is mostly CPU (its interpreter's last garbage collections, about 0.1 s); eighteen at
+  once on two CPUs each cost half as much again, and finished later than in small waves. The
+  next daemon is asked as soon as one is gone, or once one has had :data:`SLOT_SECONDS` to
+  die, so that a stubborn daemon never holds up the rest for its whole escalation.
 
-Callers hold ``R/sync-daemon.lock`` from observation until every daemon has been asked to
-stop (``sent``), so that no upstream CLI spawns, records or kills a daemon in between. Waiting
-for the deaths may go on without it: the state file names none of them any more, and each
-escalation (SIGTERM, SIGKILL) re-checks the process's identity right before the signal.
+Callers hold ``R/sync-daemon.lock`` from observation until the sweep has *condemned* the
+daemons it stops (``sent``): from then on the state file names none of them. No CLI records a
+daemon it did not spawn, and a supervisor adopts only what that file records, so a condemned
+daemon cannot become the root's daemon again; the asking and the deaths go on without the
+lock, each step re-checking the process's identity right before it acts (a token shutdown only
+to a process still alive, which is still the one holding its port; every signal by pidfd).
 """
 
 from __future__ import annotations
@@ -46,11 +52,30 @@ from ._legacy_state import (
 from ._signals import SignalRefused, SignalTarget, check_family_boundary, stop_gracefully
 
 __all__ = [
+    "SLOT_SECONDS",
     "SweepPlan",
+    "exits_at_once",
     "plan_sweep",
     "release_state_file",
     "sweep",
 ]
+
+#: A daemon asked this long ago and still alive no longer keeps the next one waiting: its
+#: exit is slow (a loaded machine) or stuck (its escalation goes on, on its own time).
+SLOT_SECONDS = 1.0
+
+
+def exits_at_once() -> int:
+    """How many swept daemons may be exiting at once: one per CPU we may run on, and one more.
+
+    An exit is mostly CPU, after a short wait of the daemon's own (its server notices the
+    shutdown at its next 0.05 s poll); the one more keeps every CPU busy through those waits.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity call on this platform
+        cpus = os.cpu_count() or 1
+    return cpus + 1
 
 
 @dataclass(frozen=True)
@@ -125,14 +150,19 @@ async def sweep(
     replacement: LegacyRecord | None = None,
     http_timeout: float = 1.0,
     sent: Callable[[], object] = lambda: None,
+    may_ask: Callable[[], bool] | None = None,
+    at_once: int | None = None,
+    slot_seconds: float = SLOT_SECONDS,
 ) -> ResetResult:
-    """Stop what :func:`plan_sweep` chooses, in parallel; report it in upstream's shape.
+    """Stop what :func:`plan_sweep` chooses, ``at_once`` at a time; report it in upstream's shape.
 
-    Call it holding ``R/sync-daemon.lock`` until ``sent`` is called: once, when every chosen
-    daemon has been asked to stop (or failed, or was found gone), or at once when there is
-    nothing to stop (see the module docstring). It returns when every one is gone or failed.
-    With ``request.dry_run`` nothing is stopped or written: ``swept`` stays empty and
-    ``skipped`` lists what would be left alone.
+    Call it holding ``R/sync-daemon.lock`` until ``sent`` is called: once, when the state file
+    names none of the chosen daemons, before any of them is asked (see the module docstring),
+    or at once when there is nothing to stop. It returns when every one is gone or failed.
+    ``may_ask``, when given, is consulted before each daemon is asked: once it says no (a
+    supervisor that lost its root), the rest are not asked and are reported failed.
+    ``at_once`` defaults to :func:`exits_at_once`. With ``request.dry_run`` nothing is
+    stopped or written: ``swept`` stays empty and ``skipped`` lists what would be left alone.
     """
     plan = plan_sweep(observations, request)
     if request.dry_run or not plan.to_stop:
@@ -141,29 +171,65 @@ async def sweep(
     release_state_file(
         legacy_state, {item.identity.pid for item in plan.to_stop if item.identity}, replacement
     )
+    sent()
     outcomes: dict[int, SweptRecord | FailedRecord] = {}
-    not_yet_asked = set(range(len(plan.to_stop)))
+    places = anyio.Semaphore(at_once if at_once is not None else exits_at_once())
 
-    def asked(index: int) -> None:
-        if index in not_yet_asked:
-            not_yet_asked.discard(index)
-            if not not_yet_asked:
-                sent()
+    async def stop_one(index: int, item: Observation, slot: _Slot) -> None:
+        async with anyio.create_task_group() as timer:
 
-    async def stop_one(index: int, item: Observation) -> None:
-        try:
-            outcomes[index] = await _stop(item, grace, http_timeout, sent=lambda: asked(index))
-        finally:
-            asked(index)  # refused or gone before anything was asked: nothing left to send
+            def asked() -> None:
+                if not slot.timed:
+                    slot.timed = True
+                    timer.start_soon(slot.free_after, slot_seconds)
+
+            try:
+                outcomes[index] = await _stop(item, grace, http_timeout, sent=asked)
+            finally:
+                slot.free()
+                timer.cancel_scope.cancel()
 
     async with anyio.create_task_group() as group:
         for index, item in enumerate(plan.to_stop):
-            group.start_soon(stop_one, index, item)
+            await places.acquire()
+            if may_ask is not None and not may_ask():
+                places.release()
+                for late in range(index, len(plan.to_stop)):
+                    outcomes[late] = _not_asked(plan.to_stop[late])
+                break
+            group.start_soon(stop_one, index, item, _Slot(places))
     ordered = [outcomes[index] for index in range(len(plan.to_stop))]
     return ResetResult(
         swept=[o for o in ordered if isinstance(o, SweptRecord)],
         skipped=plan.skipped,
         failed=[o for o in ordered if isinstance(o, FailedRecord)],
+    )
+
+
+class _Slot:
+    """A place among the daemons exiting at once, given back once: at the death, or in time."""
+
+    def __init__(self, places: anyio.Semaphore) -> None:
+        self._places = places
+        self._held = True
+        self.timed = False
+
+    def free(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+    async def free_after(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+        self.free()
+
+
+def _not_asked(item: Observation) -> FailedRecord:
+    record = item.record
+    return FailedRecord(
+        pid=record.pid,
+        port=record.port,
+        failure_reason="not asked: the sweep may act no more (its supervisor lost the root)",
     )
 
 

@@ -13,6 +13,7 @@ themselves.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -250,12 +251,18 @@ class Effects(Protocol):
         ...
 
     async def sweep_orphans(
-        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        table: Table,
+        *,
+        may_ask: Callable[[], bool] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         """Stop this root's ``safe_auto`` orphans; record them.
 
-        Observes and asks each orphan to stop under ``R/sync-daemon.lock``, then reports
-        ``task_status.started()`` (the caller's lifecycle lock may go) and waits for the
-        deaths, escalating with identity-checked signals, without the locks.
+        Observes and condemns the orphans under ``R/sync-daemon.lock`` (the state file then
+        names none of them), then reports ``task_status.started()`` (the caller's lifecycle
+        lock may go) and asks them to stop a few at a time (docs/adr/0024), consulting
+        ``may_ask`` (when given) before each, and waits for the deaths, escalating with
+        identity-checked signals, without the locks.
         """
         ...

@@ -137,10 +137,24 @@ class FencedEffects:
         return self.inner.refused_root_files()
 
     async def sweep_orphans(
-        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        table: Table,
+        *,
+        may_ask: Callable[[], bool] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         self.fence()
-        await self.inner.sweep_orphans(table, task_status=task_status)
+
+        # The sweep asks its orphans a few at a time, after the locks are gone: each one
+        # asked later is an act of its own, fenced like the first.
+        def still_ours() -> bool:
+            try:
+                self.fence()
+            except LifecycleError:
+                return False
+            return may_ask is None or may_ask()
+
+        await self.inner.sweep_orphans(table, may_ask=still_ours, task_status=task_status)
 
     # -------------------------------------------------------------- observations: passed on
 

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -409,13 +409,22 @@ class RealEffects:
         return await sweep_would_act(self.layout, self.settings, table)
 
     async def sweep_orphans(
-        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        table: Table,
+        *,
+        may_ask: Callable[[], bool] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         from .._doctor import sweep_root
 
         try:
             await sweep_root(
-                self.layout, self.settings, table, self.ledger, task_status=task_status
+                self.layout,
+                self.settings,
+                table,
+                self.ledger,
+                may_ask=may_ask,
+                task_status=task_status,
             )
         except LegacyLockTimeout as exc:
             raise LifecycleError("legacy_lock_busy", str(exc)) from None

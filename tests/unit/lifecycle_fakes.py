@@ -9,7 +9,7 @@ lifecycle did, in order, from ``acts`` and ``events``.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -328,12 +328,19 @@ class FakeEffects:
         return False
 
     async def sweep_orphans(
-        self, table: Table, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self,
+        table: Table,
+        *,
+        may_ask: Callable[[], bool] | None = None,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         self.acts.append("sweep")
         task_status.started()
         if self.sweep_deaths is not None:
             await self.sweep_deaths.wait()
+        # The orphans a real sweep asks after its locks are gone: one more, here.
+        if may_ask is None or may_ask():
+            self.acts.append("sweep_asked_later")
         self.acts.append("sweep_done")
 
 

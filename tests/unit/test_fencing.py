@@ -17,7 +17,14 @@ import pytest
 from anyio import wait_all_tasks_blocked
 
 from spec_kitty_supervisor._errors import LifecycleError
-from spec_kitty_supervisor._lifecycle import FencedEffects, Lifecycle, ensure, tick, watch_exits
+from spec_kitty_supervisor._lifecycle import (
+    FencedEffects,
+    Lifecycle,
+    ensure,
+    sweep_orphans,
+    tick,
+    watch_exits,
+)
 from spec_kitty_supervisor._lifecycle._effects import SpawnOrder
 from spec_kitty_supervisor_client._models import EnsureRequest, EnsureResponse, Settings
 from tests.unit.lifecycle_fakes import ROOT, FakeClock, FakeEffects
@@ -122,3 +129,33 @@ async def test_a_lock_lost_between_spawn_and_record_stops_the_spawn_it_cannot_re
         assert world.fakes.acts == [f"spawn {pid}", f"abandon {pid}"]
         assert not world.fakes.daemons[pid].alive  # no daemon left that nobody recorded
         assert world.lifecycle.table.daemons == []
+
+
+async def test_a_sweep_asks_no_more_orphans_once_the_lock_is_lost() -> None:
+    async with fenced_world() as world:
+        world.fakes.sweep_deaths = anyio.Event()
+
+        async def orphans_found(table: object) -> bool:
+            return True
+
+        world.fakes.orphans_to_sweep = orphans_found  # type: ignore[method-assign]
+        async with anyio.create_task_group() as group:
+            group.start_soon(sweep_orphans, world.lifecycle)
+            await wait_all_tasks_blocked()
+            assert world.fakes.acts == ["sweep"]  # condemned and the first wave asked
+            world.holds = False  # R/supervisor removed while the sweep still asks
+            world.fakes.sweep_deaths.set()
+        assert world.fakes.acts == ["sweep", "sweep_done"]  # nobody asked after the loss
+        assert world.exits == ["lock lost"]
+
+
+async def test_a_sweep_that_keeps_the_lock_asks_every_orphan() -> None:
+    async with fenced_world() as world:
+
+        async def orphans_found(table: object) -> bool:
+            return True
+
+        world.fakes.orphans_to_sweep = orphans_found  # type: ignore[method-assign]
+        await sweep_orphans(world.lifecycle)
+        assert world.fakes.acts == ["sweep", "sweep_asked_later", "sweep_done"]
+        assert world.exits == []

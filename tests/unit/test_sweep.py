@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio import wait_all_tasks_blocked
 
 from sks_harness import DEFAULT_TIMEOUT
 from spec_kitty_supervisor import _sweep
@@ -27,7 +29,12 @@ from spec_kitty_supervisor._signals import (
     send_signal,
 )
 from spec_kitty_supervisor._sweep import plan_sweep, sweep
-from spec_kitty_supervisor_client._models import CleanupClass, ListenerRecord, ResetRequest
+from spec_kitty_supervisor_client._models import (
+    CleanupClass,
+    ListenerRecord,
+    ResetRequest,
+    ResetResult,
+)
 
 TOKEN = "5bd2a7e6c1f04d3e9a8b7c6d5e4f3a2b"
 
@@ -87,6 +94,16 @@ class FakeStops:
         return sorted(target.identity.pid for target, _, _ in self.calls)
 
 
+async def sweep_guarded(
+    observations: list[Observation], tmp_path: Path, **options: Any
+) -> ResetResult:
+    """A sweep of ``safe_auto`` choices, guarded against a deadlock (the guard is no duration)."""
+    with anyio.fail_after(DEFAULT_TIMEOUT):
+        return await sweep(
+            observations, ResetRequest(), legacy_state=tmp_path / "sd", grace=3, **options
+        )
+
+
 @pytest.fixture
 def stops(monkeypatch: pytest.MonkeyPatch) -> FakeStops:
     fake = FakeStops()
@@ -112,29 +129,106 @@ async def test_safe_auto_daemons_are_all_stopped(stops: FakeStops, tmp_path: Pat
 
 
 @pytest.mark.anyio
-async def test_daemons_are_stopped_in_parallel(
+async def test_a_few_daemons_exit_at_once_and_the_next_is_asked_when_one_is_gone(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    count = 18
-    started = 0
-    everyone_started = anyio.Event()
+    count, at_once = 7, 3
+    deaths: dict[int, anyio.Event] = {}  # asked, and dying when the test says so
 
-    async def slow_stop(
+    async def dying_when_told(
         target: SignalTarget, token: str | None, grace: float, _: float, **__: object
     ) -> str:
-        nonlocal started
-        started += 1
-        if started == count:
-            everyone_started.set()
-        # Sequential stops would wait here forever: the last one never starts.
-        await everyone_started.wait()
+        deaths[target.port] = anyio.Event()
+        await deaths[target.port].wait()
         return "http_shutdown"
 
-    monkeypatch.setattr(_sweep, "stop_gracefully", slow_stop)
+    monkeypatch.setattr(_sweep, "stop_gracefully", dying_when_told)
     observations = [observed(9400 + i, "safe_auto") for i in range(count)]
-    with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against the deadlock, not a duration
-        result = await sweep(observations, ResetRequest(), legacy_state=tmp_path / "sd", grace=3)
+    results: list[ResetResult] = []
+
+    async def sweeping() -> None:
+        # Only a death frees a place here.
+        results.append(
+            await sweep_guarded(
+                observations, tmp_path, at_once=at_once, slot_seconds=DEFAULT_TIMEOUT * 10
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(sweeping)
+        await wait_all_tasks_blocked()
+        assert sorted(deaths) == [9400, 9401, 9402]
+        deaths[9401].set()
+        await wait_all_tasks_blocked()
+        assert sorted(deaths) == [9400, 9401, 9402, 9403]  # one gone, one more asked
+        deaths[9400].set()
+        deaths[9402].set()
+        await wait_all_tasks_blocked()
+        assert sorted(deaths) == list(range(9400, 9406))
+        for port in range(9403, 9406):
+            deaths[port].set()
+        await wait_all_tasks_blocked()
+        assert sorted(deaths) == list(range(9400, 9407))
+        deaths[9406].set()
+    (result,) = results
+    assert [s.port for s in result.swept] == list(range(9400, 9407))
+
+
+@pytest.mark.anyio
+async def test_a_daemon_slow_to_die_lets_the_next_be_asked_after_its_time(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    count = 6
+    asked: list[int] = []
+    everyone_asked = anyio.Event()
+
+    async def never_dies_first(
+        target: SignalTarget,
+        token: str | None,
+        grace: float,
+        _: float,
+        *,
+        sent: Callable[[], object],
+    ) -> str:
+        asked.append(target.port)
+        sent()
+        if len(asked) == count:
+            everyone_asked.set()
+        # With one place and no time limit, the second daemon would never be asked.
+        await everyone_asked.wait()
+        return "terminate"
+
+    monkeypatch.setattr(_sweep, "stop_gracefully", never_dies_first)
+    observations = [observed(9400 + i, "safe_auto") for i in range(count)]
+    result = await sweep_guarded(observations, tmp_path, at_once=1, slot_seconds=0.01)
+    assert asked == list(range(9400, 9400 + count))  # in order, each after the last's time
     assert len(result.swept) == count
+
+
+@pytest.mark.anyio
+async def test_once_the_sweep_may_ask_no_more_the_rest_are_left_and_reported(
+    stops: FakeStops, tmp_path: Path
+) -> None:
+    answers = iter([True, True, False])
+    observations = [observed(9400 + i, "safe_auto") for i in range(5)]
+
+    result = await sweep(
+        observations,
+        ResetRequest(),
+        legacy_state=tmp_path / "sd",
+        grace=3,
+        may_ask=lambda: next(answers),
+        at_once=1,
+    )
+
+    assert [target.port for target, _, _ in stops.calls] == [9400, 9401]
+    assert [s.port for s in result.swept] == [9400, 9401]
+    assert [f.port for f in result.failed] == [9402, 9403, 9404]
+    assert all(f.failure_reason.startswith("not asked") for f in result.failed)
+
+
+def test_exits_at_once_is_one_more_than_the_cpus_we_may_run_on() -> None:
+    assert _sweep.exits_at_once() == len(os.sched_getaffinity(0)) + 1
 
 
 @pytest.mark.anyio
@@ -289,42 +383,37 @@ async def test_another_users_process_is_refused_before_anything(
 
 
 # --------------------------------------------------------------------------------------------
-# Asked, then dying: the caller's locks are needed only until every daemon has been asked
+# Condemned, then asked and dying: the caller's locks are needed only until the state file
+# names none of them
 
 
 @pytest.mark.anyio
-async def test_sent_comes_once_every_daemon_is_asked_and_before_any_is_gone(
+async def test_sent_comes_once_the_state_file_is_released_and_before_any_daemon_is_asked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    deaths = anyio.Event()
-    gone: list[int] = []
-    reports: list[list[int]] = []
+    legacy = tmp_path / "sd"
+    condemned = observed(9400, "safe_auto")
+    assert condemned.identity is not None
+    write_legacy_state(legacy, 9400, TOKEN, condemned.identity.pid)
+    asked: list[int] = []
+    reports: list[tuple[list[int], bool]] = []
 
-    async def asked_then_dying(
-        target: SignalTarget,
-        token: str | None,
-        grace: float,
-        _: float,
-        *,
-        sent: Callable[[], object],
+    async def asking(
+        target: SignalTarget, token: str | None, grace: float, _: float, **__: object
     ) -> str:
-        sent()
-        await deaths.wait()  # the process dies only after the sweep said "sent"
-        gone.append(target.port)
+        asked.append(target.port)
         return "http_shutdown"
 
     def sent() -> None:
-        reports.append(list(gone))
-        deaths.set()
+        reports.append((list(asked), legacy.exists()))
 
-    monkeypatch.setattr(_sweep, "stop_gracefully", asked_then_dying)
-    observations = [observed(9400 + i, "safe_auto") for i in range(18)]
+    monkeypatch.setattr(_sweep, "stop_gracefully", asking)
+    observations = [condemned, *(observed(9401 + i, "safe_auto") for i in range(17))]
     with anyio.fail_after(DEFAULT_TIMEOUT):  # a guard against the deadlock, not a duration
-        result = await sweep(
-            observations, ResetRequest(), legacy_state=tmp_path / "sd", grace=3, sent=sent
-        )
+        result = await sweep(observations, ResetRequest(), legacy_state=legacy, grace=3, sent=sent)
 
-    assert reports == [[]]  # once, while none was gone yet
+    assert reports == [([], False)]  # once: nobody asked yet, and the state file names none
+    assert len(asked) == 18
     assert len(result.swept) == 18
 
 
