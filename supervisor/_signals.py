@@ -113,11 +113,31 @@ def is_gone(identity: ProcessIdentity) -> bool:
 
 
 async def wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
-    """Wait until the process has exited, judged by pid and start, never by a closed port."""
-    with anyio.move_on_after(timeout):
-        while not is_gone(identity):
-            await anyio.sleep(0.02)
+    """Wait until the process has exited, judged by pid and start, never by a closed port.
+
+    Where the platform has pidfds the kernel says when: a pidfd turns readable once its
+    process has exited (a sweep asks the next orphan the moment one is gone). Elsewhere the
+    process is looked at every 20 ms.
+    """
+    try:
+        pidfd = _open_pidfd(identity.pid)
+    except ProcessGone:
         return True
+    if pidfd is None:
+        with anyio.move_on_after(timeout):
+            while not is_gone(identity):
+                await anyio.sleep(0.02)
+            return True
+        return is_gone(identity)
+    try:
+        # Opened first, then checked: when the process is still the one we mean, the pidfd
+        # names it, and a pid reused later cannot answer for it.
+        if is_gone(identity):
+            return True
+        with anyio.move_on_after(timeout):
+            await anyio.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
     return is_gone(identity)
 
 

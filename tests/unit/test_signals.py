@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sks_harness import eventually
+from sks_harness import DEFAULT_TIMEOUT, eventually
 from spec_kitty_supervisor import _signals
 from spec_kitty_supervisor._identity import ProcessIdentity, read_identity
 from spec_kitty_supervisor._signals import (
@@ -21,6 +21,7 @@ from spec_kitty_supervisor._signals import (
     is_gone,
     send_signal,
     stop_gracefully,
+    wait_gone,
 )
 
 FAMILY_PORT = 9449
@@ -223,3 +224,81 @@ async def test_sent_never_comes_for_a_process_gone_before_anything(
 
     assert path == "already_gone"
     assert calls == []
+
+
+# --------------------------------------------------------------------------------------------
+# Waiting for a death: the kernel's word where there are pidfds
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="the platform has no pidfds")
+@pytest.mark.anyio
+async def test_a_death_is_heard_on_the_pidfd_and_the_pidfd_is_closed_after(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity = _identity(sleeper)
+    waited_on: list[int] = []
+    real_wait = _signals.anyio.wait_readable
+
+    async def spy(fd: int) -> None:
+        waited_on.append(fd)
+        sleeper.kill()  # dies (a zombie: nobody reaps it yet) while the wait is under way
+        await real_wait(fd)
+
+    monkeypatch.setattr(_signals.anyio, "wait_readable", spy)
+    before = _open_fds()
+
+    assert await wait_gone(identity, timeout=DEFAULT_TIMEOUT)
+
+    assert len(waited_on) == 1
+    assert _open_fds() == before  # the pidfd is closed again
+    assert read_identity(sleeper.pid) is None
+
+
+@pytest.mark.anyio
+async def test_a_pid_that_now_names_another_process_is_gone_without_a_wait(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meant = ProcessIdentity(pid=sleeper.pid, start="another-boot:1", uid=os.getuid())
+    waits: list[int] = []
+
+    async def no_wait(fd: int) -> None:
+        waits.append(fd)
+
+    monkeypatch.setattr(_signals.anyio, "wait_readable", no_wait)
+    assert await wait_gone(meant, timeout=DEFAULT_TIMEOUT)
+    assert waits == []  # the live stranger's pidfd is never waited on
+    assert sleeper.poll() is None
+
+
+@pytest.mark.anyio
+async def test_a_live_process_is_not_gone_when_the_wait_runs_out(
+    sleeper: subprocess.Popen[bytes],
+) -> None:
+    assert not await wait_gone(_identity(sleeper), timeout=0.05)
+    assert sleeper.poll() is None
+
+
+@pytest.mark.anyio
+async def test_without_pidfds_a_death_is_seen_by_looking(
+    sleeper: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_signals, "_open_pidfd", lambda pid: None)
+    identity = _identity(sleeper)
+    looks = 0
+    real_is_gone = _signals.is_gone
+
+    def looking(seen: ProcessIdentity) -> bool:
+        nonlocal looks
+        looks += 1
+        if looks == 2:
+            sleeper.kill()
+            sleeper.wait()
+        return real_is_gone(seen)
+
+    monkeypatch.setattr(_signals, "is_gone", looking)
+    assert await wait_gone(identity, timeout=DEFAULT_TIMEOUT)
+    assert looks == 2  # alive at the first look, gone at the next
