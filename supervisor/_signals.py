@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -141,34 +140,27 @@ async def wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
     return is_gone(identity)
 
 
-def _nothing() -> None:
-    pass
-
-
 async def stop_gracefully(
     target: SignalTarget,
     token: str | None,
     grace: float,
     http_timeout: float = 1.0,
-    *,
-    sent: Callable[[], object] = _nothing,
 ) -> StopPath:
     """Token shutdown, then SIGTERM, then SIGKILL, each with a bounded wait.
 
     Returns the step that ended the process. Raises :class:`SignalRefused` when the target
-    stops being provably ours part-way (it is then left alone). ``sent`` is called once the
-    process has been asked to stop (its shutdown accepted, or SIGTERM sent), before the waits:
-    a caller holding locks for the asking need not hold them for the dying. It may be called
-    again on escalation.
+    stops being provably ours part-way (it is then left alone).
     """
     # Even the token shutdown is an act on the process: refused outside the family, too.
     check_family_boundary(target.port)
     if is_gone(target.identity):
         return "already_gone"
-    if token is not None and await post_shutdown(target.port, token, http_timeout):
-        sent()
-        if await wait_gone(target.identity, grace):
-            return "http_shutdown"
+    if (
+        token is not None
+        and await post_shutdown(target.port, token, http_timeout)
+        and await wait_gone(target.identity, grace)
+    ):
+        return "http_shutdown"
     try:
         send_signal(target, signal.SIGTERM)
     except ProcessGone:
@@ -178,7 +170,6 @@ async def stop_gracefully(
     # not a process that was gone before we acted.
     with contextlib.suppress(ProcessGone):
         send_signal(target, signal.SIGCONT)
-    sent()
     if await wait_gone(target.identity, grace):
         return "terminate"
     try:

@@ -13,8 +13,8 @@ re-checked before each signal, death confirmed by pid). A sweep adds what it owe
 * at most :func:`exits_at_once` daemons are exiting at any moment (docs/adr/0024). A daemon's
   exit is mostly CPU (its interpreter's last garbage collections, about 0.1 s); eighteen at
   once on two CPUs each cost half as much again, and finished later than in small waves. The
-  next daemon is asked as soon as one is gone, or once one has had :data:`SLOT_SECONDS` to
-  die, so that a stubborn daemon never holds up the rest for its whole escalation.
+  next daemon is asked as soon as one is gone, or once one has had :data:`SLOT_SECONDS` since
+  its stop began, so that a stubborn daemon never holds up the rest for its whole escalation.
 
 Callers hold ``R/sync-daemon.lock`` from observation until the sweep has *condemned* the
 daemons it stops (``sent``): from then on the state file names none of them. No CLI records a
@@ -60,8 +60,9 @@ __all__ = [
     "sweep",
 ]
 
-#: A daemon asked this long ago and still alive no longer keeps the next one waiting: its
-#: exit is slow (a loaded machine) or stuck (its escalation goes on, on its own time).
+#: A daemon whose stop began this long ago and is still alive no longer keeps the next one
+#: waiting: its exit is slow (a loaded machine) or stuck (its escalation goes on, on its own
+#: time).
 SLOT_SECONDS = 1.0
 
 
@@ -177,14 +178,9 @@ async def sweep(
 
     async def stop_one(index: int, item: Observation, slot: _Slot) -> None:
         async with anyio.create_task_group() as timer:
-
-            def asked() -> None:
-                if not slot.timed:
-                    slot.timed = True
-                    timer.start_soon(slot.free_after, slot_seconds)
-
+            timer.start_soon(slot.free_after, slot_seconds)
             try:
-                outcomes[index] = await _stop(item, grace, http_timeout, sent=asked)
+                outcomes[index] = await _stop(item, grace, http_timeout)
             finally:
                 slot.free()
                 timer.cancel_scope.cancel()
@@ -212,7 +208,6 @@ class _Slot:
     def __init__(self, places: anyio.Semaphore) -> None:
         self._places = places
         self._held = True
-        self.timed = False
 
     def free(self) -> None:
         if self._held:
@@ -233,13 +228,7 @@ def _not_asked(item: Observation) -> FailedRecord:
     )
 
 
-async def _stop(
-    item: Observation,
-    grace: float,
-    http_timeout: float,
-    *,
-    sent: Callable[[], object] = lambda: None,
-) -> SweptRecord | FailedRecord:
+async def _stop(item: Observation, grace: float, http_timeout: float) -> SweptRecord | FailedRecord:
     record = item.record
     try:
         check_family_boundary(record.port)
@@ -252,7 +241,7 @@ async def _stop(
         # it is used only where the answer was proven to be this listener's own.
         token = item.health_token if record.self_report_matches_listener else None
         cleanup_path = await stop_gracefully(
-            SignalTarget(identity, record.port), token, grace, http_timeout, sent=sent
+            SignalTarget(identity, record.port), token, grace, http_timeout
         )
     except SignalRefused as exc:
         return FailedRecord(pid=record.pid, port=record.port, failure_reason=f"refused: {exc}")

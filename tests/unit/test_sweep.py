@@ -82,8 +82,6 @@ class FakeStops:
         token: str | None,
         grace: float,
         http_timeout: float = 1.0,
-        *,
-        sent: Callable[[], object] = lambda: None,
     ) -> str:
         self.calls.append((target, token, grace))
         await anyio.lowlevel.checkpoint()
@@ -183,15 +181,9 @@ async def test_a_daemon_slow_to_die_lets_the_next_be_asked_after_its_time(
     everyone_asked = anyio.Event()
 
     async def never_dies_first(
-        target: SignalTarget,
-        token: str | None,
-        grace: float,
-        _: float,
-        *,
-        sent: Callable[[], object],
+        target: SignalTarget, token: str | None, grace: float, _: float, **__: object
     ) -> str:
         asked.append(target.port)
-        sent()
         if len(asked) == count:
             everyone_asked.set()
         # With one place and no time limit, the second daemon would never be asked.
