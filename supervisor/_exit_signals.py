@@ -47,21 +47,27 @@ class ExitSignals:
         self._signums = frozenset(signums)
         self._previous: dict[int, _Handler] = {}
         self._pending: deque[int] = deque()
-        self._previous_wakeup = -1
+        self._previous_wakeup: int | None = None  # None: the wakeup descriptor was not taken
         self._sockets: tuple[socket.socket, socket.socket] | None = None
         self._reads: SocketReads | None = None
         #: Set before leaving when the signals must be ignored to the process's end.
         self.ignore_on_leaving = False
 
     def __enter__(self) -> ExitSignals:
-        receiving, noting = socket.socketpair()
-        receiving.setblocking(False)
-        noting.setblocking(False)
-        self._sockets = (receiving, noting)
-        self._reads = SocketReads(receiving, asyncio.get_running_loop())
-        self._previous_wakeup = signal.set_wakeup_fd(noting.fileno(), warn_on_full_buffer=False)
-        for signum in sorted(self._signums):
-            self._previous[signum] = signal.signal(signum, _noted)
+        try:
+            receiving, noting = socket.socketpair()
+            self._sockets = (receiving, noting)
+            receiving.setblocking(False)
+            noting.setblocking(False)
+            self._reads = SocketReads(receiving, asyncio.get_running_loop())
+            self._previous_wakeup = signal.set_wakeup_fd(noting.fileno(), warn_on_full_buffer=False)
+            for signum in sorted(self._signums):
+                self._previous[signum] = signal.signal(signum, _noted)
+        except BaseException:
+            # Off the main thread, or a signal that cannot be caught: give back what was taken
+            # so far (handlers, the wakeup descriptor, the sockets), and nothing else.
+            self._give_back(ignore=False)
+            raise
         return self
 
     def __exit__(
@@ -70,17 +76,24 @@ class ExitSignals:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._give_back(ignore=self.ignore_on_leaving)
+
+    def _give_back(self, *, ignore: bool) -> None:
         # Dispositions first, from our handler straight to the next one; a signal meanwhile
         # still finds the wakeup socket open and changes nothing.
         for signum, previous in self._previous.items():
-            signal.signal(signum, signal.SIG_IGN if self.ignore_on_leaving else previous)
+            signal.signal(signum, signal.SIG_IGN if ignore else previous)
         self._previous.clear()
-        signal.set_wakeup_fd(self._previous_wakeup)
+        if self._previous_wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+            self._previous_wakeup = None
         if self._reads is not None:
             self._reads.close()
+            self._reads = None
         if self._sockets is not None:
             for sock in self._sockets:
                 sock.close()
+            self._sockets = None
 
     def __aiter__(self) -> ExitSignals:
         return self

@@ -189,3 +189,52 @@ async def test_leaving_puts_back_the_wakeup_descriptor_found(own_handlers: None)
         assert ours not in (-1, before)
     after = signal.set_wakeup_fd(before)
     assert after == before
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+async def test_a_signal_that_cannot_be_caught_gives_back_what_was_taken(
+    own_handlers: None,
+) -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    wakeup_before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_before)
+    fds_before = _open_fds()
+
+    # SIGHUP comes first (sorted) and is taken; SIGKILL cannot be, and the entry fails.
+    with (
+        pytest.raises(OSError, match="Invalid argument"),
+        ExitSignals([signal.SIGHUP, signal.SIGKILL]),
+    ):
+        pass
+
+    assert signal.getsignal(signal.SIGHUP) is signal.SIG_DFL
+    assert signal.set_wakeup_fd(wakeup_before) == wakeup_before
+    assert _open_fds() == fds_before  # the socket pair is closed
+
+
+def test_off_the_main_thread_the_entry_fails_and_leaks_nothing() -> None:
+    wakeup_before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_before)
+    fds_before = _open_fds()
+    failures: list[BaseException] = []
+
+    async def enter() -> None:
+        with ExitSignals(EXIT_SIGNALS):
+            pass
+
+    def worker() -> None:
+        try:
+            anyio.run(enter)
+        except ValueError as exc:  # set_wakeup_fd works in the main thread only
+            failures.append(exc)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+
+    assert len(failures) == 1
+    assert _open_fds() == fds_before  # the socket pair (and the worker's loop) are closed
+    assert signal.set_wakeup_fd(wakeup_before) == wakeup_before  # the main thread's untouched
