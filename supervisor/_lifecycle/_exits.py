@@ -125,6 +125,8 @@ async def _restart_after(
         table = lifecycle.table
         if table.current is not None or table.quarantine_reason is not None:
             return  # an ensure (or an upstream CLI we adopted) already replaced it
+        if lifecycle.closed is not None:
+            return  # the supervisor stops with its daemons: no restart, and no death counted
         if await adopt_recorded(lifecycle) is not None:
             return
         try:

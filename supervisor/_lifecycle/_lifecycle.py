@@ -124,6 +124,9 @@ class Lifecycle:
         self.restart_waiting: WaitingRestart | None = None
         #: Daemons being stopped now (a second retirement of one would race the first).
         self.retiring_now: set[int] = set()
+        #: Why no daemon may be spawned any more (``stop --children``: the supervisor stops
+        #: with its daemons, and a spawn after them would outlive it); None while it serves.
+        self.closed: str | None = None
         #: Daemons some client has been given; the first answer after an adoption says so.
         self.handed_out: set[int] = set()
         #: The daemon spawned at start-up for the ensure the supervisor's starter handed over

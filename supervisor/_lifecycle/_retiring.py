@@ -72,8 +72,13 @@ async def _stop_and_forget(lifecycle: Lifecycle, record: DaemonRecord, reason: s
 
 
 async def stop_all(lifecycle: Lifecycle, reason: str) -> list[int]:
-    """``stop --children``: every daemon retiring (written first), all stopped in parallel."""
+    """``stop --children``: every daemon retiring (written first), all stopped in parallel.
+
+    From then on nothing is spawned (:func:`._spawning.start_current` refuses): the
+    supervisor exits once its daemons are stopped, and must leave none behind.
+    """
     async with lifecycle.lock:
+        lifecycle.closed = reason
         lifecycle.change(lifecycle.table.retire_all)
         stopped: list[int] = []
 

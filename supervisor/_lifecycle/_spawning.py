@@ -35,6 +35,12 @@ async def start_current(
     reason: str,
 ) -> DaemonRecord:
     """Spawn, wait healthy, switch table and state file, retire the old. Call under the lock."""
+    if lifecycle.closed is not None:
+        # An ensure that waited for the lock while `stop --children` held it: the daemons
+        # were stopped for the supervisor's exit, and one spawned now would be left running.
+        raise LifecycleError(
+            "supervisor_exiting", f"the supervisor is shutting down ({lifecycle.closed}); retry"
+        )
     async with lifecycle.effects.legacy_lock():
         new = await _spawn_healthy(lifecycle, python, resolved_python, package_version, context)
         try:

@@ -27,6 +27,7 @@ from spec_kitty_supervisor._lifecycle import (
     recover,
     retire,
     retire_now,
+    stop_all,
     sweep_orphans,
     tick,
 )
@@ -927,3 +928,46 @@ async def test_an_ensure_is_not_held_up_while_swept_orphans_die() -> None:
             assert "sweep_done" not in world.effects.acts
             world.effects.sweep_deaths.set()
         assert world.effects.acts[-1] == "sweep_done"
+
+
+# --------------------------------------------------------------------------------------------
+# stop --children
+
+
+async def test_an_ensure_that_waited_while_stop_children_ran_spawns_nothing() -> None:
+    async with running() as world:
+        first = (await world.ensure()).daemon.pid
+        world.effects.stop_gate = anyio.Event()  # the daemon's stop is under way until set
+        stopped: list[int] = []
+        refusals: list[str] = []
+
+        async def stopping_with_children() -> None:
+            stopped.extend(await stop_all(world.lifecycle, "supervisor stop --children"))
+
+        async def ensuring_meanwhile() -> None:
+            with pytest.raises(LifecycleError) as raised:
+                await world.ensure()
+            refusals.append(raised.value.code)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(stopping_with_children)
+            await wait_all_tasks_blocked()
+            group.start_soon(ensuring_meanwhile)  # waits for the lock stop_all holds
+            await wait_all_tasks_blocked()
+            world.effects.stop_gate.set()
+        assert stopped == [first]
+        assert refusals == ["supervisor_exiting"]
+        assert list(world.effects.daemons) == [first]  # no second spawn
+        assert not world.daemon(first).alive
+        assert world.lifecycle.table.daemons == []
+
+
+async def test_a_daemon_dying_while_stop_children_runs_is_not_restarted() -> None:
+    async with running() as world:
+        first = (await world.ensure()).daemon.pid
+        world.lifecycle.closed = "supervisor stop --children"  # as stop_all sets it first
+        await world.kill(first, 1)
+        world.clock.advance(60)  # past any restart backoff
+        await wait_all_tasks_blocked()
+        assert list(world.effects.daemons) == [first]
+        assert "restarted" not in world.effects.kinds()
