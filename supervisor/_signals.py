@@ -122,22 +122,19 @@ async def wait_gone(identity: ProcessIdentity, timeout: float) -> bool:
         pidfd = _open_pidfd(identity.pid)
     except ProcessGone:
         return True
-    if pidfd is None:
+    try:
         with anyio.move_on_after(timeout):
+            # Opened first, then checked: when the process is still the one we mean, the
+            # pidfd names it, and a pid reused later cannot answer for it.
+            if pidfd is not None and not is_gone(identity):
+                await anyio.wait_readable(pidfd)
             while not is_gone(identity):
                 await anyio.sleep(0.02)
             return True
         return is_gone(identity)
-    try:
-        # Opened first, then checked: when the process is still the one we mean, the pidfd
-        # names it, and a pid reused later cannot answer for it.
-        if is_gone(identity):
-            return True
-        with anyio.move_on_after(timeout):
-            await anyio.wait_readable(pidfd)
     finally:
-        os.close(pidfd)
-    return is_gone(identity)
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 async def stop_gracefully(
