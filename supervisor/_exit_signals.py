@@ -101,7 +101,7 @@ class ExitSignals:
     async def __anext__(self) -> int:
         reads = self._reads
         if reads is None:
-            raise RuntimeError("ExitSignals is iterated inside its with block")
+            raise RuntimeError("ExitSignals can be iterated only inside its with block")
         while not self._pending:
             await reads.wait()
             # One byte a signal, its number; a signal with a Python handler of someone else's
