@@ -753,13 +753,16 @@ def _spawn_and_wait(
                 f"the supervisor for {daemon_root} did not answer on "
                 f"{socket_path_for_root(daemon_root)} in time; see {stderr_path}"
             )
-        if process.returncode != 0 or attempt == 3:
+        # A supervisor killed by a signal before it answered (a kill -9, the OOM killer) was
+        # not refused: start another. One that exited with an error says why on its stderr.
+        if process.returncode > 0 or attempt == 3:
             message = _tail(stderr_path)
             raise StartFailed(
                 f"the supervisor for {daemon_root} exited with code {process.returncode}: {message}"
             )
-        # Exit 0 without a socket: a supervisor that was shutting down still held the root.
-        time.sleep(0.1)
+        if process.returncode == 0:
+            # Exit 0 without a socket: a supervisor that was shutting down still held the root.
+            time.sleep(0.1)
 
 
 def started_supervisor_wrote(daemon_root: Path) -> str:
