@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from . import (
     warm_ensure,
 )
 from ._common import BenchContext, Row, busy_family_ports
+from ._pace import Gauges, read_gauges
 
 Benchmark = Callable[[BenchContext], list[Row]]
 
@@ -134,6 +135,25 @@ def _machine() -> dict[str, Any]:
     }
 
 
+def _machine_during(before: Gauges, after: Gauges) -> dict[str, float | None]:
+    stolen = (
+        None
+        if before.steal_s is None or after.steal_s is None
+        else round(after.steal_s - before.steal_s, 2)
+    )
+    return {
+        "steal_s": stolen,
+        "pace_ms_before": round(before.pace_ms, 2),
+        "pace_ms_after": round(after.pace_ms, 2),
+    }
+
+
+def _describe(gauges: Mapping[str, float | None]) -> str:
+    stolen = gauges["steal_s"]
+    steal = "steal not reported" if stolen is None else f"steal {stolen:.2f} s"
+    return f"{steal}, pace {gauges['pace_ms_before']:.1f} → {gauges['pace_ms_after']:.1f} ms"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     chosen = args.only or list(BENCHMARKS)
@@ -160,9 +180,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = []
     failures: dict[str, str] = {}
     timings: dict[str, float] = {}
+    machine_during: dict[str, dict[str, float | None]] = {}
     run_began = time.monotonic()
     for name in chosen:
         print(f"bench: running {name} ...", flush=True)
+        gauges_before = read_gauges()
         began = time.monotonic()
         try:
             with DaemonFleet() as fleet:
@@ -173,12 +195,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
             produced = []
         timings[name] = time.monotonic() - began
+        machine_during[name] = _machine_during(gauges_before, read_gauges())
         rows.extend(produced)
-        print(f"bench: {name} done in {timings[name]:.0f} s", flush=True)
+        print(
+            f"bench: {name} done in {timings[name]:.0f} s ({_describe(machine_during[name])})",
+            flush=True,
+        )
         for row in produced:
             print(render_table([row]).splitlines()[-1], flush=True)
     meta["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     meta["total_seconds"] = time.monotonic() - run_began
+    meta["machine_during"] = machine_during
     print()
     print(render_table(rows))
     for name, error in failures.items():
@@ -187,6 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bench: {len(chosen)} benchmarks in {meta['total_seconds'] / 60:.1f} min "
         f"({', '.join(f'{name} {seconds:.0f} s' for name, seconds in timings.items())}); "
         f"load {meta['loadavg']} at the start, {meta['loadavg_at_end']} at the end"
+    )
+    print(
+        "bench: the machine during each (steal: the host's time taken from this VM; pace: a "
+        "fixed workload before → after): "
+        + "; ".join(f"{name} {_describe(gauges)}" for name, gauges in machine_during.items())
     )
     if args.json is not None:
         document = {
