@@ -10,7 +10,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from . import (
     warm_ensure,
 )
 from ._common import BenchContext, Row, busy_family_ports
-from ._pace import Gauges, read_gauges
+from ._pace import describe, during, read_gauges
 
 Benchmark = Callable[[BenchContext], list[Row]]
 
@@ -135,25 +135,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _machine_during(before: Gauges, after: Gauges) -> dict[str, float | None]:
-    stolen = (
-        None
-        if before.steal_s is None or after.steal_s is None
-        else round(after.steal_s - before.steal_s, 2)
-    )
-    return {
-        "steal_s": stolen,
-        "pace_ms_before": round(before.pace_ms, 2),
-        "pace_ms_after": round(after.pace_ms, 2),
-    }
-
-
-def _describe(gauges: Mapping[str, float | None]) -> str:
-    stolen = gauges["steal_s"]
-    steal = "steal not reported" if stolen is None else f"steal {stolen:.2f} s"
-    return f"{steal}, pace {gauges['pace_ms_before']:.1f} → {gauges['pace_ms_after']:.1f} ms"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     chosen = args.only or list(BENCHMARKS)
@@ -195,10 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
             produced = []
         timings[name] = time.monotonic() - began
-        machine_during[name] = _machine_during(gauges_before, read_gauges())
+        machine_during[name] = during(gauges_before, read_gauges())
         rows.extend(produced)
         print(
-            f"bench: {name} done in {timings[name]:.0f} s ({_describe(machine_during[name])})",
+            f"bench: {name} done in {timings[name]:.0f} s ({describe(machine_during[name])})",
             flush=True,
         )
         for row in produced:
@@ -218,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         "bench: the machine during each (steal: the host's time taken from this VM; pace: a "
         "fixed workload before → after): "
-        + "; ".join(f"{name} {_describe(gauges)}" for name, gauges in machine_during.items())
+        + "; ".join(f"{name} {describe(gauges)}" for name, gauges in machine_during.items())
     )
     if args.json is not None:
         document = {

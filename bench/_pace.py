@@ -19,12 +19,21 @@ Neither changes a verdict: they are reported beside the figures, never used to c
 from __future__ import annotations
 
 import os
-import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
-__all__ = ["Gauges", "pace_ms", "read_gauges", "steal_seconds", "steal_ticks"]
+from ._common import median
+
+__all__ = [
+    "Gauges",
+    "describe",
+    "during",
+    "pace_ms",
+    "read_gauges",
+    "steal_seconds",
+    "steal_ticks",
+]
 
 #: The fixed workload's size: about 3-5 ms on this project's 2-CPU VM when it is quiet.
 _PACE_ITEMS = 20_000
@@ -78,8 +87,29 @@ def pace_ms(
         began = clock()
         workload()
         took.append(clock() - began)
-    return statistics.median(took) * 1000
+    return median(took) * 1000
 
 
 def read_gauges() -> Gauges:
     return Gauges(steal_s=steal_seconds(), pace_ms=pace_ms())
+
+
+def during(before: Gauges, after: Gauges) -> dict[str, float | None]:
+    """What the JSON keeps of one benchmark's gauges: the steal between them, both paces."""
+    stolen = (
+        None
+        if before.steal_s is None or after.steal_s is None
+        else round(after.steal_s - before.steal_s, 2)
+    )
+    return {
+        "steal_s": stolen,
+        "pace_ms_before": round(before.pace_ms, 2),
+        "pace_ms_after": round(after.pace_ms, 2),
+    }
+
+
+def describe(gauges: Mapping[str, float | None]) -> str:
+    """One benchmark's :func:`during`, as the run prints it."""
+    stolen = gauges["steal_s"]
+    steal = "steal not reported" if stolen is None else f"steal {stolen:.2f} s"
+    return f"{steal}, pace {gauges['pace_ms_before']:.1f} → {gauges['pace_ms_after']:.1f} ms"

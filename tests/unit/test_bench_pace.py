@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from bench.__main__ import _describe, _machine_during
-from bench._pace import Gauges, pace_ms, steal_ticks
+from bench._pace import Gauges, describe, during, pace_ms, steal_ticks
 
 # A 2-CPU guest's /proc/stat, as this project's VM writes it (trimmed after the cpu lines).
 PROC_STAT = """\
@@ -38,10 +37,10 @@ def test_the_pace_is_the_median_of_the_workloads_runs() -> None:
 
 
 def test_the_steal_during_a_benchmark_is_the_difference_and_unknown_stays_unknown() -> None:
-    during = _machine_during(Gauges(10.0, 9.0), Gauges(10.75, 12.5))
-    assert during == {"steal_s": 0.75, "pace_ms_before": 9.0, "pace_ms_after": 12.5}
-    assert _describe(during) == "steal 0.75 s, pace 9.0 → 12.5 ms"
+    measured = during(Gauges(10.0, 9.0), Gauges(10.75, 12.5))
+    assert measured == {"steal_s": 0.75, "pace_ms_before": 9.0, "pace_ms_after": 12.5}
+    assert describe(measured) == "steal 0.75 s, pace 9.0 → 12.5 ms"
 
-    unknown = _machine_during(Gauges(None, 9.0), Gauges(None, 9.0))
+    unknown = during(Gauges(None, 9.0), Gauges(None, 9.0))
     assert unknown["steal_s"] is None
-    assert _describe(unknown) == "steal not reported, pace 9.0 → 9.0 ms"
+    assert describe(unknown) == "steal not reported, pace 9.0 → 9.0 ms"
